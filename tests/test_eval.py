@@ -1,0 +1,244 @@
+"""End-to-end tests of the evaluation harness on tiny synthetic ViZDoom-schema episodes.
+
+The synthetic world is a random texture panorama that scrolls horizontally by the commanded
+``mouse_dx`` (PX_PER_DEG px per degree, turn right → content moves left), with a sound burst
+in the step after every ``attack``. The pose walks a circle so loop trajectories exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from worldsim.actions import VIZDOOM_SCHEMA
+from worldsim.data import write_episode
+from worldsim.eval.harness import add_eval_args, load_model, main_eval, run_eval
+from worldsim.eval.interface import StreamingModel, build_context
+from worldsim.eval.probe import ProbeConfig
+
+PX_PER_DEG = 0.5
+H = W = 64
+PANO_W = 320
+STEPS = 300
+AUDIO = {"sample_rate": 8000, "channels": 1, "samples_per_step": 400}
+BURST = (np.sin(np.arange(400) * 0.3) * np.linspace(12000, 2000, 400)).astype(np.int16)[:, None]
+I_ATTACK = VIZDOOM_SCHEMA.buttons.index("attack")
+TINY_PROBE = ProbeConfig(max_pairs=700, epochs=4, width=8, block_len=50, lr=4e-3)
+FAST = dict(horizons=(1, 4, 16), tf_points=64, free_starts=8, drift_steps=200, progress=False, probe_config=TINY_PROBE)
+
+
+def make_panorama(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(8, PANO_W // 8, 3)).astype(np.float32)
+    pano = np.repeat(np.repeat(coarse, 8, axis=0), 8, axis=1)  # blocky: crisp edges to follow
+    pano += rng.normal(0, 20, size=pano.shape)
+    return np.clip(pano, 0, 255).astype(np.uint8)
+
+
+def view(pano: np.ndarray, offset: int) -> np.ndarray:
+    return pano[:, (offset + np.arange(W)) % PANO_W]
+
+
+def burst_for(attack: bool) -> np.ndarray:
+    return BURST.copy() if attack else np.zeros((400, 1), np.int16)
+
+
+def make_episode(path, pano, seed: int, static: bool = False):
+    rng = np.random.default_rng(seed)
+    buttons = np.zeros((STEPS, VIZDOOM_SCHEMA.num_buttons), np.uint8)
+    axes = np.zeros((STEPS, VIZDOOM_SCHEMA.num_axes), np.float32)
+    t = 0
+    while t < STEPS and not static:  # segments of turning left / right / standing still
+        n = int(rng.integers(3, 10))
+        axes[t:t + n, 0] = rng.choice([-8.0, -4.0, 0.0, 4.0, 8.0])
+        t += n
+    buttons[:, I_ATTACK] = rng.random(STEPS) < 0.08
+    frames = np.zeros((STEPS, H, W, 3), np.uint8)
+    audio = np.zeros((STEPS, 400, 1), np.int16)
+    off = int(rng.integers(PANO_W))
+    for t in range(STEPS):
+        frames[t] = view(pano, off)
+        if t > 0:
+            audio[t] = burst_for(bool(buttons[t - 1, I_ATTACK]))
+        off += int(round(axes[t, 0] * PX_PER_DEG))
+    ang = 2 * np.pi * np.arange(STEPS) / 100
+    pose = np.stack([300 * np.cos(ang), 300 * np.sin(ang), np.zeros(STEPS), np.degrees(ang) % 360, np.zeros(STEPS)], 1)
+    arrays = dict(frames=frames, buttons=buttons, axes=axes, audio=audio, pose=pose.astype(np.float32))
+    write_episode(path, VIZDOOM_SCHEMA, arrays, {"tick_rate": 20.0, "frame_skip": 2, "map": "SYNTH", "source": "synthetic"},
+                  audio_spec=AUDIO)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    pano = make_panorama()
+    for i in range(3):
+        make_episode(root / "scroll" / f"ep_{i:06d}", pano, seed=i)
+    for i in range(2):
+        make_episode(root / "static" / f"ep_{i:06d}", pano, seed=10 + i, static=True)
+    return {"root": root, "pano": pano, "scroll": root / "scroll", "static": root / "static", "cache": root / "cache"}
+
+
+class PanoramaModel:
+    """The synthetic game itself: finds its place on the panorama and scrolls by the action.
+
+    ``follow_actions=False`` turns it into a model that ignores the controls (always turns
+    right by 4°). ``set_memory`` exists so the loop-closure hook runs.
+    """
+
+    context_steps = 3
+    audio_spec = AUDIO
+
+    def __init__(self, pano, follow_actions: bool = True):
+        self.pano, self.follow = pano, follow_actions
+        self.schema, self.resolution, self.name = VIZDOOM_SCHEMA, (H, W), "panorama"
+        self.memory = True
+
+    def set_memory(self, enabled: bool) -> None:
+        self.memory = enabled
+
+    def open(self, context, seed: int = 0):
+        assert len(context["buttons"]) == len(context["frames"]) - 1  # the documented alignment
+        last = context["frames"][-1]
+        off = next(o for o in range(PANO_W) if np.array_equal(view(self.pano, o), last))
+        model = self
+
+        class Session:
+            def step(self, buttons, axes):
+                nonlocal off
+                dx = float(axes[0]) if model.follow else 4.0
+                off += int(round(dx * PX_PER_DEG))
+                return view(model.pano, off), burst_for(bool(buttons[I_ATTACK]))
+
+        return Session()
+
+
+def test_protocol_and_alignment(world):
+    from worldsim.data import Episode
+
+    m = PanoramaModel(world["pano"])
+    assert isinstance(m, StreamingModel)
+    e = Episode(world["scroll"] / "ep_000000")
+    ctx = build_context(e.frames, e.buttons, e.axes, e.audio, end=10, steps=3)
+    assert ctx["frames"].shape[0] == 3 and ctx["buttons"].shape[0] == 2 and ctx["audio"].shape[0] == 3
+    frame, audio = m.open(ctx).step(e.buttons[10], e.axes[10])  # action of the last context step → next frame
+    assert np.array_equal(frame, e.frames[11]) and np.array_equal(audio, e.audio[11])
+
+
+def test_perfect_model_and_keys(world, tmp_path):
+    r = run_eval(PanoramaModel(world["pano"]), world["scroll"], cache_dir=world["cache"], json_out=tmp_path / "r.json",
+                 plots_dir=tmp_path / "plots", **FAST)
+    keys = {"psnr_tf", "ssim_tf", "psnr_free", "ssim_free", "sharpness_ratio", "baseline_copy_last", "baseline_shift",
+            "drift", "action_acc_real", "action_acc_generated", "audio_onset_within_1", "audio_logmel_dist",
+            "audio_logmel_dist_silence", "loop_closure_psnr_memory_on", "loop_closure_psnr_memory_off",
+            "loop_closure_reason", "ms_per_step", "meta"}
+    on_disk = json.loads((tmp_path / "r.json").read_text())
+    assert keys <= set(on_disk) and keys <= set(r)
+    for b in ("baseline_copy_last", "baseline_shift"):
+        assert {"psnr_tf", "ssim_tf", "psnr_free", "ssim_free", "sharpness_ratio", "action_acc_generated"} <= set(on_disk[b])
+    assert set(on_disk["psnr_free"]) == {"1", "4", "16"}
+    assert {"data_dir", "episodes", "horizons", "seed", "model"} <= set(on_disk["meta"])
+    d = on_disk["drift"]
+    assert {"brightness", "edge_energy", "hist_dist", "psnr", "real_range", "frac_windows_in_range", "collapsed"} <= set(d)
+    assert d["collapsed"] is False and d["frac_windows_in_range"] == 1.0
+    # the game itself: capped PSNR, SSIM 1, sharpness 1, action accuracy at the probe's ceiling, every onset
+    assert r["psnr_tf"] == 100.0 and all(v == 100.0 for v in r["psnr_free"].values())
+    assert r["ssim_tf"] == pytest.approx(1.0) and all(v == pytest.approx(1.0) for v in r["sharpness_ratio"].values())
+    assert r["action_acc_generated"] == r["action_acc_real"]
+    assert r["action_acc_real"] > r["details"]["action_chance"] + 0.3
+    assert r["audio_onset_within_1"] == 1.0 and r["audio_logmel_dist"] == 0.0 < r["audio_logmel_dist_silence"]
+    assert r["loop_closure_psnr_memory_on"] == 100.0 and r["loop_closure_reason"] is None
+    # the baselines on scrolling data: copy-last decays with the horizon, shift follows the turns
+    cl, sh = r["baseline_copy_last"], r["baseline_shift"]
+    assert cl["psnr_free"]["16"] < cl["psnr_free"]["1"] < 100.0
+    assert sh["psnr_free"]["16"] > cl["psnr_free"]["16"]
+    assert r["details"]["shift_calibration"]["px_per_deg"] == pytest.approx(PX_PER_DEG, abs=0.05)
+    assert cl["audio_onset_within_1"] == 0.0 and cl["audio_logmel_dist"] == r["audio_logmel_dist_silence"]
+    for name in ("psnr_vs_horizon.png", "strip.png", "drift.png", "summary.md"):
+        assert (tmp_path / "plots" / name).stat().st_size > 0
+
+
+def test_action_ignoring_model_is_at_chance(world):
+    r = run_eval(PanoramaModel(world["pano"], follow_actions=False), world["scroll"], cache_dir=world["cache"],
+                 baselines=False, **dict(FAST, drift_steps=0))
+    chance = r["details"]["action_chance"]
+    assert abs(r["action_acc_generated"] - chance) < 0.15 < r["action_acc_real"] - chance
+
+
+def test_copy_last_on_static_frames_is_perfect(world):
+    model = load_model("baseline:copy-last", world["static"])
+    r = run_eval(model, world["static"], cache_dir=world["cache"], **FAST)
+    assert r["psnr_tf"] == 100.0 and all(v == 100.0 for v in r["psnr_free"].values())
+    assert r["action_acc_real"] is None and "fewer than two classes" in r["action_acc_reason"]
+    assert r["loop_closure_psnr_memory_on"] is None and "set_memory" in r["loop_closure_reason"]
+    assert r["baseline_copy_last"]["psnr_tf"] == 100.0  # the model is the baseline: scored once, reported twice
+
+
+def test_other_schemas_fall_back(tmp_path):
+    from worldsim.actions import ActionSchema
+
+    schema = ActionSchema(buttons=("left", "right", "jump"), groups=(("left", "right", "jump"),))
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_episode(tmp_path / "d" / f"ep_{i}", schema, dict(
+            frames=rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8),
+            buttons=np.eye(3, dtype=np.uint8)[rng.integers(0, 3, 120)], axes=np.zeros((120, 0), np.float32)),
+            {"tick_rate": 10.0, "map": "g"})
+    model = load_model("baseline:shift", tmp_path / "d")  # no turn inputs: behaves as copy-last
+    r = run_eval(model, tmp_path / "d", cache_dir=tmp_path / "c", **dict(FAST, horizons=(1, 4), drift_steps=50))
+    assert r["action_acc_real"] is None and "none of" in r["action_acc_reason"]
+    assert r["audio_onset_within_1"] is None and r["audio_reason"] == "the data has no audio"
+    assert r["psnr_free"]["4"] == r["baseline_copy_last"]["psnr_free"]["4"] < 100
+
+
+def test_deterministic_for_a_seed(world):
+    model = load_model("baseline:shift", world["scroll"])
+    a = run_eval(model, world["scroll"], cache_dir=world["cache"], baselines=False, **dict(FAST, drift_steps=0))
+    b = run_eval(model, world["scroll"], cache_dir=world["cache"], baselines=False, **dict(FAST, drift_steps=0))
+    for k in ("psnr_tf", "psnr_free", "ssim_free", "action_acc_generated", "audio_onset_within_1"):
+        assert a[k] == b[k]
+
+
+def _cli(argv):
+    p = argparse.ArgumentParser(prog="worldsim eval")
+    add_eval_args(p)
+    return main_eval(p.parse_args(argv))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--horizons", "1,x"], "--horizons"),
+    (["--horizons", "0,4"], "--horizons"),
+    (["--episodes", "0"], "--episodes"),
+    (["--seed", "abc"], "--seed"),
+    (["--data", "/nonexistent/worldsim-data"], "no such directory"),
+    (["--checkpoint", "default"], "model checkpoints arrive with the model issue"),
+    (["--checkpoint", "baseline:nope"], "unknown baseline"),
+    (["--horizons", "1,400"], "long enough"),
+])
+def test_bad_cli_args(world, capsys, argv, message):
+    opts = {"--data": str(world["scroll"]), "--checkpoint": "baseline:copy-last", "--cache-dir": str(world["cache"])}
+    opts.update(zip(argv[::2], argv[1::2]))
+    assert _cli([x for kv in opts.items() for x in kv] + ["--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("worldsim eval: error:") and message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_cli_end_to_end_writes_json(world, tmp_path):
+    out = tmp_path / "r.json"
+    code = (f"import sys, argparse; from worldsim.eval.harness import add_eval_args, main_eval; "
+            f"p = argparse.ArgumentParser(); add_eval_args(p); sys.exit(main_eval(p.parse_args(sys.argv[1:])))")
+    argv = ["--checkpoint", "baseline:shift", "--data", str(world["scroll"]), "--json", str(out), "--horizons", "1,4",
+            "--tf-points", "16", "--free-starts", "4", "--drift-steps", "100", "--probe-pairs", "200", "--no-progress",
+            "--cache-dir", str(world["cache"])]
+    res = subprocess.run([sys.executable, "-c", code] + argv, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["meta"]["model"] == "baseline:shift" and set(r["psnr_free"]) == {"1", "4"}
+    bad = subprocess.run([sys.executable, "-c", code, "--horizons", "a", "--data", str(world["scroll"])],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1

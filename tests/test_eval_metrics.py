@@ -1,0 +1,156 @@
+"""Unit tests of the evaluation harness's pieces: metrics, audio, baselines, probe labels, specs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from worldsim.actions import VIZDOOM_SCHEMA, ActionSchema
+from worldsim.eval import audio as A
+from worldsim.eval.baselines import (
+    CopyLastModel, ShiftCalibration, ShiftModel, estimate_shifts, keyboard_turn_deg, shift_frame,
+)
+from worldsim.eval.interface import ModelContractError, build_context, check_model, sanitize_frame
+from worldsim.eval.metrics import PSNR_CAP_DB, colour_hist, gradient_energy, hist_distance, psnr, ssim, to_eval_res
+from worldsim.eval.probe import ACTION_CLASSES, ProbeConfig, ProbeUnavailable, balanced_accuracy, label_actions
+from worldsim.eval.registry import ModelUnavailable, load_model
+
+rng = np.random.default_rng(0)
+
+
+def frames(n=4, h=64, w=64):
+    return rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
+
+
+def test_psnr_cap_and_value():
+    a = frames()
+    assert np.all(psnr(a, a) == PSNR_CAP_DB)
+    b = a.astype(np.int16)
+    b[..., 0] = np.clip(b[..., 0] + 10, 0, 255)
+    p = psnr(a, b.astype(np.uint8))
+    assert np.all((p > 20) & (p < 40))
+
+
+def test_ssim_and_sharpness():
+    a = frames(2)
+    assert ssim(a, a) == pytest.approx([1.0, 1.0])
+    assert np.all(ssim(a, 255 - a) < 0.1)
+    blurred = ((a.astype(np.float32) + np.roll(a, 1, 1) + np.roll(a, 1, 2) + np.roll(a, (1, 1), (1, 2))) / 4).astype(np.uint8)
+    assert np.all(gradient_energy(blurred) < gradient_energy(a))
+    assert hist_distance(colour_hist(a), colour_hist(a)) == 0.0
+    assert hist_distance(colour_hist(np.zeros_like(a)), colour_hist(np.full_like(a, 255))) == 1.0
+
+
+def test_to_eval_res():
+    big = frames(2, 128, 128)
+    small = to_eval_res(big)
+    assert small.shape == (2, 64, 64, 3) and small.dtype == np.uint8
+    assert to_eval_res(frames(1)).shape == (1, 64, 64, 3)
+
+
+def test_shift_frame_direction_and_padding():
+    f = np.arange(8, dtype=np.uint8)[None, :, None].repeat(2, 0).repeat(3, 2)  # column x holds value x
+    right = shift_frame(f, 3)  # turn right: content moves left, right edge repeats the border column
+    assert right[0, :, 0].tolist() == [3, 4, 5, 6, 7, 7, 7, 7]
+    assert shift_frame(f, -2)[0, :, 0].tolist() == [0, 0, 0, 1, 2, 3, 4, 5]
+
+
+def test_estimate_shifts_recovers_known_shift():
+    pano = rng.integers(0, 256, size=(64, 200, 3)).astype(np.uint8)
+    pano = np.repeat(pano[:, ::4], 4, axis=1)
+    prev = np.stack([pano[:, 40:104]] * 3)
+    nxt = np.stack([pano[:, 43:107], pano[:, 35:99], pano[:, 40:104]])
+    assert estimate_shifts(prev, nxt) == pytest.approx([3, -5, 0], abs=0.3)
+
+
+def test_keyboard_turn_ramp():
+    # ViZDoom: 3 slow tics (1.758°) then 3.516°/tic, 7.031° with run; frame_skip 2
+    assert keyboard_turn_deg(1, 0, False, 2) == pytest.approx(3.5156, abs=1e-3)
+    assert keyboard_turn_deg(1, 2, False, 2) == pytest.approx(5.2734, abs=1e-3)
+    assert keyboard_turn_deg(-1, 4, True, 2) == pytest.approx(-14.0625, abs=1e-3)
+
+
+def test_baseline_sessions_follow_the_alignment():
+    ep_frames, btn, ax = frames(5), np.zeros((5, 9), np.uint8), np.zeros((5, 2), np.float32)
+    ax[3, 0] = 10.0  # the action after frame 3: turn right 10°
+    spec = {"sample_rate": 8000, "channels": 2, "samples_per_step": 100}
+    ctx = build_context(ep_frames, btn, ax, None, end=3, steps=ShiftModel.context_steps)
+    assert len(ctx["frames"]) == 4 and len(ctx["buttons"]) == 3
+    shift = ShiftModel(VIZDOOM_SCHEMA, (64, 64), spec, ShiftCalibration(px_per_deg=0.5))
+    frame, audio = shift.open(ctx).step(btn[3], ax[3])
+    assert np.array_equal(frame, shift_frame(ep_frames[3], 5)) and audio.shape == (100, 2) and not audio.any()
+    copy = CopyLastModel(VIZDOOM_SCHEMA, (64, 64), None)
+    check_model(copy)
+    frame, audio = copy.open(build_context(ep_frames, btn, ax, None, 3, 1)).step(btn[3], ax[3])
+    assert np.array_equal(frame, ep_frames[3]) and audio is None
+    with pytest.raises(ValueError):
+        build_context(ep_frames, btn, ax, None, end=1, steps=4)
+
+
+def test_sanitize_frame_flags_nan():
+    f = np.full((64, 64, 3), np.nan, np.float32)
+    out, bad = sanitize_frame(f, (64, 64))
+    assert bad and out.dtype == np.uint8
+    with pytest.raises(ModelContractError):
+        sanitize_frame(np.zeros((32, 32, 3), np.uint8), (64, 64))
+
+
+def test_mel_filterbank_and_logmel():
+    fb = A.mel_filterbank(22050, 512)
+    assert fb.shape == (A.N_MELS, 257) and np.allclose(fb.sum(1), 1.0)
+    t = np.arange(22050) / 22050
+    tone = (np.sin(2 * np.pi * 1000 * t) * 10000).astype(np.int16)[:, None]
+    lm = A.log_mel(tone, 22050)
+    assert lm.shape[1] == A.N_MELS and lm.max() > A.LOGMEL_FLOOR_DB + 40
+    assert A.logmel_distance(tone, tone, 22050) == 0.0 < A.logmel_distance(np.zeros_like(tone), tone, 22050)
+
+
+def test_onsets():
+    steps = np.zeros((6, 100, 1), np.int16)
+    steps[2] = 8000
+    steps[3] = 8000  # sustained: not a new onset
+    steps[5] = 8000
+    on = A.onsets(A.step_energy_db(steps), prev_db=-100.0)
+    assert on.tolist() == [False, False, True, False, False, True]
+    late = np.array([False, False, False, True, False, False])  # one step late: matches the first only
+    assert A.onset_matches(on, late) == (2, 1, 1, 1)
+
+
+def test_action_labels_priority():
+    cfg = ProbeConfig()
+    b = np.zeros((6, 9), np.uint8)
+    a = np.zeros((6, 2), np.float32)
+    b[1, 0] = 1                       # forward
+    b[2, [0, 4]] = 1                  # forward + turn_left → turn_left
+    a[3, 0] = 2.0                     # mouse right
+    b[4, 3] = 1; a[4, 0] = 0.3        # strafe_right, mouse below threshold
+    b[5, 6] = 1                       # attack only → none
+    cls, sign = label_actions(VIZDOOM_SCHEMA, b, a, cfg)
+    assert [ACTION_CLASSES[c] for c in cls] == ["none", "forward", "turn_left", "turn_right", "strafe_right", "none"]
+    assert sign.tolist() == [1, 1, 1, 2, 1, 1]
+    with pytest.raises(ProbeUnavailable):
+        label_actions(ActionSchema(buttons=("jump",)), np.zeros((3, 1)), np.zeros((3, 0)), cfg)
+
+
+def test_balanced_accuracy_constant_prediction_is_chance():
+    true = np.array([0] * 50 + [1] * 30 + [2] * 20 + [3] * 2)
+    r = balanced_accuracy(np.zeros_like(true), true)
+    assert r["classes_present"] == 3 and r["balanced_acc"] == pytest.approx(1 / 3)
+
+
+def test_model_specs():
+    with pytest.raises(ModelUnavailable, match="model checkpoints arrive with the model issue"):
+        load_model("default")
+    with pytest.raises(ModelUnavailable, match="unknown model spec"):
+        load_model("nonsense")
+    with pytest.raises(ModelUnavailable, match="data"):
+        load_model("baseline:shift")
+
+
+def test_importing_the_harness_is_light():
+    code = "import sys, worldsim.eval, worldsim.eval.harness; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.split() == ["False", "False"]

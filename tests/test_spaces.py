@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from worldsim.actions import ActionError
+from worldsim.spaces import from_env_action, schema_from_space, space_from_schema, to_env_action
+
+
+@pytest.mark.parametrize("space", [
+    spaces.Discrete(3),
+    spaces.Discrete(4, start=-1),
+    spaces.MultiBinary(5),
+    spaces.MultiDiscrete([3, 2, 4]),
+    spaces.Box(-2.0, 2.0, shape=(2, 2), dtype=np.float32),
+])
+def test_space_roundtrip(space):
+    space.seed(0)
+    schema = schema_from_space(space)
+    for _ in range(20):
+        v = space.sample()
+        a = from_env_action(v, space, schema)
+        back = to_env_action(a, space, schema)
+        np.testing.assert_array_equal(np.asarray(back), np.asarray(v))
+        assert space.contains(back)
+        # every action is also expressible as a script entry
+        assert schema.parse(schema.to_entry(a)) == a
+
+
+def test_discrete_names_and_exclusivity():
+    schema = schema_from_space(spaces.Discrete(2))
+    assert schema.buttons == ("action_0", "action_1")
+    with pytest.raises(ActionError, match="exclusive"):
+        schema.parse({"keys": ["action_0", "action_1"]})
+    # no key held means the first action
+    assert to_env_action(schema.parse({}), spaces.Discrete(2), schema) == 0
+
+
+def test_unsupported_space():
+    with pytest.raises(ActionError, match="unsupported"):
+        schema_from_space(spaces.Text(5))
+
+
+def test_space_from_schema():
+    from worldsim.actions import VIZDOOM_SCHEMA
+
+    sp = space_from_schema(VIZDOOM_SCHEMA)
+    assert sp["buttons"].n == 9 and sp["axes"].shape == (2,)

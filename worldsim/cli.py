@@ -1,0 +1,228 @@
+"""The `worldsim` command: record, data, train, eval, bench, play, serve, info.
+
+Each subcommand parses its own flags here and calls into the module that owns the work.
+Expected failures (bad flags, files, configs, actions) print one clear line and exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from worldsim import __version__
+from worldsim.actions import VIZDOOM_SCHEMA, ActionError, load_script
+from worldsim.errors import WorldsimError
+
+EXIT_USAGE = 2
+
+
+class CLIError(WorldsimError):
+    """A user error the CLI reports in one line."""
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+# ----- record -------------------------------------------------------------------------
+def _add_record(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("record", help="record real gameplay into the episode format")
+    rs = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    v = rs.add_parser("vizdoom", help="DOOM (Freedoom) in ViZDoom: frames, audio, pose, depth, keyboard+mouse")
+    v.add_argument("--wad", default="freedoom2", choices=["freedoom2", "freedoom1"])
+    v.add_argument("--map", dest="maps", action="append", metavar="MAP",
+                   help="map to record (repeat for several; episodes rotate through them). Default MAP01 "
+                        "(freedoom1 maps are named E1M1 …)")
+    v.add_argument("--steps", type=_positive_int, default=3000, help="total steps to record")
+    v.add_argument("--episode-steps", type=_positive_int, default=2000, help="steps per episode (death ends one early)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", required=True, type=Path, help="data set directory (appends if it has episodes)")
+    v.add_argument("--resolution", type=_positive_int, default=64, help="stored square frame size")
+    v.add_argument("--frame-skip", type=_positive_int, default=2, help="game tics per step (35 tics = 1 s)")
+    v.add_argument("--skill", type=int, default=1, choices=range(1, 6))
+    v.add_argument("--sample-rate", type=int, default=22050, choices=[11025, 22050, 44100])
+    v.add_argument("--mono", action="store_true", help="store one audio channel instead of two")
+    v.add_argument("--no-audio", action="store_true", help="record without sound (no libopenal1 needed)")
+    v.add_argument("--no-depth", action="store_true", help="do not store the depth buffer")
+    v.add_argument("--script", type=Path, help="replay this JSON action script instead of the explorer")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = rs.add_parser("gym", help="any Gymnasium env with render_mode='rgb_array'")
+    g.add_argument("--env", required=True, help="env id, e.g. CartPole-v1")
+    g.add_argument("--steps", type=_positive_int, default=1000)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True, type=Path)
+    g.add_argument("--resolution", type=_positive_int, default=64)
+    g.add_argument("--policy", default="random", help="'random' or 'module:function(obs, action_space)'")
+    g.add_argument("--max-episode-steps", type=_positive_int)
+    g.add_argument("--script", type=Path, help="replay this JSON action script (in the env's derived schema)")
+    g.add_argument("--quiet", action="store_true")
+
+
+def _run_record(args: argparse.Namespace) -> int:
+    if args.source == "vizdoom":
+        from worldsim.record.doom import DoomConfig
+        from worldsim.record.vizdoom_recorder import RecordConfig, record_vizdoom
+
+        maps = args.maps or (["MAP01"] if args.wad == "freedoom2" else ["E1M1"])
+        doom = DoomConfig(wad=args.wad, frame_skip=args.frame_skip, resolution=args.resolution,
+                          audio=not args.no_audio, sample_rate=args.sample_rate, stereo=not args.mono,
+                          depth=not args.no_depth, skill=args.skill)
+        script = load_script(args.script, VIZDOOM_SCHEMA) if args.script else None
+        if script is not None and not script:
+            raise CLIError(f"{args.script}: the action script is empty")
+        s = record_vizdoom(RecordConfig(out=args.out, maps=maps, steps=args.steps, episode_steps=args.episode_steps,
+                                        seed=args.seed, doom=doom, script=script, progress=not args.quiet))
+        print(f"recorded {s['steps']:,} steps in {s['episodes']} episodes to {args.out} "
+              f"at {s['record_steps_per_s']:.0f} steps/s; coverage {s['coverage_cells_per_1k']:.1f} cells/1k steps, "
+              f"revisits {s['revisit_fraction']:.1%}")
+        return 0
+    from worldsim.record.gym_recorder import GymRecordConfig, record_gym
+    from worldsim.spaces import schema_from_space
+
+    script = None
+    if args.script:
+        import gymnasium as gym
+
+        env = gym.make(args.env)
+        script = load_script(args.script, schema_from_space(env.action_space))
+        env.close()
+    s = record_gym(GymRecordConfig(env_id=args.env, out=args.out, steps=args.steps, seed=args.seed,
+                                   resolution=args.resolution, policy=args.policy,
+                                   max_episode_steps=args.max_episode_steps, script=script, progress=not args.quiet))
+    print(f"recorded {s['steps']:,} steps in {s['episodes']} episodes of {args.env} to {args.out} "
+          f"at {s['record_steps_per_s']:.0f} steps/s")
+    return 0
+
+
+# ----- data ---------------------------------------------------------------------------
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="inspect data sets")
+    ds = p.add_subparsers(dest="data_cmd", metavar="CMD", required=True)
+    i = ds.add_parser("info", help="check a data set and print steps, maps, audio, coverage")
+    i.add_argument("dir", help="data set directory (or one episode)")
+    i.add_argument("--json", dest="json_out", help="also write the summary as JSON here")
+    i.add_argument("--verify", action="store_true", help="also check every array's checksum (reads all data)")
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from worldsim.data.info import main_info
+
+    return main_info(args.dir, args.json_out, args.verify)
+
+
+# ----- eval ---------------------------------------------------------------------------
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="score a world model against the real game")
+    try:
+        from worldsim.eval.harness import add_eval_args
+    except ImportError:
+        p.set_defaults(_not_built="eval")
+        return
+    add_eval_args(p)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from worldsim.eval.harness import main_eval
+
+    return main_eval(args)
+
+
+# ----- info ---------------------------------------------------------------------------
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="versions, devices and the default world")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    info = {
+        "worldsim": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "default_world": None,
+    }
+    try:
+        from worldsim.model.checkpoint import default_world_info  # arrives with the model
+
+        info["default_world"] = default_world_info()
+    except ImportError:
+        pass
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        for k, v in info.items():
+            print(f"{k:16s}{v}")
+    return 0
+
+
+# ----- not yet built ------------------------------------------------------------------
+NOT_BUILT = {
+    "train": "train the world model (the model issue)",
+    "bench": "benchmark speed side by side with a DIAMOND-class baseline (the runtime issue)",
+    "play": "play the default world with keyboard, mouse and sound (the client issue)",
+    "serve": "serve worlds to engines over ZeroMQ (the bridge issue)",
+}
+
+
+def _add_not_built(sub: argparse._SubParsersAction, name: str, what: str) -> None:
+    p = sub.add_parser(name, help=f"{what} [not yet built]", add_help=True)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(_not_built=name)
+
+
+COMMANDS: dict[str, tuple[Callable, Callable]] = {
+    "record": (_add_record, _run_record),
+    "data": (_add_data, _run_data),
+    "eval": (_add_eval, _run_eval),
+    "info": (_add_info, _run_info),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="worldsim", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"worldsim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (add, _) in COMMANDS.items():
+        add(sub)
+    for name, what in NOT_BUILT.items():
+        if name not in COMMANDS:
+            _add_not_built(sub, name, what)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from worldsim.data.episode import EpisodeFormatError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    built = getattr(args, "_not_built", None)
+    if built:
+        print(f"worldsim {built}: not yet built in this version ({NOT_BUILT.get(built, built)})", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command][1](args) or 0
+    except (WorldsimError, ActionError, EpisodeFormatError, FileNotFoundError, ValueError) as e:
+        print(f"worldsim {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"worldsim {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Gymnasium action spaces ↔ worldsim action schemas.
+
+- ``Discrete(n, start)`` → n buttons ``action_<start+i>`` in one exclusive group; no key held
+  means the space's first action.
+- ``MultiBinary(n)`` → n buttons ``button_<i>``.
+- ``MultiDiscrete(nvec)`` → per dimension d, buttons ``d<d>_<v>`` for v ≥ 1 in one exclusive
+  group; no key held in a group means value 0.
+- ``Box(shape)`` → prod(shape) axes ``axis_<i>`` with the box's bounds (values are clipped).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from worldsim.actions import Action, ActionError, ActionSchema
+
+
+def schema_from_space(space: Any) -> ActionSchema:
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Discrete):
+        names = tuple(f"action_{int(space.start) + i}" for i in range(int(space.n)))
+        return ActionSchema(buttons=names, groups=(names,))
+    if isinstance(space, spaces.MultiBinary):
+        n = int(np.prod(space.shape))
+        return ActionSchema(buttons=tuple(f"button_{i}" for i in range(n)))
+    if isinstance(space, spaces.MultiDiscrete):
+        nvec = np.asarray(space.nvec).reshape(-1)
+        groups = tuple(tuple(f"d{d}_{v}" for v in range(1, int(n))) for d, n in enumerate(nvec))
+        return ActionSchema(buttons=tuple(b for g in groups for b in g), groups=tuple(g for g in groups if g))
+    if isinstance(space, spaces.Box):
+        n = int(np.prod(space.shape))
+        low = np.broadcast_to(space.low, space.shape).reshape(-1).astype(float)
+        high = np.broadcast_to(space.high, space.shape).reshape(-1).astype(float)
+        return ActionSchema(buttons=(), axes=tuple(f"axis_{i}" for i in range(n)),
+                            axis_low=tuple(low.tolist()), axis_high=tuple(high.tolist()))
+    raise ActionError(f"unsupported action space {space!r}: use Discrete, MultiBinary, MultiDiscrete or Box")
+
+
+def to_env_action(action: Action, space: Any, schema: ActionSchema) -> Any:
+    """A worldsim Action → the value the env's `step` takes."""
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Discrete):
+        held = np.flatnonzero(action.buttons)
+        return np.int64(int(space.start) + (int(held[0]) if len(held) else 0))
+    if isinstance(space, spaces.MultiBinary):
+        return action.buttons.astype(np.int8).reshape(space.shape)
+    if isinstance(space, spaces.MultiDiscrete):
+        nvec = np.asarray(space.nvec).reshape(-1)
+        out = np.zeros(len(nvec), np.int64)
+        i = 0
+        for d, n in enumerate(nvec):
+            group = action.buttons[i:i + int(n) - 1]
+            held = np.flatnonzero(group)
+            out[d] = int(held[0]) + 1 if len(held) else 0
+            i += int(n) - 1
+        return out.reshape(space.shape)
+    if isinstance(space, spaces.Box):
+        return action.axes.astype(space.dtype).reshape(space.shape)
+    raise ActionError(f"unsupported action space {space!r}")
+
+
+def from_env_action(value: Any, space: Any, schema: ActionSchema) -> Action:
+    """The env's action value → a worldsim Action (inverse of :func:`to_env_action`)."""
+    from gymnasium import spaces
+
+    buttons = np.zeros(schema.num_buttons, np.uint8)
+    axes = np.zeros(schema.num_axes, np.float32)
+    if isinstance(space, spaces.Discrete):
+        buttons[int(value) - int(space.start)] = 1
+    elif isinstance(space, spaces.MultiBinary):
+        buttons[:] = np.asarray(value).reshape(-1) != 0
+    elif isinstance(space, spaces.MultiDiscrete):
+        nvec = np.asarray(space.nvec).reshape(-1)
+        i = 0
+        for v, n in zip(np.asarray(value).reshape(-1), nvec):
+            if int(v) > 0:
+                buttons[i + int(v) - 1] = 1
+            i += int(n) - 1
+    elif isinstance(space, spaces.Box):
+        axes[:] = np.asarray(value, np.float32).reshape(-1)
+    else:
+        raise ActionError(f"unsupported action space {space!r}")
+    return Action(buttons, axes)
+
+
+def space_from_schema(schema: ActionSchema) -> Any:
+    """A Gymnasium space for a schema: Dict(buttons=MultiBinary, axes=Box) (either part may be absent)."""
+    from gymnasium import spaces
+
+    parts: dict[str, Any] = {}
+    if schema.num_buttons:
+        parts["buttons"] = spaces.MultiBinary(schema.num_buttons)
+    if schema.num_axes:
+        low = np.array(schema.axis_low if schema.axis_low is not None else [-np.inf] * schema.num_axes, np.float32)
+        high = np.array(schema.axis_high if schema.axis_high is not None else [np.inf] * schema.num_axes, np.float32)
+        parts["axes"] = spaces.Box(low, high, dtype=np.float32)
+    return spaces.Dict(parts)
