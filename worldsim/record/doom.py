@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from worldsim.actions import VIZDOOM_SCHEMA, Action
+from worldsim.actions import Action
 from worldsim.errors import WorldsimError
 
 TICS_PER_SECOND = 35
@@ -204,5 +204,3 @@ class DoomGame:
     def close(self) -> None:
         self.game.close()
 
-
-SCHEMA = VIZDOOM_SCHEMA
