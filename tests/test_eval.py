@@ -216,7 +216,7 @@ def _cli(argv):
     (["--episodes", "0"], "--episodes"),
     (["--seed", "abc"], "--seed"),
     (["--data", "/nonexistent/worldsim-data"], "no such directory"),
-    (["--checkpoint", "default"], "model checkpoints arrive with the model issue"),
+    (["--checkpoint", "/nonexistent/world"], "no such checkpoint"),
     (["--checkpoint", "baseline:nope"], "unknown baseline"),
     (["--horizons", "1,400"], "long enough"),
 ])

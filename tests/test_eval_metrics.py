@@ -142,8 +142,8 @@ def test_balanced_accuracy_constant_prediction_is_chance():
 
 
 def test_model_specs():
-    with pytest.raises(ModelUnavailable, match="model checkpoints arrive with the model issue"):
-        load_model("default")
+    with pytest.raises(ModelUnavailable, match="no such checkpoint"):
+        load_model("/nonexistent/world")
     with pytest.raises(ModelUnavailable, match="unknown model spec"):
         load_model("nonsense")
     with pytest.raises(ModelUnavailable, match="data"):

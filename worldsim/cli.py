@@ -137,6 +137,59 @@ def _run_eval(args: argparse.Namespace) -> int:
     return main_eval(args)
 
 
+# ----- train / export -------------------------------------------------------------------
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from worldsim.train.main import add_train_args
+
+    add_train_args(sub.add_parser("train", help="train codecs + dynamics from recorded episodes (torchrun for DDP)"))
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from worldsim.train.main import main_train
+
+    return main_train(args)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from worldsim.train.main import add_export_args
+
+    add_export_args(sub.add_parser("export", help="write a run's world checkpoint in bf16 (how the default world ships)"))
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from worldsim.train.main import main_export
+
+    return main_export(args)
+
+
+# ----- bench ----------------------------------------------------------------------------
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from worldsim.bench.runtime_bench import add_bench_args
+
+    add_bench_args(sub.add_parser("bench", help="runtime speed/memory side by side with a DIAMOND-class baseline"))
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from worldsim.bench.runtime_bench import main_bench
+
+    if args.ticks < 1 or args.rss_ticks < 0:
+        raise CLIError("--ticks must be ≥ 1 and --rss-ticks ≥ 0")
+    return main_bench(args)
+
+
+# ----- play -----------------------------------------------------------------------------
+def _add_play(sub: argparse._SubParsersAction) -> None:
+    from worldsim.play.player import add_play_args
+
+    add_play_args(sub.add_parser("play", help="play a world with keyboard, mouse and sound (pygame)"))
+
+
+def _run_play(args: argparse.Namespace) -> int:
+    from worldsim.play.player import main_play
+
+    return main_play(args)
+
+
 # ----- info ---------------------------------------------------------------------------
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="versions, devices and the default world")
@@ -156,12 +209,9 @@ def _run_info(args: argparse.Namespace) -> int:
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "default_world": None,
     }
-    try:
-        from worldsim.model.checkpoint import default_world_info  # arrives with the model
+    from worldsim.model.world_model import default_world_info
 
-        info["default_world"] = default_world_info()
-    except ImportError:
-        pass
+    info["default_world"] = default_world_info()
     if args.json:
         print(json.dumps(info, indent=1))
     else:
@@ -172,9 +222,6 @@ def _run_info(args: argparse.Namespace) -> int:
 
 # ----- not yet built ------------------------------------------------------------------
 NOT_BUILT = {
-    "train": "train the world model (the model issue)",
-    "bench": "benchmark speed side by side with a DIAMOND-class baseline (the runtime issue)",
-    "play": "play the default world with keyboard, mouse and sound (the client issue)",
     "serve": "serve worlds to engines over ZeroMQ (the bridge issue)",
 }
 
@@ -188,7 +235,11 @@ def _add_not_built(sub: argparse._SubParsersAction, name: str, what: str) -> Non
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "record": (_add_record, _run_record),
     "data": (_add_data, _run_data),
+    "train": (_add_train, _run_train),
+    "export": (_add_export, _run_export),
     "eval": (_add_eval, _run_eval),
+    "bench": (_add_bench, _run_bench),
+    "play": (_add_play, _run_play),
     "info": (_add_info, _run_info),
 }
 

@@ -82,20 +82,34 @@ def from_env_action(value: Any, space: Any, schema: ActionSchema) -> Action:
             i += int(n) - 1
     elif isinstance(space, spaces.Box):
         axes[:] = np.asarray(value, np.float32).reshape(-1)
+    elif isinstance(space, spaces.Dict) and set(space.spaces) <= {"buttons", "axes"}:
+        if not isinstance(value, dict) or set(value) != set(space.spaces):
+            raise ActionError(f"expected an action dict with keys {sorted(space.spaces)}, got {value!r:.80}")
+        try:
+            if "buttons" in value:
+                buttons[:] = np.asarray(value["buttons"]).reshape(schema.num_buttons) != 0
+            if "axes" in value:
+                axes[:] = np.asarray(value["axes"], np.float32).reshape(schema.num_axes)
+        except (ValueError, TypeError) as e:
+            raise ActionError(f"bad action {value!r:.80}: {e}") from None
+        if not np.all(np.isfinite(axes)):
+            raise ActionError("action axes must be finite")
     else:
         raise ActionError(f"unsupported action space {space!r}")
     return Action(buttons, axes)
 
 
-def space_from_schema(schema: ActionSchema) -> Any:
-    """A Gymnasium space for a schema: Dict(buttons=MultiBinary, axes=Box) (either part may be absent)."""
+def space_from_schema(schema: ActionSchema, axis_bound: float | None = None) -> Any:
+    """A Gymnasium space for a schema: Dict(buttons=MultiBinary, axes=Box) (either part may be absent).
+    ``axis_bound`` bounds axes the schema leaves unbounded (to ±axis_bound)."""
     from gymnasium import spaces
 
     parts: dict[str, Any] = {}
     if schema.num_buttons:
         parts["buttons"] = spaces.MultiBinary(schema.num_buttons)
     if schema.num_axes:
-        low = np.array(schema.axis_low if schema.axis_low is not None else [-np.inf] * schema.num_axes, np.float32)
-        high = np.array(schema.axis_high if schema.axis_high is not None else [np.inf] * schema.num_axes, np.float32)
+        inf = np.inf if axis_bound is None else float(axis_bound)
+        low = np.array(schema.axis_low if schema.axis_low is not None else [-inf] * schema.num_axes, np.float32)
+        high = np.array(schema.axis_high if schema.axis_high is not None else [inf] * schema.num_axes, np.float32)
         parts["axes"] = spaces.Box(low, high, dtype=np.float32)
     return spaces.Dict(parts)

@@ -5,8 +5,8 @@ Specs:
 * ``baseline:copy-last``, ``baseline:shift``: the built-in baselines. They take the action
   schema, resolution and audio spec from the data, and the shift baseline calibrates its
   pixels-per-degree on the data's frames (see baselines.py), so they need ``data_dir``.
-* ``default`` or a checkpoint path: handled by a loader registered under ``"checkpoint"``.
-  None is registered yet (model checkpoints arrive with the model issue); until then these
+* ``default`` or a checkpoint path: handled by a loader registered under ``"checkpoint"``
+  (``worldsim.model.world_model`` registers it on first use); without one these
   raise :class:`ModelUnavailable`. The model package adds one with::
 
       from worldsim.eval.registry import register_model_loader
@@ -73,6 +73,8 @@ def load_model(spec: str, data_dir: str | os.PathLike | None = None, *, episodes
     if not spec:
         raise ModelUnavailable("empty model spec; use baseline:copy-last, baseline:shift, default or a checkpoint path")
     kind, _, rest = spec.partition(":")
+    if "checkpoint" not in _LOADERS:
+        import worldsim.model.world_model  # noqa: F401  (registers the "checkpoint" loader)
     if kind == "baseline" and rest:
         model = _load_baseline(rest, data_dir=data_dir, episodes=episodes, seed=seed, **kwargs)
     elif rest and kind in _LOADERS and not Path(spec).exists():

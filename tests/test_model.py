@@ -1,0 +1,164 @@
+"""The world model: codecs, dynamics + KV cache, sampler, checkpoints, streaming contract."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from worldsim.model.audio_codec import AudioCodec, AudioCodecConfig
+from worldsim.model.checkpoint import CheckpointError, load_component, save_component
+from worldsim.model.dynamics import Dynamics, DynamicsConfig, shift_latent, turn_prior
+from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
+from worldsim.model.kv_cache import KVCache
+from worldsim.model.sampler import FlowSampler, FlowSamplerConfig
+
+
+def _random_dynamics(**kw) -> Dynamics:
+    torch.manual_seed(0)
+    cfg = DynamicsConfig(d_model=32, n_layers=2, n_heads=2, context=4, turn_weights=(6.0, 4.5, 1.0), **kw)
+    m = Dynamics(cfg)
+    with torch.no_grad():
+        for p in m.parameters():  # adaLN-zero starts as identity: perturb so every path matters
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+def _blocks(m: Dynamics, B: int, T: int):
+    c = m.cfg
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(B, T, c.frame_tokens, c.token_dim, generator=g), torch.randn(B, T, c.audio_dim, generator=g),
+            torch.randn(B, T, c.frame_tokens, c.token_dim, generator=g), torch.rand(B, T, generator=g),
+            torch.randn(B, T, c.action_dim, generator=g))
+
+
+def test_codec_shapes_and_roundtrip_types():
+    fc = FrameCodec(FrameCodecConfig(channels=(8, 16, 16), latent_channels=4))
+    x = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    z = fc.encode(x)
+    assert z.shape == (3, 4, 8, 8)
+    y = fc.decode(z)
+    assert y.shape == x.shape and y.dtype == torch.uint8
+    ac = AudioCodec(AudioCodecConfig(widths=(8, 8, 16), latent_channels=4))
+    a = torch.randint(-2000, 2000, (3, 1260, 2), dtype=torch.int16)
+    za = ac.encode(a)
+    assert za.shape == (3, 4, 4)
+    b = ac.decode(za)
+    assert b.shape == a.shape and b.dtype == torch.int16
+    with pytest.raises(ValueError, match="multiple"):
+        AudioCodec(AudioCodecConfig(samples=1000))
+
+
+def test_codecs_learn_on_tiny_data():
+    torch.manual_seed(0)
+    fc = FrameCodec(FrameCodecConfig(channels=(8, 16, 16), latent_channels=4))
+    x = torch.zeros(8, 64, 64, 3, dtype=torch.uint8)
+    x[:, :, ::8] = 200
+    opt = torch.optim.Adam(fc.parameters(), 3e-3)
+    first = None
+    for _ in range(60):
+        loss, stats = fc.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first or stats["psnr"]
+    assert stats["psnr"] > first + 3
+
+
+def test_streaming_with_kv_cache_equals_full_recompute():
+    m = _random_dynamics()
+    B, T = 2, 7  # longer than the context: the ring buffer must roll
+    fr, au, pr, lv, act = _blocks(m, B, T)
+    with torch.no_grad():
+        full_f, full_a = m(fr, au, pr, lv, act, torch.arange(T), torch.zeros(T, dtype=torch.bool))
+        cache = m.new_cache(B, dtype=torch.float32)
+        for t in range(T):
+            sf, sa = m.step(cache, fr[:, t:t + 1], au[:, t:t + 1], pr[:, t:t + 1], lv[:, t:t + 1], act[:, t:t + 1],
+                            torch.full((B,), 1000 + t), commit=True)
+            torch.testing.assert_close(sf[:, 0], full_f[:, t], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(sa[:, 0], full_a[:, t], atol=1e-5, rtol=1e-4)
+        # a noisy block (not committed) sees the same thing as in the packed training sequence
+        noisy = torch.randn(B, 1, m.cfg.frame_tokens, m.cfg.token_dim)
+        seq = torch.cat([fr, noisy], 1)
+        f2, _ = m(seq, torch.cat([au, au[:, -1:]], 1), torch.cat([pr, pr[:, -1:]], 1), torch.cat([lv, lv[:, -1:]], 1),
+                  torch.cat([act, act[:, -1:]], 1), torch.cat([torch.arange(T), torch.tensor([T])]),
+                  torch.tensor([False] * T + [True]))
+        before = cache.snapshot()
+        sf, _ = m.step(cache, noisy, au[:, -1:], pr[:, -1:], lv[:, -1:], act[:, -1:], torch.full((B,), 1000 + T), commit=False)
+        torch.testing.assert_close(sf[:, 0], f2[:, -1], atol=1e-5, rtol=1e-4)
+        assert all(torch.equal(a, b) for a, b in zip(before.k, cache.k)), "a non-committing step changed the cache"
+
+
+def test_kv_cache_snapshot_select_cat():
+    c = KVCache(n_layers=2, batch=3, heads=2, head_dim=4, slots=2, block_tokens=5, dtype=torch.float32)
+    for layer in range(2):
+        c.append(layer, torch.ones(3, 2, 5, 4), torch.ones(3, 2, 5, 4))
+    c.commit(torch.tensor([0, 5, 9]))
+    snap = c.snapshot()
+    for layer in range(2):
+        c.append(layer, 2 * torch.ones(3, 2, 5, 4), torch.ones(3, 2, 5, 4))
+    c.commit(torch.tensor([1, 6, 10]))
+    assert c.time.tolist() == [[0, 1], [5, 6], [9, 10]]
+    c.restore(snap)
+    assert c.time.tolist() == [[0, -1], [5, -1], [9, -1]] and float(c.k[0][:, :, 5:].abs().sum()) == 0
+    sub = c.select([2, 0])
+    assert sub.time[:, 0].tolist() == [9, 0]
+    both = KVCache.cat([sub, c.select([1])])
+    assert both.batch == 3 and both.time[:, 0].tolist() == [9, 0, 5]
+    with pytest.raises(RuntimeError, match="staged"):
+        c.append(0, torch.ones(3, 2, 5, 4), torch.ones(3, 2, 5, 4))
+        c.commit(torch.tensor([1, 1, 1]))
+
+
+def test_turn_prior_slides_the_right_way():
+    z = torch.zeros(1, 1, 8, 8)
+    z[0, 0, :, 4] = 1.0
+    assert shift_latent(z, torch.tensor([1.0]))[0, 0, 0].argmax() == 3  # right turn: scene moves left
+    cfg = DynamicsConfig(turn_weights=(8.0, 0.0, 0.0), px_per_degree=1.0, frame_size=64, latent_size=8)
+    right = turn_prior(z, torch.tensor([[1.0, 0.0, 0.0]]), cfg)
+    left = turn_prior(z, torch.tensor([[-1.0, 0.0, 0.0]]), cfg)
+    assert right[0, 0, 0].argmax() == 3 and left[0, 0, 0].argmax() == 5
+
+
+def test_sampler_integrates_a_constant_velocity():
+    s = FlowSampler(FlowSamplerConfig(steps=4, shift=2.0))
+    ts = s.timesteps()
+    assert ts[0] == 1.0 and ts[-1] == 0.0 and all(a > b for a, b in zip(ts, ts[1:]))
+    x0 = torch.randn(5)
+    eps = torch.randn(5)
+    out = s.sample(lambda xs, t: [eps - x0], [eps])
+    torch.testing.assert_close(out[0], x0)
+    with pytest.raises(ValueError):
+        FlowSampler(FlowSamplerConfig(steps=0))
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    m = _random_dynamics()
+    save_component(tmp_path, "dynamics", m, m.cfg, dtype=torch.bfloat16)
+    loaded, _ = load_component(tmp_path, "dynamics", Dynamics, DynamicsConfig)
+    assert loaded.cfg == m.cfg
+    # config no longer matching the weights
+    d = json.loads((tmp_path / "dynamics.json").read_text())
+    d["config"]["d_model"] = 64
+    (tmp_path / "dynamics.json").write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_component(tmp_path, "dynamics", Dynamics, DynamicsConfig)
+    d["config"]["d_model"] = 32
+    d["config"]["bogus"] = 1
+    (tmp_path / "dynamics.json").write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match="unknown key"):
+        load_component(tmp_path, "dynamics", Dynamics, DynamicsConfig)
+    del d["config"]["bogus"]
+    d["version"] = 99
+    (tmp_path / "dynamics.json").write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match="version"):
+        load_component(tmp_path, "dynamics", Dynamics, DynamicsConfig)
+    d["version"] = 1
+    (tmp_path / "dynamics.json").write_text(json.dumps(d))
+    raw = (tmp_path / "dynamics.safetensors").read_bytes()
+    (tmp_path / "dynamics.safetensors").write_bytes(raw[: len(raw) // 3])  # truncated download
+    with pytest.raises(CheckpointError, match="unreadable|do not match"):
+        load_component(tmp_path, "dynamics", Dynamics, DynamicsConfig)
+    (tmp_path / "dynamics.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="JSON"):
+        load_component(tmp_path, "dynamics", Dynamics, DynamicsConfig)

@@ -1,0 +1,176 @@
+"""Runtime: sessions, batching, snapshot/fork, clocks; Gymnasium and PettingZoo envs."""
+
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from tests.helpers import random_world
+from worldsim.actions import ActionError
+from worldsim.errors import WorldsimError
+from worldsim.runtime import World
+from worldsim.runtime.clock import LockstepDriver, RealtimeDriver
+
+ACTS = [{"keys": ["forward"]}, {"keys": ["turn_left"]}, {"mouse": [4.0, 0.0]}, None, {"keys": ["attack", "run"]}]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return World.load(str(random_world(tmp_path_factory.mktemp("w") / "world")))
+
+
+def _run(session, acts):
+    return [session.step(a) for a in acts]
+
+
+def _same(a, b):
+    return all(np.array_equal(x.frames, y.frames) and np.array_equal(x.audio, y.audio) for x, y in zip(a, b))
+
+
+def test_session_chunk_shapes_and_determinism(world):
+    s = world.open(seed=3)
+    c = s.step({"keys": ["forward"]})
+    assert c.frames.shape == (1, 64, 64, 3) and c.frames.dtype == np.uint8
+    assert c.audio.shape == (1260, 2) and c.audio.dtype == np.int16 and c.tick == 1
+    assert _same(_run(world.open(seed=7), ACTS), _run(world.open(seed=7), ACTS))
+    assert not _same(_run(world.open(seed=7), ACTS), _run(world.open(seed=8), ACTS))
+
+
+def test_snapshot_restore_and_fork_replay_bit_exactly(world):
+    s = world.open(seed=11)
+    _run(s, ACTS[:2])
+    snap = s.snapshot()
+    fork = s.fork()
+    first = _run(s, ACTS)
+    assert _same(first, _run(world.restore(snap), ACTS))
+    assert _same(first, _run(fork, ACTS))
+    assert fork.tick == s.tick == 7
+
+
+def test_step_many_batches_and_sessions_join_and_leave(world):
+    a, b = world.open(seed=1), world.open(seed=2)
+    solo_a = _run(a.fork(), ACTS)
+    out = []
+    for i, act in enumerate(ACTS):
+        group = {a: act, b: None}
+        if i == 2:
+            c = world.open(seed=3)  # joins mid-way
+        if i >= 2:
+            group[c] = {"keys": ["use"]}
+        if i == 4:
+            del group[b]  # leaves
+        r = world.step_many(group)
+        assert set(r) == set(group)
+        out.append(r[a])
+    # batched rows match the same session stepped alone up to bf16 rounding
+    for x, y in zip(out, solo_a):
+        assert np.abs(x.frames.astype(int) - y.frames).max() <= 8
+
+
+def test_start_options(world):
+    img = np.full((64, 64, 3), 30, np.uint8)
+    assert world.open(start=img).step().frames.shape == (1, 64, 64, 3)
+    with pytest.raises(WorldsimError, match="start image"):
+        world.open(start=np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(WorldsimError, match="actions"):
+        world.open(start={"frames": np.zeros((3, 64, 64, 3), np.uint8), "buttons": np.zeros((1, 9))})
+
+
+def test_bad_actions_and_closed_sessions(world):
+    s = world.open()
+    with pytest.raises(ActionError, match="unknown button"):
+        s.step({"keys": ["jump"]})
+    with pytest.raises(ActionError):
+        s.step((np.zeros(3), np.zeros(2)))
+    with pytest.raises(ActionError):
+        s.step("forward")
+    s.step()  # the session still works after bad input
+    s.close()
+    with pytest.raises(WorldsimError, match="closed"):
+        s.step()
+
+
+def test_lockstep_and_realtime_drivers(world):
+    s = world.open(seed=1)
+    assert LockstepDriver(world).step({s: None})[s].tick == 1
+    got = []
+    d = RealtimeDriver(world, rate=50.0, on_chunk=lambda sess, c: got.append(c.tick))
+    d.add(s, {"keys": ["forward"]})
+    d.start()
+    time.sleep(0.3)
+    d.set_action(s, {"keys": ["turn_left"]})
+    time.sleep(0.3)
+    d.stop()
+    st = d.stats.summary()
+    assert st["ticks"] >= 5 and got == sorted(got) and d.latest(s).tick == got[-1]
+    assert st["ticks"] + st["skipped"] >= 20  # 0.6 s at 50 Hz: every deadline ran or was counted as skipped
+    with pytest.raises(ActionError):
+        d.set_action(s, {"keys": ["nope"]})
+
+
+def test_realtime_degrades_instead_of_stalling(world):
+    s = world.open(seed=2)
+    d = RealtimeDriver(world, rate=1000.0)  # impossible deadline: must shed sampling steps, then skip
+    d.add(s)
+    d.run_for(0.3)
+    assert d.steps == d.min_steps and d.stats.degraded > 0 and d.stats.skipped > 0
+
+
+def test_gymnasium_env_passes_check_env(world):
+    from gymnasium.utils.env_checker import check_env
+
+    from worldsim.envs import WorldModelEnv
+    env = WorldModelEnv(world, max_episode_steps=5)
+    check_env(env, skip_render_check=False)
+    env_a = WorldModelEnv(world, audio=True, max_episode_steps=3, render_mode="rgb_array")
+    check_env(env_a)
+    o1, _ = env_a.reset(seed=4)
+    a = env_a.action_space.sample()
+    r1 = env_a.step(a)[0]
+    env_a.reset(seed=4)
+    r2 = env_a.step(a)[0]
+    assert np.array_equal(r1["frame"], r2["frame"]) and np.array_equal(r1["audio"], r2["audio"])
+    assert env_a.metadata["render_fps"] == 17.5
+
+
+def test_registered_and_vector_env(world, monkeypatch):
+    import worldsim.envs  # noqa: F401  registers worldsim/Doom-v0
+    from worldsim.envs import gym_env
+    monkeypatch.setitem(gym_env._WORLDS, ("default", None, None), world)
+    env = gym.make("worldsim/Doom-v0", max_episode_steps=4)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3)
+    venv = gym.make_vec("worldsim/Doom-v0", num_envs=3, vectorization_mode="vector_entry_point", max_episode_steps=2)
+    obs, _ = venv.reset(seed=1)
+    assert obs.shape == (3, 64, 64, 3)
+    for _ in range(3):
+        obs, rew, term, trunc, _ = venv.step(venv.action_space.sample())
+    assert obs.shape == (3, 64, 64, 3) and rew.shape == (3,)
+    venv.close()
+
+
+def test_pettingzoo_parallel_api(world):
+    from pettingzoo.test import parallel_api_test
+
+    from worldsim.envs.npc import WorldModelParallelEnv
+    env = WorldModelParallelEnv(num_agents=3, world=world, max_cycles=6)
+    parallel_api_test(env, num_cycles=8)
+
+
+def test_bench_smoke(world, tmp_path):
+    from worldsim.bench.runtime_bench import check_targets, run_bench
+    path = str(world.model.path)
+    r = run_bench(path, ticks=5, rss_ticks=10, batches=(1, 2), batch_ticks=3, progress=False)
+    for k in ("fps", "baseline_fps", "ratio_vs_baseline", "ttff_ms_warm", "ttff_ms_cold", "tick_ms_p50", "tick_ms_p99",
+              "batch_fps", "rss_mb_start", "rss_mb_end", "matmul_gflops", "dynamics_gflops"):
+        assert k in r, k
+    assert r["fps"] > 0 and r["baseline_fps"] > 0 and r["matmul_gflops"] > 0 and r["dynamics_gflops"] > 0
+    assert set(r["batch_fps"]) == {"1", "2"} and r["ttff_ms_cold"] > r["ttff_ms_warm"]
+    assert set(check_targets(r)) >= {"fps", "ratio_vs_baseline", "ttff_ms_warm"}
+
+
+def test_play_smoke(world):
+    from worldsim.play.player import PlayConfig, play
+    r = play(PlayConfig(world=str(world.model.path), ticks=5, scale=2))
+    assert r["ticks"] == 5 and r["last_tick"] == 5

@@ -1,0 +1,111 @@
+"""`worldsim train` end to end on a toy world: stages, loss drops, resume, DDP, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import toy_world
+from worldsim.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return toy_world(tmp_path_factory.mktemp("toy"), episodes=2, steps=60)
+
+
+def _log(run: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (run / f"{name}.log.jsonl").read_text().splitlines()]
+
+
+def test_tiny_trains_evaluates_and_resumes(toy, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--config", "tiny", "--data", str(toy), "--out", str(run), "--quiet"]) == 0
+    for f in ("world.json", "frame_codec.safetensors", "audio_codec.safetensors", "dynamics.safetensors", "dynamics.train.pt"):
+        assert (run / f).exists(), f
+    world = json.loads((run / "world.json").read_text())
+    assert world["wad"] == "freedoom2" and world["maps"] == ["MAP01"] and world["resolution"] == [64, 64]
+    fl = _log(run, "frame_codec")
+    assert fl[-1]["loss"] < fl[0]["loss"]
+    dl = _log(run, "dynamics")
+    assert dl[-1]["step"] == 30
+
+    # resume continues from step 30 (optimizer state included) rather than starting over
+    cfg = ROOT / "configs" / "tiny.yaml"
+    more = tmp_path / "more.yaml"
+    more.write_text(cfg.read_text().replace("dynamics_train: {steps: 30", "dynamics_train: {steps: 40"))
+    assert main(["train", "--config", str(more), "--data", str(toy), "--out", str(run), "--resume", "--quiet",
+                 "--stage", "dynamics"]) == 0
+    dl = _log(run, "dynamics")
+    assert dl[-1]["step"] == 40 and min(r["step"] for r in dl[len(dl) - 1:]) > 30
+    meta = json.loads((run / "dynamics.json").read_text())["meta"]
+    assert meta["train_steps"] == 40
+
+    # the run directory is a world checkpoint the evaluation harness can load and score
+    from worldsim.eval.harness import load_model
+    model = load_model(str(run))
+    from worldsim.eval.interface import build_context
+    from worldsim.data.episode import open_episodes
+    e = open_episodes(toy)[0]
+    ctx = build_context(e.frames, e.buttons, e.axes, e.audio, 10, model.context_steps)
+    outs = [model.open(ctx, seed=5).step(e.buttons[10], e.axes[10]) for _ in range(2)]
+    assert outs[0][0].shape == (64, 64, 3) and outs[0][1].shape == (1260, 2)
+    assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
+
+    # export: bf16 copy that loads the same way
+    out = tmp_path / "exported"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    from worldsim.model.world_model import WorldModel
+    assert WorldModel.load(out).context_steps == model.context_steps
+
+
+def test_ddp_two_cpu_processes(toy, tmp_path):
+    run = tmp_path / "ddp"
+    assert main(["train", "--config", "tiny", "--data", str(toy), "--out", str(run), "--quiet",
+                 "--stage", "frame_codec", "--stage", "audio_codec", "--stage", "latents"]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "worldsim.cli",
+           "train", "--config", "tiny", "--data", str(toy), "--out", str(run), "--quiet", "--stage", "dynamics",
+           "--max-steps", "4"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((run / "dynamics.json").read_text())["meta"]
+    # 4 steps × batch 4 × 2 processes × (context 4 - 1) predictions
+    assert meta["train_steps"] == 4 and meta["predictions_seen"] == 4 * 4 * 2 * 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "nope.yaml"], "no such config"),
+    (["--config", "tiny", "--data", "/nonexistent/data"], "no such data directory"),
+    (["--config", "tiny", "--max-steps", "0"], "--max-steps"),
+])
+def test_train_bad_input_is_one_clear_line(args, message, capsys, tmp_path):
+    assert main(["train", *args, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_train_bad_config_keys(tmp_path, toy, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dynamics: {d_modl: 3}\n")
+    assert main(["train", "--config", str(bad), "--data", str(toy), "--out", str(tmp_path / "r")]) == 2
+    assert "d_modl" in capsys.readouterr().err
+    bad.write_text("frame_codec: [1, 2\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "YAML" in capsys.readouterr().err
+
+
+def test_load_bad_checkpoint_dir(tmp_path):
+    from worldsim.model.checkpoint import CheckpointError
+    from worldsim.model.world_model import WorldModel
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        WorldModel.load(tmp_path / "missing")
+    (tmp_path / "w").mkdir()
+    with pytest.raises(CheckpointError, match="world.json"):
+        WorldModel.load(tmp_path / "w")

@@ -1,0 +1,253 @@
+"""`worldsim bench`: speed and memory of the runtime, side by side with a DIAMOND-class
+baseline, all measured in one run on one torch thread.
+
+Figures (JSON keys): ``fps`` (single session, lockstep as fast as it goes, frames+audio
+in process), ``tick_ms_p50``/``tick_ms_p99`` of those ticks, ``ttff_ms_warm`` (open →
+first chunk, world loaded), ``ttff_ms_cold`` (new Python process → first chunk),
+``batch_fps`` (frames/s over all sessions at batch 1/4/16), ``rss_mb_start``/``rss_mb_end``
+(resident memory around a long single-session run), ``baseline_fps`` and
+``ratio_vs_baseline`` (a DIAMOND-Atari-configured pixel diffusion model, random weights,
+batch 1), ``matmul_gflops`` (a bf16 matmul measured here, now) and ``dynamics_gflops``
+(FLOPs of one dynamics tick ÷ its measured time) with their ratio ``dynamics_fraction``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _actions(world, n: int, seed: int = 0) -> list:
+    """A fixed, varied action sequence (walk, turn, mouse, fire) so timings include every path."""
+    rng = np.random.default_rng(seed)
+    keys = [["forward"], ["forward", "turn_left"], ["turn_right"], ["attack"], [], ["forward", "run"]]
+    return [{"keys": keys[int(rng.integers(len(keys)))], "mouse": [float(rng.normal(0, 2)), 0.0]} for _ in range(n)]
+
+
+def matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
+    a = torch.randn(n, n, dtype=torch.bfloat16)
+    b = torch.randn(n, n, dtype=torch.bfloat16)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def dynamics_flops(world) -> float:
+    """FLOPs of the dynamics part of one tick (all sampling steps + commit), counted once."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    s = world.open(seed=0)
+    model = world.model
+    orig = model.frame_codec.decode, getattr(model.audio_codec, "decode", None)
+    with FlopCounterMode(display=False) as fc:
+        with torch.no_grad():
+            model.frame_codec.decode = lambda z: torch.zeros(z.shape[0], *model.resolution, 3, dtype=torch.uint8)
+            if model.audio_codec is not None:
+                model.audio_codec.decode = lambda z: torch.zeros(z.shape[0], 1, 1, dtype=torch.int16)
+            try:
+                s.step()
+            finally:
+                model.frame_codec.decode = orig[0]
+                if model.audio_codec is not None:
+                    model.audio_codec.decode = orig[1]
+    return float(fc.get_total_flops())
+
+
+def time_dynamics(world, ticks: int = 100) -> float:
+    """Seconds per tick of the dynamics alone (decoders stubbed), for the GFLOP/s figure."""
+    model = world.model
+    s = world.open(seed=1)
+    orig = model.frame_codec.decode, getattr(model.audio_codec, "decode", None)
+    model.frame_codec.decode = lambda z: torch.zeros(z.shape[0], *model.resolution, 3, dtype=torch.uint8)
+    if model.audio_codec is not None:
+        model.audio_codec.decode = lambda z: torch.zeros(z.shape[0], 1, 1, dtype=torch.int16)
+    try:
+        for _ in range(5):
+            s.step()
+        t0 = time.perf_counter()
+        for _ in range(ticks):
+            s.step()
+        return (time.perf_counter() - t0) / ticks
+    finally:
+        model.frame_codec.decode = orig[0]
+        if model.audio_codec is not None:
+            model.audio_codec.decode = orig[1]
+
+
+COLD_CODE = """
+import time, sys
+t0 = float(sys.argv[2])
+import torch
+torch.set_num_threads(1)
+from worldsim.runtime import World
+w = World.load(sys.argv[1])
+s = w.open(seed=0)
+c = s.step()
+print(round((time.time() - t0) * 1e3, 1))
+"""
+
+
+def ttff_cold(world_path: str) -> float:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", COLD_CODE, world_path, repr(time.time())], capture_output=True, text=True,
+                       env=env, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError(f"cold-start subprocess failed: {r.stderr[-500:]}")
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10000, batches=(1, 4, 16),
+              batch_ticks: int = 40, baseline: bool = True, cold: bool = True, progress: bool = True) -> dict[str, Any]:
+    from worldsim.runtime import World
+
+    torch.set_num_threads(1)
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    res: dict[str, Any] = {"world": world_spec, "torch_threads": torch.get_num_threads(), "ticks": ticks}
+    t0 = time.perf_counter()
+    world = World.load(world_spec)
+    res["load_ms"] = (time.perf_counter() - t0) * 1e3
+    res["sampling_steps"] = world.model.sampler.cfg.steps
+    acts = _actions(world, max(ticks, batch_ticks))
+
+    # warm TTFF: open → first chunk (after one throwaway to warm allocators/kernels)
+    world.open(seed=99).step()
+    warm = []
+    for i in range(5):
+        t = time.perf_counter()
+        world.open(seed=i).step(acts[0])
+        warm.append((time.perf_counter() - t) * 1e3)
+    res["ttff_ms_warm"] = float(np.median(warm))
+    say(f"ttff warm {res['ttff_ms_warm']:.1f} ms")
+
+    # single session, lockstep, as fast as it goes
+    s = world.open(seed=0)
+    for a in acts[:10]:
+        s.step(a)
+    tick_ms = []
+    t_all = time.perf_counter()
+    for a in acts[:ticks]:
+        t = time.perf_counter()
+        c = s.step(a)
+        tick_ms.append((time.perf_counter() - t) * 1e3)
+    assert c.audio is None or c.audio.shape[0] > 0
+    res["fps"] = ticks / (time.perf_counter() - t_all)
+    res["tick_ms_p50"] = float(np.percentile(tick_ms, 50))
+    res["tick_ms_p99"] = float(np.percentile(tick_ms, 99))
+    res["p99_over_p50"] = res["tick_ms_p99"] / res["tick_ms_p50"]
+    say(f"fps {res['fps']:.1f}  tick p50 {res['tick_ms_p50']:.1f} ms  p99 {res['tick_ms_p99']:.1f} ms")
+
+    # batches
+    res["batch_fps"] = {}
+    for b in batches:
+        sess = [world.open(seed=100 + i) for i in range(b)]
+        world.step_many({x: None for x in sess})
+        t = time.perf_counter()
+        for a in acts[:batch_ticks]:
+            world.step_many({x: a for x in sess})
+        res["batch_fps"][str(b)] = b * batch_ticks / (time.perf_counter() - t)
+        for x in sess:
+            x.close()
+        say(f"batch {b}: {res['batch_fps'][str(b)]:.1f} frames/s")
+
+    # dynamics GFLOP/s vs a bf16 matmul measured now
+    res["matmul_gflops"] = matmul_gflops()
+    flops = dynamics_flops(world)
+    sec = time_dynamics(world)
+    res["dynamics_gflop_per_tick"] = flops / 1e9
+    res["dynamics_ms"] = sec * 1e3
+    res["dynamics_gflops"] = flops / sec / 1e9
+    res["dynamics_fraction"] = res["dynamics_gflops"] / res["matmul_gflops"]
+    say(f"matmul {res['matmul_gflops']:.0f} GFLOP/s, dynamics {res['dynamics_gflops']:.1f} GFLOP/s")
+
+    # the DIAMOND-class baseline, same process, same thread
+    if baseline:
+        from worldsim.bench.diamond import DiamondBaseline, DiamondConfig
+
+        bl = DiamondBaseline(DiamondConfig(n_actions=world.schema.num_buttons + world.schema.num_axes))
+        H, W = world.resolution
+        bl.reset(torch.zeros(1, 4, H, W, 3, dtype=torch.uint8))
+        act = torch.zeros(1, world.schema.num_buttons + world.schema.num_axes)
+        for _ in range(3):
+            bl.step(act)
+        n = max(10, ticks // 10)
+        t = time.perf_counter()
+        for _ in range(n):
+            bl.step(act)
+        res["baseline_fps"] = n / (time.perf_counter() - t)
+        res["baseline_params_m"] = bl.param_count() / 1e6
+        res["ratio_vs_baseline"] = res["fps"] / res["baseline_fps"]
+        say(f"baseline {res['baseline_fps']:.1f} fps → ratio {res['ratio_vs_baseline']:.1f}x")
+
+    if cold:
+        path = str(getattr(world.model, "path", world_spec))
+        res["ttff_ms_cold"] = ttff_cold(path)
+        say(f"ttff cold {res['ttff_ms_cold']:.0f} ms")
+
+    # memory over a long run
+    if rss_ticks:
+        s = world.open(seed=5)
+        for a in acts[:20]:
+            s.step(a)
+        res["rss_mb_start"] = rss_mb()
+        for i in range(rss_ticks):
+            s.step(acts[i % len(acts)])
+        res["rss_mb_end"] = rss_mb()
+        res["rss_growth"] = res["rss_mb_end"] / res["rss_mb_start"] - 1
+        res["rss_ticks"] = rss_ticks
+        say(f"rss {res['rss_mb_start']:.0f} → {res['rss_mb_end']:.0f} MB over {rss_ticks} ticks")
+    return res
+
+
+TARGETS = {"fps": (">=", 35), "ratio_vs_baseline": (">=", 5), "ttff_ms_warm": ("<=", 100), "ttff_ms_cold": ("<=", 3000),
+           "p99_over_p50": ("<=", 1.5), "rss_growth": ("<", 0.05)}
+
+
+def check_targets(res: dict[str, Any]) -> dict[str, bool]:
+    out = {}
+    for k, (op, v) in TARGETS.items():
+        if k in res:
+            out[k] = res[k] >= v if op == ">=" else (res[k] <= v if op == "<=" else res[k] < v)
+    if "batch_fps" in res and "16" in res["batch_fps"] and "1" in res["batch_fps"]:
+        out["batch16_over_single"] = res["batch_fps"]["16"] >= 4 * res["batch_fps"]["1"]
+    return out
+
+
+def main_bench(args) -> int:
+    res = run_bench(args.world, ticks=args.ticks, rss_ticks=args.rss_ticks, baseline=not args.no_baseline,
+                    cold=not args.no_cold, progress=not args.quiet)
+    res["targets_met"] = check_targets(res)
+    text = json.dumps(res, indent=1)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    print(text)
+    return 0
+
+
+def add_bench_args(p) -> None:
+    p.add_argument("--world", default="default", help="world checkpoint (default: the shipped default world)")
+    p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--ticks", type=int, default=300, help="ticks in the single-session timing run")
+    p.add_argument("--rss-ticks", type=int, default=10000, help="ticks in the memory run (0 skips it)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the DIAMOND-class baseline")
+    p.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocess")
+    p.add_argument("--quiet", action="store_true")

@@ -1,0 +1,1 @@
+"""The world model: codecs, dynamics transformer, KV cache, sampler, checkpoints (inference only)."""

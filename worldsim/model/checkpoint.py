@@ -1,0 +1,122 @@
+"""Checkpoints: weights as safetensors, configs and provenance as JSON beside them.
+
+A checkpoint directory holds, per component (``frame_codec``, ``audio_codec``,
+``dynamics``), ``<name>.safetensors`` (bf16 or fp32 weights) and ``<name>.json``
+(``{"format": "worldsim-checkpoint", "version": 1, "kind": ..., "config": {...},
+"meta": {...}}``), plus ``world.json`` naming the world (WAD, maps, tick rate, resolution,
+training record). Optimizer state for ``--resume`` goes in ``<name>.train.pt`` (torch
+format: it is only ever read back by the process tree that wrote it). Nothing is pickled
+into the shipped files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from worldsim.errors import WorldsimError
+
+FORMAT = "worldsim-checkpoint"
+VERSION = 1
+C = TypeVar("C")
+
+
+class CheckpointError(WorldsimError, ValueError):
+    """A checkpoint that is missing, corrupt, or does not fit the code/config asked for."""
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def config_from_dict(cls: type[C], d: dict[str, Any], where: str = "config") -> C:
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{where}: expected a mapping, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise CheckpointError(f"{where}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
+                              f"known: {', '.join(fields)}")
+    kw = {}
+    for k, v in d.items():
+        default = fields[k].default
+        if isinstance(default, tuple) and isinstance(v, list):
+            v = tuple(v)
+        kw[k] = v
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_component(root: str | os.PathLike, name: str, module: torch.nn.Module, cfg: Any,
+                   meta: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write ``<root>/<name>.safetensors`` + ``<name>.json`` atomically."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous().cpu()
+             for k, v in module.state_dict().items()}
+    tmp = root / f"{name}.safetensors.partial"
+    save_file(state, str(tmp), metadata={"format": FORMAT, "kind": name})
+    os.replace(tmp, root / f"{name}.safetensors")
+    _atomic_write_text(root / f"{name}.json", json.dumps(
+        {"format": FORMAT, "version": VERSION, "kind": name, "config": config_to_dict(cfg), "meta": meta or {}}, indent=1))
+    return root / f"{name}.safetensors"
+
+
+def read_component_json(root: str | os.PathLike, name: str) -> dict[str, Any]:
+    f = Path(root) / f"{name}.json"
+    if not f.exists():
+        raise CheckpointError(f"{f}: missing (is {Path(root)} a worldsim checkpoint directory?)")
+    try:
+        d = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{f}: not valid JSON ({e})") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise CheckpointError(f"{f}: not a {FORMAT} file")
+    if d.get("version") != VERSION:
+        raise CheckpointError(f"{f}: checkpoint version {d.get('version')!r}, this worldsim reads version {VERSION}")
+    if d.get("kind") != name:
+        raise CheckpointError(f"{f}: holds a {d.get('kind')!r}, expected {name!r}")
+    return d
+
+
+def load_component(root: str | os.PathLike, name: str, cls: type[torch.nn.Module], cfg_cls: type[C]) -> tuple[Any, dict]:
+    """Build ``cls(config)`` from ``<name>.json`` and load its weights; clear errors on mismatch."""
+    d = read_component_json(root, name)
+    cfg = config_from_dict(cfg_cls, d.get("config", {}), where=f"{Path(root) / name}.json")
+    module = cls(cfg)
+    f = Path(root) / f"{name}.safetensors"
+    if not f.exists():
+        raise CheckpointError(f"{f}: missing")
+    try:
+        state = load_file(str(f))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
+        raise CheckpointError(f"{f}: unreadable safetensors file ({e})") from None
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    bad = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or extra or bad:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s) e.g. {missing[0]}")
+        if extra:
+            parts.append(f"{len(extra)} unexpected tensor(s) e.g. {extra[0]}")
+        if bad:
+            parts.append(f"shape mismatch for {bad[0]}: file {tuple(state[bad[0]].shape)} vs config {tuple(own[bad[0]].shape)}")
+        raise CheckpointError(f"{f}: weights do not match {name}.json's config: " + "; ".join(parts))
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return module, d.get("meta", {})

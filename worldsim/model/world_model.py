@@ -1,0 +1,279 @@
+"""The world model: frame codec + audio codec + dynamics + sampler, loaded from a checkpoint.
+
+``WorldModel`` is the inference object (training lives in :mod:`worldsim.train`). It steps
+a *batch* of streams at once (:meth:`step_batch`, the runtime batches sessions through it)
+and exposes the evaluation contract (:class:`worldsim.eval.interface.StreamingModel`)
+through :meth:`open`, which returns a one-stream :class:`WorldStream`.
+
+Streaming state is an explicit :class:`StreamState`: the rolling KV cache, the last frame
+latent (for the turn prior), each row's tick counter and its random generator. Snapshots
+copy all four, so a restored stream replays bit-exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from worldsim.actions import ActionSchema
+from worldsim.model.audio_codec import AudioCodec, AudioCodecConfig
+from worldsim.model.checkpoint import CheckpointError, config_from_dict, load_component
+from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, turn_features, turn_prior
+from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
+from worldsim.model.kv_cache import KVCache, KVCacheSnapshot
+from worldsim.model.sampler import FlowSampler, FlowSamplerConfig
+
+DEFAULT_WORLD_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_world"
+
+
+def pick_device(device: str | None = None) -> str:
+    if device:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise CheckpointError(f"device {device!r} asked for but CUDA is not available")
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class StreamState:
+    cache: KVCache
+    prev: torch.Tensor                 # (B, C, h, w) latest frame latent
+    time: torch.Tensor                 # (B,) tick of the latest frame
+    generators: list[torch.Generator]  # one per row: a row's noise never depends on its batch mates
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"cache": self.cache.snapshot(), "prev": self.prev.clone(), "time": self.time.clone(),
+                "rng": [g.get_state() for g in self.generators]}
+
+    @staticmethod
+    def cat(states: list["StreamState"]) -> "StreamState":
+        """One batched state holding the rows of several (copies; generators are shared objects)."""
+        if len(states) == 1:
+            return states[0]
+        return StreamState(KVCache.cat([s.cache for s in states]), torch.cat([s.prev for s in states]),
+                           torch.cat([s.time for s in states]), [g for s in states for g in s.generators])
+
+    def split(self, sizes: list[int]) -> list["StreamState"]:
+        """Inverse of :meth:`cat`."""
+        if len(sizes) == 1:
+            return [self]
+        out, start = [], 0
+        for n in sizes:
+            rows = list(range(start, start + n))
+            out.append(StreamState(self.cache.select(rows), self.prev[start:start + n].clone(),
+                                   self.time[start:start + n].clone(), self.generators[start:start + n]))
+            start += n
+        return out
+
+    def restore(self, snap: Mapping[str, Any]) -> None:
+        self.cache.restore(snap["cache"])
+        self.prev.copy_(snap["prev"])
+        self.time.copy_(snap["time"])
+        for g, s in zip(self.generators, snap["rng"]):
+            g.set_state(s)
+
+
+class WorldModel:
+    def __init__(self, frame_codec: FrameCodec, audio_codec: AudioCodec | None, dynamics: Dynamics,
+                 world: dict[str, Any], sampler: FlowSamplerConfig | None = None, device: str = "cpu"):
+        self.device = device
+        # bf16 weights: under autocast, fp32 weights would be re-cast on every call (no grad
+        # means no cast cache), which costs more than the small per-tick matmuls themselves
+        wd = torch.bfloat16
+        self.frame_codec = frame_codec.to(device, wd).eval()
+        self.audio_codec = audio_codec.to(device, wd).eval() if audio_codec is not None else None
+        self.dynamics = dynamics.to(device, wd).eval()
+        self.world = world
+        self.sampler = FlowSampler(sampler or config_from_dict(FlowSamplerConfig, world.get("sampler", {}), "world.json sampler"))
+        self.schema = ActionSchema.from_dict(world["schema"])
+        self.resolution: tuple[int, int] = tuple(world["resolution"])  # type: ignore[assignment]
+        self.context_steps = dynamics.cfg.context - 1
+        self.audio_spec = dict(world["audio"]) if (world.get("audio") and audio_codec is not None) else None
+        self.tick_rate = float(world.get("tick_rate", 17.5))
+        self.name = str(world.get("name", "worldsim"))
+        self._names = (list(self.schema.buttons), list(self.schema.axes))
+        self.autocast = torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+
+    # ---- loading --------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike = "default", device: str | None = None,
+             sampler: FlowSamplerConfig | None = None) -> "WorldModel":
+        root = DEFAULT_WORLD_DIR if str(path) == "default" else Path(path)
+        if not root.is_dir():
+            raise CheckpointError(f"{root}: no such checkpoint directory")
+        wf = root / "world.json"
+        if not wf.exists():
+            raise CheckpointError(f"{wf}: missing (a world checkpoint needs world.json; is training finished?)")
+        try:
+            world = json.loads(wf.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{wf}: not valid JSON ({e})") from None
+        for k in ("schema", "resolution"):
+            if k not in world:
+                raise CheckpointError(f"{wf}: missing key {k!r}")
+        fc, _ = load_component(root, "frame_codec", FrameCodec, FrameCodecConfig)
+        ac = None
+        if (root / "audio_codec.json").exists():
+            ac, _ = load_component(root, "audio_codec", AudioCodec, AudioCodecConfig)
+        dyn, _ = load_component(root, "dynamics", Dynamics, DynamicsConfig)
+        if dyn.cfg.latent_channels != fc.cfg.latent_channels or dyn.cfg.latent_size != fc.cfg.latent_size:
+            raise CheckpointError(f"{root}: dynamics expects {dyn.cfg.latent_channels}×{dyn.cfg.latent_size}² latents, "
+                                  f"the frame codec makes {fc.cfg.latent_channels}×{fc.cfg.latent_size}²")
+        if len(world["schema"].get("buttons", [])) != dyn.cfg.n_buttons:
+            raise CheckpointError(f"{root}: world.json's action schema does not match the dynamics model")
+        m = cls(fc.to(memory_format=torch.channels_last), ac, dyn, world, sampler, pick_device(device))
+        m.path = root
+        return m
+
+    # ---- streaming --------------------------------------------------------------------
+    def new_state(self, seeds: list[int]) -> StreamState:
+        B = len(seeds)
+        fc = self.frame_codec.cfg
+        gens = []
+        for s in seeds:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(int(s))
+            gens.append(g)
+        return StreamState(self.dynamics.new_cache(B, device=self.device),
+                           torch.zeros(B, fc.latent_channels, fc.latent_size, fc.latent_size, device=self.device),
+                           torch.full((B,), -1, dtype=torch.long, device=self.device), gens)
+
+    def _actions(self, buttons: np.ndarray, axes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        b = torch.as_tensor(np.array(buttons, np.uint8), device=self.device)
+        a = torch.as_tensor(np.array(axes, np.float32), device=self.device)
+        return action_vector(b, a, self.dynamics.cfg), turn_features(b.cpu(), a.cpu(), *self._names).to(self.device)
+
+    @torch.no_grad()
+    def _commit(self, state: StreamState, z: torch.Tensor, za: torch.Tensor | None, act: torch.Tensor,
+                prior: torch.Tensor, level: float) -> None:
+        dyn = self.dynamics
+        B = z.shape[0]
+        lv = torch.full((B, 1), level, device=self.device)
+        state.time += 1
+        with self.autocast:
+            dyn.step(state.cache, dyn.to_tokens(z)[:, None], None if za is None else za[:, None],
+                     dyn.to_tokens(prior)[:, None], lv, act[:, None], state.time, commit=True)
+        state.prev.copy_(z)
+
+    @torch.no_grad()
+    def prime(self, state: StreamState, frames: np.ndarray, audio: np.ndarray | None, buttons: np.ndarray,
+              axes: np.ndarray) -> None:
+        """Feed real context to every row: frames (B, c, H, W, 3), audio (B, c, S, C), actions (B, c-1, ·)."""
+        B, c = frames.shape[:2]
+        fr = torch.as_tensor(np.ascontiguousarray(frames), device=self.device)
+        with self.autocast:
+            z = self.frame_codec.encode(fr.flatten(0, 1)).float().view(B, c, *state.prev.shape[1:])  # (B, c, C, h, w)
+            za = None
+            if self.audio_codec is not None and self.dynamics.audio_in is not None:
+                if audio is None:
+                    za = torch.zeros(B, c, self.dynamics.cfg.audio_dim, device=self.device)
+                else:
+                    au = torch.as_tensor(np.ascontiguousarray(audio), device=self.device)
+                    za = self.audio_codec.encode(au.flatten(0, 1)).float().view(B, c, -1)  # (B, c, Da)
+        for j in range(c):
+            if j == 0:
+                act = torch.zeros(B, self.dynamics.cfg.action_dim, device=self.device)
+                prior = torch.zeros_like(z[:, 0])
+            else:
+                act, feats = self._actions(buttons[:, j - 1], axes[:, j - 1])
+                prior = turn_prior(z[:, j - 1], feats, self.dynamics.cfg)
+            self._commit(state, z[:, j], None if za is None else za[:, j], act, prior, 0.0)
+
+    @torch.no_grad()
+    def step_batch(self, state: StreamState, buttons: np.ndarray, axes: np.ndarray, steps: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Advance every row one tick. buttons (B, NB), axes (B, NA) → frames (B, H, W, 3) uint8,
+        audio (B, S, C) int16 or None."""
+        dyn, cfg = self.dynamics, self.dynamics.cfg
+        act, feats = self._actions(buttons, axes)
+        prior = turn_prior(state.prev, feats, cfg)
+        prior_tok = dyn.to_tokens(prior)[:, None]  # (B, 1, P, Dt)
+        B = prior.shape[0]
+        noise = [torch.stack([torch.randn(cfg.frame_tokens, cfg.token_dim, generator=g, device=self.device)
+                              for g in state.generators])[:, None]]  # (B, 1, P, Dt)
+        if dyn.audio_in is not None:
+            noise.append(torch.stack([torch.randn(cfg.audio_dim, generator=g, device=self.device)
+                                      for g in state.generators])[:, None])  # (B, 1, Da)
+        t_next = state.time + 1
+
+        def velocity(xs, t):
+            lv = torch.full((B, 1), t, device=self.device)
+            with self.autocast:
+                vf, va = dyn.step(state.cache, xs[0], xs[1] if len(xs) > 1 else None, prior_tok, lv, act[:, None],
+                                  t_next, commit=False)
+            return [vf] + ([va] if va is not None else [])
+
+        out = self.sampler.sample(velocity, noise, steps)
+        z = dyn.from_tokens(out[0][:, 0])  # (B, C, h, w)
+        za = out[1][:, 0] if len(out) > 1 else None  # (B, Da)
+        lvl = self.sampler.cfg.context_level
+        zc, zac = z, za
+        if lvl > 0:  # commit the generated tick at the same noise level it is labelled with
+            zc = (1 - lvl) * z + lvl * torch.stack([torch.randn(z.shape[1:], generator=g, device=self.device) for g in state.generators])
+        self._commit(state, zc, zac, act, prior, lvl)  # prev = what was committed, as in training
+        with self.autocast:
+            frames = self.frame_codec.decode(z).cpu().numpy()
+            audio = None
+            if self.audio_codec is not None and za is not None:
+                audio = self.audio_codec.decode(za.view(B, self.audio_codec.cfg.latent_channels, -1)).cpu().numpy()
+        return frames, audio
+
+    # ---- the evaluation contract --------------------------------------------------------
+    def open(self, context: Mapping[str, np.ndarray | None], seed: int = 0) -> "WorldStream":
+        state = self.new_state([seed])
+        fr = np.asarray(context["frames"])[None]
+        au = context.get("audio")
+        self.prime(state, fr, None if au is None else np.asarray(au)[None],
+                   np.asarray(context["buttons"])[None], np.asarray(context["axes"])[None])
+        return WorldStream(self, state)
+
+    def info(self) -> dict[str, Any]:
+        return {k: self.world.get(k) for k in ("name", "wad", "maps", "tick_rate", "resolution", "audio")}
+
+
+@dataclass
+class WorldStream:
+    model: WorldModel
+    state: StreamState
+    ticks: int = field(default=0)
+
+    def step(self, buttons: np.ndarray, axes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        f, a = self.model.step_batch(self.state, np.asarray(buttons)[None], np.asarray(axes)[None])
+        self.ticks += 1
+        return f[0], None if a is None else a[0]
+
+    def close(self) -> None:
+        pass
+
+
+def default_world_info() -> dict[str, Any] | None:
+    """What the shipped default world was trained on (``worldsim info --json``), or None."""
+    f = DEFAULT_WORLD_DIR / "world.json"
+    if not f.exists():
+        return None
+    w = json.loads(f.read_text())
+    return {"name": w.get("name"), "wad": w.get("wad"), "maps": w.get("maps"), "tick_rate": w.get("tick_rate"),
+            "resolution": w.get("resolution"), "audio": w.get("audio"), "path": str(DEFAULT_WORLD_DIR),
+            "training": w.get("training")}
+
+
+def _eval_loader(spec: str, **_: Any) -> WorldModel:
+    try:
+        return WorldModel.load(spec)
+    except CheckpointError as e:
+        from worldsim.eval.registry import ModelUnavailable
+        raise ModelUnavailable(str(e)) from None
+
+
+def _register() -> None:
+    from worldsim.eval.registry import register_model_loader
+    register_model_loader("checkpoint", _eval_loader)
+
+
+_register()

@@ -1,0 +1,1 @@
+"""The pygame reference client: play a world with keyboard, mouse and sound."""

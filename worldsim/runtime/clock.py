@@ -1,0 +1,163 @@
+"""Drivers that decide *when* sessions tick.
+
+* :class:`LockstepDriver` steps only when asked (robotics rollouts, tests): a thin,
+  explicit wrapper over :meth:`World.step_many`.
+* :class:`RealtimeDriver` ticks at a fixed rate (default: the world's native tick rate) in
+  a background thread. Each tick uses the latest action set for each session (hold-last
+  when none came), steps all sessions in one batch, and publishes the newest chunk per
+  session into a one-slot mailbox plus an optional callback: a slow consumer only ever
+  misses frames, it never grows a queue or blocks the clock. Per-tick lateness and
+  compute time are recorded. Declared degradation: when a tick's compute exceeds the
+  budget (``budget`` × period), the next ticks use one sampling step fewer (down to
+  ``min_steps``); they climb back when compute falls under half the budget. A tick that
+  starts more than a period late is *skipped* (counted) rather than run in a burst.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from worldsim.runtime.session import ActionLike, Chunk, Session, World
+
+
+class LockstepDriver:
+    def __init__(self, world: World):
+        self.world = world
+
+    def step(self, actions: dict[Session, ActionLike]) -> dict[Session, Chunk]:
+        return self.world.step_many(actions)
+
+
+@dataclass
+class TickStats:
+    ticks: int = 0
+    late: int = 0          # ticks that finished after their deadline
+    skipped: int = 0       # deadlines dropped because the clock fell a whole period behind
+    degraded: int = 0      # ticks run with fewer sampling steps than configured
+    compute_ms: deque = field(default_factory=lambda: deque(maxlen=10000))
+    lateness_ms: deque = field(default_factory=lambda: deque(maxlen=10000))
+
+    def summary(self) -> dict[str, Any]:
+        c = np.array(self.compute_ms) if self.compute_ms else np.zeros(1)
+        la = np.array(self.lateness_ms) if self.lateness_ms else np.zeros(1)
+        return {"ticks": self.ticks, "late": self.late, "skipped": self.skipped, "degraded": self.degraded,
+                "compute_ms_p50": float(np.percentile(c, 50)), "compute_ms_p99": float(np.percentile(c, 99)),
+                "lateness_ms_p50": float(np.percentile(la, 50)), "lateness_ms_p99": float(np.percentile(la, 99))}
+
+
+class RealtimeDriver:
+    def __init__(self, world: World, rate: float | None = None, on_chunk: Callable[[Session, Chunk], None] | None = None,
+                 min_steps: int = 1, budget: float = 0.9):
+        self.world = world
+        self.rate = float(rate or world.tick_rate)
+        if self.rate <= 0:
+            raise ValueError(f"tick rate must be > 0, got {rate}")
+        self.period = 1.0 / self.rate
+        self.on_chunk = on_chunk
+        self.max_steps = world.model.sampler.cfg.steps
+        self.min_steps = max(1, min(min_steps, self.max_steps))
+        self.steps = self.max_steps
+        self.budget = budget
+        self.stats = TickStats()
+        self._lock = threading.Lock()
+        self._actions: dict[Session, ActionLike] = {}
+        self._latest: dict[Session, Chunk] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    # ---- sessions and inputs (any thread) ---------------------------------------------
+    def add(self, session: Session, action: ActionLike = None) -> None:
+        self.world.action(action)  # validate now, not on the clock thread
+        with self._lock:
+            self._actions[session] = action
+
+    def remove(self, session: Session) -> None:
+        with self._lock:
+            self._actions.pop(session, None)
+            self._latest.pop(session, None)
+
+    def set_action(self, session: Session, action: ActionLike) -> None:
+        """Latest wins: the next tick uses it, and later ticks keep it until replaced."""
+        act = self.world.action(action)
+        with self._lock:
+            if session not in self._actions:
+                raise KeyError(f"session {session.id} is not driven by this clock")
+            self._actions[session] = act
+
+    def latest(self, session: Session) -> Chunk | None:
+        with self._lock:
+            return self._latest.get(session)
+
+    # ---- the clock ---------------------------------------------------------------------
+    def tick_once(self) -> dict[Session, Chunk]:
+        with self._lock:
+            actions = {s: a for s, a in self._actions.items() if not s.closed}
+        if not actions:
+            return {}
+        t0 = time.perf_counter()
+        chunks = self.world.step_many(actions, sampling_steps=self.steps)
+        ms = (time.perf_counter() - t0) * 1e3
+        self.stats.ticks += 1
+        self.stats.compute_ms.append(ms)
+        if self.steps < self.max_steps:
+            self.stats.degraded += 1
+        if ms > self.budget * self.period * 1e3 and self.steps > self.min_steps:
+            self.steps -= 1
+        elif ms < 0.5 * self.budget * self.period * 1e3 and self.steps < self.max_steps:
+            self.steps += 1
+        with self._lock:
+            self._latest.update(chunks)
+        if self.on_chunk is not None:
+            for s, c in chunks.items():
+                self.on_chunk(s, c)
+        return chunks
+
+    def _run(self) -> None:
+        try:
+            next_t = time.perf_counter()
+            while not self._stop.is_set():
+                now = time.perf_counter()
+                if now - next_t > self.period:  # a whole period behind: drop deadlines, never burst
+                    missed = int((now - next_t) / self.period)
+                    self.stats.skipped += missed
+                    next_t += missed * self.period
+                self.tick_once()
+                done = time.perf_counter()
+                deadline = next_t + self.period
+                self.stats.lateness_ms.append(max(0.0, (done - deadline) * 1e3))
+                if done > deadline:
+                    self.stats.late += 1
+                next_t = deadline
+                wait = next_t - time.perf_counter()
+                if wait > 0:
+                    self._stop.wait(wait)
+        except BaseException as e:  # surfaced by stop()/join
+            self.error = e
+
+    def start(self) -> "RealtimeDriver":
+        if self._thread is not None and self._thread.is_alive():
+            return self
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="worldsim-clock", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.error is not None:
+            raise self.error
+
+    def run_for(self, seconds: float) -> dict[str, Any]:
+        self.start()
+        time.sleep(seconds)
+        self.stop()
+        return self.stats.summary()

@@ -1,0 +1,101 @@
+"""Start contexts: the real frames a new session is primed with.
+
+A world checkpoint may carry ``starts.safetensors`` (written by ``worldsim export``): ``K``
+short real contexts from its training data — ``frames`` (K, c, H, W, 3) uint8, ``audio``
+(K, c, S, C) int16, ``buttons`` (K, c-1, NB) uint8, ``axes`` (K, c-1, NA) float32. A
+session opened without a start takes context ``seed % K``. A single image is also a valid
+start (one-frame context); without either, a flat grey frame is used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from worldsim.errors import WorldsimError
+
+STARTS_FILE = "starts.safetensors"
+
+
+class StartContexts:
+    def __init__(self, arrays: dict[str, np.ndarray] | None, model):
+        self.arrays = arrays
+        self.model = model
+
+    @classmethod
+    def load(cls, root: str | os.PathLike | None, model) -> "StartContexts":
+        if root is None or not (Path(root) / STARTS_FILE).exists():
+            return cls(None, model)
+        from safetensors.numpy import load_file
+        try:
+            arrays = load_file(str(Path(root) / STARTS_FILE))
+        except Exception as e:
+            raise WorldsimError(f"{Path(root) / STARTS_FILE}: unreadable ({e})") from None
+        return cls(arrays, model)
+
+    def __len__(self) -> int:
+        return 0 if self.arrays is None else int(self.arrays["frames"].shape[0])
+
+    def context(self, start: Any, seed: int) -> dict[str, np.ndarray | None]:
+        m = self.model
+        H, W = m.resolution
+        nb, na = m.schema.num_buttons, m.schema.num_axes
+        if start is None:
+            if self.arrays is None:
+                start = np.full((H, W, 3), 96, np.uint8)
+            else:
+                k = seed % len(self)
+                a = self.arrays
+                return {"frames": a["frames"][k], "audio": a["audio"][k] if "audio" in a else None,
+                        "buttons": a["buttons"][k], "axes": a["axes"][k]}
+        if isinstance(start, np.ndarray):
+            if start.shape != (H, W, 3) or start.dtype != np.uint8:
+                raise WorldsimError(f"start image must be ({H}, {W}, 3) uint8, got {start.shape} {start.dtype}")
+            return {"frames": start[None], "audio": None, "buttons": np.zeros((0, nb), np.uint8),
+                    "axes": np.zeros((0, na), np.float32)}
+        if isinstance(start, Mapping):
+            try:
+                fr = np.asarray(start["frames"])
+                b = np.asarray(start.get("buttons", np.zeros((len(fr) - 1, nb))), np.uint8)
+                ax = np.asarray(start.get("axes", np.zeros((len(fr) - 1, na))), np.float32)
+            except KeyError:
+                raise WorldsimError("a start context needs 'frames'") from None
+            if fr.ndim != 4 or fr.shape[1:] != (H, W, 3) or fr.dtype != np.uint8 or len(fr) < 1:
+                raise WorldsimError(f"start frames must be (c, {H}, {W}, 3) uint8, got {fr.shape} {fr.dtype}")
+            if b.shape != (len(fr) - 1, nb) or ax.shape != (len(fr) - 1, na):
+                raise WorldsimError(f"a context of {len(fr)} frames needs {len(fr) - 1} actions "
+                                    f"(buttons ({len(fr) - 1}, {nb}), axes ({len(fr) - 1}, {na}))")
+            c = m.context_steps
+            au = start.get("audio")
+            au = None if au is None else np.asarray(au, np.int16)[-c:]
+            return {"frames": fr[-c:], "audio": au, "buttons": b[-(c - 1):] if c > 1 else b[:0],
+                    "axes": ax[-(c - 1):] if c > 1 else ax[:0]}
+        raise WorldsimError(f"unsupported start {type(start).__name__}: use None, an image or a context dict")
+
+
+def write_starts(episodes: Sequence[Any], out: str | os.PathLike, context: int, n: int = 8, seed: int = 0) -> Path:
+    """Save ``n`` real contexts of ``context`` steps from ``episodes`` (spread over them)."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    eps = [e for e in episodes if len(e) > context + 1]
+    if not eps:
+        raise WorldsimError(f"no episode longer than {context + 1} steps to take start contexts from")
+    fr, au, bu, ax = [], [], [], []
+    for i in range(n):
+        e = eps[i % len(eps)]
+        s = int(rng.integers(0, len(e) - context))
+        fr.append(np.array(e.frames[s:s + context]))
+        if e.audio is not None:
+            au.append(np.array(e.audio[s:s + context]))
+        bu.append(np.array(e.buttons[s:s + context - 1]))
+        ax.append(np.array(e.axes[s:s + context - 1]))
+    arrays = {"frames": np.stack(fr), "buttons": np.stack(bu), "axes": np.stack(ax)}
+    if len(au) == n:
+        arrays["audio"] = np.stack(au)
+    path = Path(out) / STARTS_FILE
+    save_file(arrays, str(path))
+    return path

@@ -1,0 +1,118 @@
+"""Encode recorded episodes once with the trained codecs into a latent store.
+
+The dynamics model trains on latents only, so the codecs run once over the data rather
+than on every step; the store is ~2 KB per step (float16) and lives in memory during
+training. ``<out>/latents/`` holds ``frames.npy`` (T, C, h, w) f16, ``audio.npy``
+(T, Ca, Pa) f16, ``buttons.npy``, ``axes.npy``, ``pose.npy`` (when recorded) and
+``index.json`` (episode boundaries, the codec checkpoints' train steps, the data's schema,
+WAD and maps). A store whose codecs or episodes changed is rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from worldsim.data.episode import Episode
+from worldsim.model.checkpoint import read_component_json
+from worldsim.train.loop import autocast
+
+
+@dataclass
+class LatentStore:
+    frames: np.ndarray      # (T, C, h, w) float16
+    audio: np.ndarray | None  # (T, Ca, Pa) float16
+    buttons: np.ndarray     # (T, NB) uint8
+    axes: np.ndarray        # (T, NA) float32
+    bounds: np.ndarray      # (E + 1,) episode start offsets
+    info: dict
+
+    def window_starts(self, length: int) -> np.ndarray:
+        """Every start index whose window of ``length`` ticks stays inside one episode."""
+        out = [np.arange(a, b - length + 1) for a, b in zip(self.bounds[:-1], self.bounds[1:]) if b - a >= length]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _key(episodes: Sequence[Episode], codec_dir: Path) -> dict:
+    steps = {n: read_component_json(codec_dir, n).get("meta", {}).get("train_steps")
+             for n in ("frame_codec", "audio_codec") if (codec_dir / f"{n}.json").exists()}
+    return {"episodes": [str(Path(e.path).resolve()) for e in episodes], "lengths": [len(e) for e in episodes],
+            "codec_steps": steps}
+
+
+@torch.no_grad()
+def build_latents(episodes: Sequence[Episode], frame_codec, audio_codec, codec_dir: Path, out: Path,
+                  batch: int = 256, device: str = "cpu", progress: bool = True) -> LatentStore:
+    out = Path(out)
+    key = _key(episodes, Path(codec_dir))
+    idx_file = out / "index.json"
+    if idx_file.exists():
+        try:
+            info = json.loads(idx_file.read_text())
+            if info.get("key") == key:
+                return load_latents(out)
+        except (json.JSONDecodeError, OSError):
+            pass
+    out.mkdir(parents=True, exist_ok=True)
+    lengths = [len(e) for e in episodes]
+    total = int(sum(lengths))
+    e0 = episodes[0]
+    fz = np.lib.format.open_memmap(out / "frames.npy.partial", mode="w+", dtype=np.float16,
+                                   shape=(total, frame_codec.cfg.latent_channels, frame_codec.cfg.latent_size,
+                                          frame_codec.cfg.latent_size))
+    az = None
+    if audio_codec is not None:
+        az = np.lib.format.open_memmap(out / "audio.npy.partial", mode="w+", dtype=np.float16,
+                                       shape=(total, audio_codec.cfg.latent_channels, audio_codec.cfg.positions))
+    buttons = np.zeros((total, len(e0.schema.buttons)), np.uint8)
+    axes = np.zeros((total, len(e0.schema.axes)), np.float32)
+    frame_codec.eval()
+    if audio_codec is not None:
+        audio_codec.eval()
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc="latents", disable=not progress, mininterval=2.0)
+    pos = 0
+    for e in episodes:
+        n = len(e)
+        buttons[pos:pos + n] = e.buttons
+        axes[pos:pos + n] = e.axes
+        for s in range(0, n, batch):
+            sl = slice(s, min(n, s + batch))
+            with autocast(device):
+                fz[pos + sl.start:pos + sl.stop] = frame_codec.encode(torch.from_numpy(np.array(e.frames[sl])).to(device)).cpu().numpy()
+                if az is not None:
+                    az[pos + sl.start:pos + sl.stop] = audio_codec.encode(torch.from_numpy(np.array(e.audio[sl])).to(device)).cpu().numpy()
+            bar.update(sl.stop - sl.start)
+        pos += n
+    bar.close()
+    fz.flush()
+    del fz
+    os.replace(out / "frames.npy.partial", out / "frames.npy")
+    if az is not None:
+        az.flush()
+        del az
+        os.replace(out / "audio.npy.partial", out / "audio.npy")
+    np.save(out / "buttons.npy", buttons)
+    np.save(out / "axes.npy", axes)
+    info = {"key": key, "bounds": np.concatenate([[0], np.cumsum(lengths)]).tolist(),
+            "schema": e0.schema.to_dict(), "wad": e0.meta.get("wad"),
+            "maps": sorted({e.map_id for e in episodes}), "tick_rate": e0.tick_rate,
+            "resolution": list(e0.resolution), "audio": e0.meta.get("audio")}
+    tmp = out / "index.json.partial"
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, idx_file)
+    return load_latents(out)
+
+
+def load_latents(out: Path) -> LatentStore:
+    out = Path(out)
+    info = json.loads((out / "index.json").read_text())
+    audio = np.load(out / "audio.npy") if (out / "audio.npy").exists() else None
+    return LatentStore(np.load(out / "frames.npy"), audio, np.load(out / "buttons.npy"), np.load(out / "axes.npy"),
+                       np.asarray(info["bounds"], np.int64), info)

@@ -1,0 +1,68 @@
+"""Argument handling for ``worldsim train`` and ``worldsim export`` (torchrun-aware)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+from worldsim.train.pipeline import STAGES, TrainConfigError, export_world, load_run_config, run_training
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML file, or a name in configs/ (tiny, default, gpu)")
+    p.add_argument("--data", help="episode directory (overrides the config's data)")
+    p.add_argument("--out", type=Path, help="run directory (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's weights and optimizer state")
+    p.add_argument("--max-steps", type=int, help="train at most this many steps per stage in this invocation")
+    p.add_argument("--stage", action="append", choices=STAGES, help="run only these stages (repeatable)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process on CPU (default 1: "
+                   "more collapse on a busy 2-core machine)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main_train(args: argparse.Namespace) -> int:
+    if args.max_steps is not None and args.max_steps < 1:
+        raise TrainConfigError(f"--max-steps must be ≥ 1, got {args.max_steps}")
+    cfg = load_run_config(args.config)
+    out = args.out or Path("runs") / cfg.name
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainConfigError(f"--device {device}: CUDA is not available here")
+        if world > 1:
+            device = f"cuda:{local}"
+            torch.cuda.set_device(local)
+    else:
+        torch.set_num_threads(max(1, args.threads))
+    if world > 1:
+        import torch.distributed as dist
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        report = run_training(cfg, out, data=args.data, resume=args.resume, max_steps=args.max_steps,
+                              stages=tuple(args.stage or STAGES), device=device, progress=not args.quiet)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained {out}: " + ", ".join(f"{k} {v['steps']} steps" for k, v in report.items() if isinstance(v, dict)))
+    return 0
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="a run directory written by `worldsim train`")
+    p.add_argument("--out", type=Path, required=True, help="where to write the bf16 world checkpoint")
+    p.add_argument("--starts", type=Path, help="episode directory to take start contexts from (default: the run's)")
+
+
+def main_export(args: argparse.Namespace) -> int:
+    out = export_world(args.run, args.out, starts_data=args.starts)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"exported {args.run} → {out} ({size / 1e6:.1f} MB)")
+    return 0

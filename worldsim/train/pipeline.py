@@ -1,0 +1,245 @@
+"""``worldsim train``: the whole recipe from recorded episodes to a world checkpoint.
+
+Stages, each resumable and skipped when already complete: ``frame_codec`` → ``audio_codec``
+→ ``latents`` (encode the data once) → ``dynamics``. The run directory is itself a world
+checkpoint (``world.json`` + one safetensors/JSON pair per component), loadable with
+``WorldModel.load(run_dir)`` and evaluable with ``worldsim eval --checkpoint run_dir``;
+``worldsim export`` writes a bf16 copy (the shipped default world is one).
+
+YAML configs only pick values of the dataclasses next to the code they configure:
+``frame_codec`` (:class:`FrameCodecConfig`), ``audio_codec`` (:class:`AudioCodecConfig`),
+``dynamics`` (:class:`DynamicsConfig`), ``sampler`` (:class:`FlowSamplerConfig`),
+``frame_codec_train``/``audio_codec_train`` (:class:`CodecTrainConfig`),
+``dynamics_train`` (:class:`DynamicsTrainConfig`), plus ``name``, ``data``, ``heldout``,
+``seed``, ``audio`` (bool).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worldsim.errors import WorldsimError
+from worldsim.model.audio_codec import AudioCodecConfig
+from worldsim.model.checkpoint import CheckpointError, config_from_dict, config_to_dict, save_component
+from worldsim.model.dynamics import DynamicsConfig
+from worldsim.model.frame_codec import FrameCodecConfig
+from worldsim.model.sampler import FlowSamplerConfig
+from worldsim.train.codec_trainer import CodecTrainConfig, load_codec, train_codec
+from worldsim.train.dynamics_trainer import DynamicsTrainConfig, fit_turn_weights, train_dynamics
+
+STAGES = ("frame_codec", "audio_codec", "latents", "dynamics")
+
+
+class TrainConfigError(WorldsimError, ValueError):
+    pass
+
+
+@dataclass
+class RunConfig:
+    name: str = "world"
+    data: str = "data/map01"
+    heldout: str | None = None
+    seed: int = 0
+    audio: bool = True
+    frame_codec: FrameCodecConfig = field(default_factory=FrameCodecConfig)
+    audio_codec: AudioCodecConfig = field(default_factory=AudioCodecConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    sampler: FlowSamplerConfig = field(default_factory=FlowSamplerConfig)
+    frame_codec_train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
+    audio_codec_train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
+    dynamics_train: DynamicsTrainConfig = field(default_factory=DynamicsTrainConfig)
+
+
+def load_run_config(path: str | os.PathLike) -> RunConfig:
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        # a bare name picks a shipped config: --config tiny → configs/tiny.yaml
+        cand = Path(__file__).resolve().parents[2] / "configs" / f"{p.name}.yaml"
+        if p.suffix == "" and cand.exists():
+            p = cand
+        else:
+            raise TrainConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise TrainConfigError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise TrainConfigError(f"{p}: the top level must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise TrainConfigError(f"{p}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    base = RunConfig()
+    kw: dict[str, Any] = {}
+    for k, v in raw.items():
+        cur = getattr(base, k)
+        if dataclasses.is_dataclass(cur):
+            try:
+                kw[k] = config_from_dict(type(cur), {**config_to_dict(cur), **(v or {})}, where=f"{p}: {k}")
+            except CheckpointError as e:
+                raise TrainConfigError(str(e)) from None
+        else:
+            kw[k] = v
+    cfg = RunConfig(**kw)
+    try:
+        cfg.audio_codec.validate()
+    except ValueError as e:
+        raise TrainConfigError(f"{p}: {e}") from None
+    return cfg
+
+
+def write_world_json(out: Path, cfg: RunConfig, store_info: dict, extra: dict | None = None) -> None:
+    world = {"format": "worldsim-world", "version": 1, "name": cfg.name, "wad": store_info.get("wad"),
+             "maps": store_info.get("maps"), "tick_rate": store_info.get("tick_rate"),
+             "resolution": store_info.get("resolution"), "audio": store_info.get("audio") if cfg.audio else None,
+             "schema": store_info.get("schema"), "sampler": config_to_dict(cfg.sampler), **(extra or {})}
+    tmp = out / "world.json.partial"
+    tmp.write_text(json.dumps(world, indent=1))
+    os.replace(tmp, out / "world.json")
+
+
+def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None, resume: bool = False,
+                 max_steps: int | None = None, stages: tuple[str, ...] = STAGES, device: str = "cpu",
+                 progress: bool = True) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    from worldsim.data.episode import open_episodes
+    from worldsim.train.latents import build_latents
+
+    out = Path(out)
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    data_dir = Path(data or cfg.data)
+    if not data_dir.is_dir():
+        raise TrainConfigError(f"{data_dir}: no such data directory (record one with `worldsim record vizdoom`)")
+    episodes = open_episodes(data_dir)
+    if not episodes:
+        raise TrainConfigError(f"{data_dir}: holds no episodes")
+    res = episodes[0].resolution
+    if res[0] != cfg.frame_codec.resolution or res[1] != cfg.frame_codec.resolution:
+        raise TrainConfigError(f"data is {res[0]}×{res[1]} but frame_codec.resolution is {cfg.frame_codec.resolution}")
+    use_audio = cfg.audio and episodes[0].audio is not None
+    if use_audio:
+        spec = episodes[0].meta["audio"]
+        if spec["samples_per_step"] != cfg.audio_codec.samples or spec["channels"] != cfg.audio_codec.channels:
+            raise TrainConfigError(f"data audio is {spec['samples_per_step']}×{spec['channels']} per step, "
+                                   f"audio_codec expects {cfg.audio_codec.samples}×{cfg.audio_codec.channels}")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    report: dict[str, Any] = {}
+    # codecs train on rank 0 only (small, fast); other ranks wait at the barrier
+    for kind, mcfg, tcfg in (("frame_codec", cfg.frame_codec, cfg.frame_codec_train),
+                             ("audio_codec", cfg.audio_codec, cfg.audio_codec_train)):
+        if kind not in stages or (kind == "audio_codec" and not use_audio):
+            continue
+        if rank == 0 and _done(out, kind, tcfg.steps):
+            report[kind] = {"steps": tcfg.steps, "skipped": "already trained"}
+        elif rank == 0:
+            report[kind] = train_codec(kind, episodes, out, tcfg, mcfg, seed=cfg.seed, resume=resume,
+                                       max_steps=max_steps, progress=progress, device=device)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+    if "latents" in stages or "dynamics" in stages:
+        if not (out / "frame_codec.json").exists():
+            raise TrainConfigError(f"{out}: no trained frame codec yet (run the frame_codec stage first)")
+        fc = load_codec(out, "frame_codec").to(device)
+        ac = load_codec(out, "audio_codec").to(device) if use_audio and (out / "audio_codec.json").exists() else None
+        if rank == 0:
+            store = build_latents(episodes, fc, ac, out, out / "latents", device=device, progress=progress)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        if rank != 0:
+            from worldsim.train.latents import load_latents
+            store = load_latents(out / "latents")
+        if "dynamics" in stages:
+            dcfg = cfg.dynamics
+            if not use_audio:
+                dcfg = dataclasses.replace(dcfg, audio_channels=0)
+            else:
+                dcfg = dataclasses.replace(dcfg, audio_channels=ac.cfg.latent_channels, audio_positions=ac.cfg.positions)
+            dcfg = dataclasses.replace(dcfg, latent_channels=fc.cfg.latent_channels, latent_size=fc.cfg.latent_size,
+                                       frame_size=fc.cfg.resolution, n_buttons=len(store.info["schema"]["buttons"]),
+                                       n_axes=len(store.info["schema"]["axes"]))
+            if not dcfg.turn_weights and (out / "dynamics.json").exists():
+                from worldsim.model.checkpoint import read_component_json
+                dcfg = dataclasses.replace(dcfg, turn_weights=tuple(read_component_json(out, "dynamics")["config"]["turn_weights"]))
+            elif not dcfg.turn_weights:
+                dcfg = dataclasses.replace(dcfg, turn_weights=fit_turn_weights(episodes))
+            on_eval = None
+            if cfg.heldout and Path(cfg.heldout).is_dir() and cfg.dynamics_train.eval_every:
+                on_eval = lambda step: quick_eval(out, cfg, store.info, step)  # noqa: E731
+            report["dynamics"] = train_dynamics(store, out, dcfg, cfg.dynamics_train, seed=cfg.seed, resume=resume,
+                                                max_steps=max_steps, progress=progress, device=device, on_eval=on_eval)
+            if rank == 0:
+                write_world_json(out, cfg, store.info, {"training": {"wall_s_this_run": round(time.time() - t0, 1)}})
+                from worldsim.runtime.starts import write_starts
+                write_starts(episodes, out, dcfg.context - 1)
+    return report
+
+
+def quick_eval(out: Path, cfg: RunConfig, store_info: dict, step: int) -> dict[str, Any]:
+    """A small `worldsim eval` on held-out episodes during training (sharpness and probe included),
+    appended to ``<out>/evals.jsonl``; the full eval stays a separate command."""
+    from worldsim.eval.harness import run_eval
+    from worldsim.model.world_model import WorldModel
+
+    write_world_json(out, cfg, store_info)
+    model = WorldModel.load(out)
+    r = run_eval(model, cfg.heldout, horizons=(1, 16, 64), episodes=2, tf_points=96, free_starts=8, drift_steps=0,
+                 progress=False, baselines=False, threads=None)
+    rec = {"step": step, "psnr_tf": r["psnr_tf"], "psnr_free": r["psnr_free"], "sharpness": r["sharpness_ratio"],
+           "action_acc": r["action_acc_generated"], "action_acc_real": r["action_acc_real"],
+           "audio_onset_within_1": r["audio_onset_within_1"], "ms_per_step": r["ms_per_step"]}
+    with open(out / "evals.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    return rec
+
+
+def _done(out: Path, kind: str, steps: int) -> bool:
+    """A finished stage is skipped (resumed at its final step) rather than retrained."""
+    f = out / f"{kind}.json"
+    if not f.exists():
+        return False
+    try:
+        return int(json.loads(f.read_text())["meta"]["train_steps"]) >= steps
+    except (KeyError, ValueError, json.JSONDecodeError):
+        return False
+
+
+def export_world(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
+                 starts_data: str | os.PathLike | None = None, n_starts: int = 8) -> Path:
+    """Copy a run's world checkpoint (weights cast to ``dtype``; no optimizer state or latents),
+    with start contexts taken from ``starts_data`` (else copied from the run when it has them)."""
+    from worldsim.model.world_model import WorldModel
+
+    run_dir, out = Path(run_dir), Path(out)
+    model = WorldModel.load(run_dir)  # validates everything first
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, mod in (("frame_codec", model.frame_codec), ("audio_codec", model.audio_codec), ("dynamics", model.dynamics)):
+        if mod is None:
+            continue
+        meta = json.loads((run_dir / f"{name}.json").read_text()).get("meta", {})
+        save_component(tmp, name, mod, mod.cfg, meta=meta, dtype=dtype)
+    shutil.copy(run_dir / "world.json", tmp / "world.json")
+    from worldsim.runtime.starts import STARTS_FILE, write_starts
+    if starts_data is not None:
+        from worldsim.data.episode import open_episodes
+        write_starts(open_episodes(starts_data), tmp, model.context_steps, n=n_starts)
+    elif (run_dir / STARTS_FILE).exists():
+        shutil.copy(run_dir / STARTS_FILE, tmp / STARTS_FILE)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
