@@ -29,12 +29,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
-# ViZDoom's sound needs Debian's libopenal1 (without it recorded audio is silently zero).
+# ViZDoom's sound needs Debian's libopenal1 (without it recorded audio is silently zero);
+# the C++ engine client (engine_bridge/clients/cpp) builds with CMake against libzmq + cppzmq + msgpack-cxx.
+SYSTEM_PKGS := libopenal1 cmake g++ pkg-config libzmq3-dev cppzmq-dev libmsgpack-cxx-dev
 system-deps:
-	@if ! ldconfig -p 2>/dev/null | grep -q libopenal.so.1; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libopenal1; \
-	  elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq libopenal1; \
-	  else echo "warning: libopenal1 is missing and cannot be installed here; ViZDoom audio will be silent"; fi; \
+	@missing=$$(for p in $(SYSTEM_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
+	  elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq $$missing; \
+	  else echo "warning: missing system packages ($$missing) cannot be installed here: ViZDoom audio may be silent, the C++ client will not build"; fi; \
 	fi
 
 play: system-deps setup

@@ -117,3 +117,20 @@ def test_record_bad_input_is_one_clear_line(tmp_path, capsys, argv, msg):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err
+
+
+def test_silent_openal_is_refused_not_recorded(tmp_path, monkeypatch, capsys):
+    """OpenAL that loads but has no usable device records zeros: the recorder must say so."""
+    from worldsim.record.doom import DoomGame
+
+    real = DoomGame.observe
+
+    def silent(self):
+        frame, audio, pose, depth = real(self)
+        return frame, None if audio is None else np.zeros_like(audio), pose, depth
+
+    monkeypatch.setattr(DoomGame, "observe", silent)
+    rc = main(["record", "vizdoom", "--steps", "400", "--out", str(tmp_path / "s"), "--no-depth", "--quiet"])
+    assert rc != 0
+    assert "exact silence" in capsys.readouterr().err
+    assert not list((tmp_path / "s").glob("ep_*"))  # nothing half-right is left behind

@@ -174,3 +174,26 @@ def test_play_smoke(world):
     from worldsim.play.player import PlayConfig, play
     r = play(PlayConfig(world=str(world.model.path), ticks=5, scale=2))
     assert r["ticks"] == 5 and r["last_tick"] == 5
+
+
+def test_shipped_default_world_loads_steps_and_is_described():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from worldsim.model.world_model import DEFAULT_WORLD_DIR
+
+    files = sorted(p.name for p in Path(DEFAULT_WORLD_DIR).iterdir())
+    assert {"world.json", "dynamics.safetensors", "frame_codec.safetensors", "audio_codec.safetensors"} <= set(files)
+    assert sum(p.stat().st_size for p in Path(DEFAULT_WORLD_DIR).iterdir()) <= 40 * 2**20  # ≤ 40 MB budget
+    w = World.load("default")
+    s = w.open(seed=0)
+    a = s.step({"keys": ["forward"]})
+    b = w.open(seed=0).step({"keys": ["turn_left"]})
+    assert a.frames.shape == (1, 64, 64, 3) and a.audio.shape == (1260, 2)
+    assert not np.array_equal(a.frames, b.frames)  # the action changes the very next frame
+    assert a.frames.std() > 5  # a picture, not a flat field
+    out = subprocess.run([sys.executable, "-m", "worldsim.cli", "info", "--json"], capture_output=True, text=True, timeout=120)
+    dw = json.loads(out.stdout)["default_world"]
+    assert dw["wad"] == "freedoom2" and dw["maps"] == ["MAP01"] and dw["tick_rate"] == 17.5 and dw["resolution"] == [64, 64]

@@ -1,4 +1,4 @@
-"""The `worldsim` command: record, data, train, eval, bench, play, serve, info.
+"""The `worldsim` command: record, data, train, export, eval, bench, play, serve, keys, info.
 
 Each subcommand parses its own flags here and calls into the module that owns the work.
 Expected failures (bad flags, files, configs, actions) print one clear line and exit 2;
@@ -122,13 +122,9 @@ def _run_data(args: argparse.Namespace) -> int:
 
 # ----- eval ---------------------------------------------------------------------------
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="score a world model against the real game")
-    try:
-        from worldsim.eval.harness import add_eval_args
-    except ImportError:
-        p.set_defaults(_not_built="eval")
-        return
-    add_eval_args(p)
+    from worldsim.eval.harness import add_eval_args
+
+    add_eval_args(sub.add_parser("eval", help="score a world model against the real game"))
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -190,6 +186,106 @@ def _run_play(args: argparse.Namespace) -> int:
     return main_play(args)
 
 
+# ----- serve / keys ---------------------------------------------------------------------
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a world to engines over ZeroMQ + msgpack (engine_bridge/PROTOCOL.md)")
+    p.add_argument("--world", default="default", help="world checkpoint (default: the shipped default world)")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (loopback unless told otherwise)")
+    p.add_argument("--max-sessions", type=_positive_int, default=64)
+    p.add_argument("--curve-keys", type=Path, help="directory from `worldsim keys`: CURVE encryption + client allow-list")
+    p.add_argument("--heartbeat-timeout-ms", type=_positive_int, default=5000)
+    p.add_argument("--resume-ttl-ms", type=_positive_int, default=30000)
+    p.add_argument("--device", help="cpu, cuda (default: auto)")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import torch
+    import zmq
+
+    from engine_bridge.server import BridgeServer, ServerConfig
+    from worldsim.runtime import World
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    torch.set_num_threads(1)
+    if args.curve_keys is not None and not args.curve_keys.is_dir():
+        raise CLIError(f"--curve-keys {args.curve_keys}: no such directory (make one with `worldsim keys DIR`)")
+    world = World.load(args.world, device=args.device)
+    cfg = ServerConfig(bind=args.bind, max_sessions=args.max_sessions,
+                       curve_keys=str(args.curve_keys) if args.curve_keys else None,
+                       heartbeat_timeout_ms=args.heartbeat_timeout_ms, resume_ttl_ms=args.resume_ttl_ms)
+    srv = BridgeServer(world, cfg)
+    try:
+        srv.start()
+    except zmq.ZMQError as e:
+        raise CLIError(f"cannot bind {args.bind}: {e} (is another server using the port? try --bind tcp://127.0.0.1:0)") from None
+    print(f"serving {world.name} on {srv.endpoint} (Ctrl-C stops)", file=sys.stderr)
+    try:
+        while srv._thread.is_alive():
+            srv._thread.join(0.5)
+    finally:
+        srv.stop()
+    return 0
+
+
+def _add_keys(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("keys", help="generate CURVE key pairs for `worldsim serve --curve-keys`")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--clients", type=_positive_int, default=1, help="client key pairs to create and allow")
+
+
+def _run_keys(args: argparse.Namespace) -> int:
+    from engine_bridge.server import generate_keys
+
+    for k, v in generate_keys(args.dir, args.clients).items():
+        print(f"{k:16s}{v}")
+    return 0
+
+
+# ----- cutscene -----------------------------------------------------------------------
+def _add_cutscene(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cutscene", help="play an NPC timeline through the bridge; writes MP4 + WAV per NPC")
+    p.add_argument("timeline", type=Path, help="timeline YAML/JSON (format: engine_bridge/cutscene.py)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--connect", help="a running `worldsim serve` endpoint (default: start one in this process)")
+    p.add_argument("--world", default="default", help="world for the in-process server")
+    p.add_argument("--scale", type=_positive_int, default=4, help="video upscale factor (nearest)")
+    p.add_argument("--device", help="cpu, cuda (default: auto)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _run_cutscene(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine_bridge.client import BridgeClient, BridgeError
+    from engine_bridge.cutscene import load_timeline, render_cutscene
+
+    load_timeline(args.timeline)  # fail on a bad file before loading a model
+    srv = None
+    if args.connect is None:
+        from engine_bridge.server import BridgeServer, ServerConfig
+        from worldsim.runtime import World
+
+        torch.set_num_threads(1)
+        srv = BridgeServer(World.load(args.world, device=args.device), ServerConfig(bind="tcp://127.0.0.1:*")).start()
+    try:
+        try:
+            client = BridgeClient(args.connect or srv.endpoint, timeout_ms=10000)
+        except BridgeError as e:
+            raise CLIError(f"cannot reach {args.connect}: {e}") from None
+        with client:
+            written = render_cutscene(args.timeline, args.out, client, scale=args.scale, progress=not args.quiet)
+    except BridgeError as e:
+        raise CLIError(f"bridge: {e}") from None
+    finally:
+        if srv is not None:
+            srv.stop()
+    for name, files in written.items():
+        print(f"{name}: {', '.join(files)}")
+    return 0
+
+
 # ----- info ---------------------------------------------------------------------------
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="versions, devices and the default world")
@@ -220,18 +316,6 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----- not yet built ------------------------------------------------------------------
-NOT_BUILT = {
-    "serve": "serve worlds to engines over ZeroMQ (the bridge issue)",
-}
-
-
-def _add_not_built(sub: argparse._SubParsersAction, name: str, what: str) -> None:
-    p = sub.add_parser(name, help=f"{what} [not yet built]", add_help=True)
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    p.set_defaults(_not_built=name)
-
-
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "record": (_add_record, _run_record),
     "data": (_add_data, _run_data),
@@ -240,6 +324,9 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "eval": (_add_eval, _run_eval),
     "bench": (_add_bench, _run_bench),
     "play": (_add_play, _run_play),
+    "serve": (_add_serve, _run_serve),
+    "keys": (_add_keys, _run_keys),
+    "cutscene": (_add_cutscene, _run_cutscene),
     "info": (_add_info, _run_info),
 }
 
@@ -250,9 +337,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (add, _) in COMMANDS.items():
         add(sub)
-    for name, what in NOT_BUILT.items():
-        if name not in COMMANDS:
-            _add_not_built(sub, name, what)
     return parser
 
 
@@ -261,10 +345,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    built = getattr(args, "_not_built", None)
-    if built:
-        print(f"worldsim {built}: not yet built in this version ({NOT_BUILT.get(built, built)})", file=sys.stderr)
-        return EXIT_USAGE
     try:
         return COMMANDS[args.command][1](args) or 0
     except (WorldsimError, ActionError, EpisodeFormatError, FileNotFoundError, ValueError) as e:

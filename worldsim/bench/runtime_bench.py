@@ -235,6 +235,11 @@ def main_bench(args) -> int:
     res = run_bench(args.world, ticks=args.ticks, rss_ticks=args.rss_ticks, baseline=not args.no_baseline,
                     cold=not args.no_cold, progress=not args.quiet)
     res["targets_met"] = check_targets(res)
+    if args.bridge:
+        from worldsim.bench.bridge_bench import run_bridge_bench
+
+        res["bridge"] = run_bridge_bench(args.world, ticks=args.ticks, seconds=args.bridge_seconds,
+                                         progress=not args.quiet)
     text = json.dumps(res, indent=1)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -250,4 +255,7 @@ def add_bench_args(p) -> None:
     p.add_argument("--rss-ticks", type=int, default=10000, help="ticks in the memory run (0 skips it)")
     p.add_argument("--no-baseline", action="store_true", help="skip the DIAMOND-class baseline")
     p.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocess")
+    p.add_argument("--bridge", action="store_true",
+                   help="also measure the ZeroMQ bridge: per-tick overhead vs in process, realtime sessions held")
+    p.add_argument("--bridge-seconds", type=float, default=8.0, help="seconds per realtime session count")
     p.add_argument("--quiet", action="store_true")

@@ -16,7 +16,14 @@ from worldsim.actions import VIZDOOM_SCHEMA, Action
 from worldsim.data.coverage import coverage_stats
 from worldsim.data.episode import EpisodeWriter, next_episode_index
 from worldsim.record.doom import DoomConfig, DoomGame
+from worldsim.errors import WorldsimError
 from worldsim.record.explorer import Explorer
+
+SILENCE_CHECK_STEPS = 300  # an explorer episode this long with sound on always makes some
+
+
+class SilentAudioError(WorldsimError, RuntimeError):
+    pass
 
 
 @dataclass
@@ -69,8 +76,11 @@ def record_vizdoom(cfg: RecordConfig) -> dict:
             t_ep = time.perf_counter()
             terminated = False
             poses = []
+            audible = 0
             for t in range(limit):
                 frame, audio, pose, depth = game.observe()
+                if audio is not None:
+                    audible += bool(np.any(audio))
                 action = script[t] if script is not None else explorer.act(pose, game.full_depth)
                 game.act(action)
                 terminated = game.finished
@@ -81,9 +91,15 @@ def record_vizdoom(cfg: RecordConfig) -> dict:
                 if terminated:
                     break
             n = len(writer)
+            if doom.audio and script is None and n >= SILENCE_CHECK_STEPS and audible == 0:
+                # OpenAL that loads but finds no usable output records zeros without an error
+                raise SilentAudioError(f"ViZDoom recorded {n} steps of exact silence with audio on: OpenAL is not "
+                                       "working here (install Debian's libopenal1 with its data package "
+                                       "libopenal-data, keep +snd_efx 0), or pass --no-audio")
             rate = n / max(time.perf_counter() - t_ep, 1e-9)
             stats = coverage_stats(np.stack(poses), doom.tick_rate)
             stats["record_steps_per_s"] = rate
+            stats["audible_fraction"] = audible / max(n, 1) if doom.audio else None
             # Write in the background while the next episode records (file I/O and crc32 release the GIL).
             pending.append(io.submit(writer.close, {"stats": stats, "ended_by": "death" if terminated else "length"}))
             total += n

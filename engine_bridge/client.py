@@ -1,0 +1,227 @@
+"""Python client for the worldsim bridge (PROTOCOL.md): lockstep and realtime sessions,
+timeouts and Lazy-Pirate reconnects, numpy frames and audio out.
+
+    with BridgeClient("tcp://127.0.0.1:5555") as c:
+        sid = c.open(mode="lockstep", seed=1)
+        obs = c.step(sid, {"keys": ["forward"]})      # obs.frame (H, W, 3) uint8, obs.audio (S, C) int16
+
+        rt = c.open(mode="realtime", credit=2)
+        c.act(rt, {"keys": ["turn_left"]})             # latest wins, held until replaced
+        obs = c.recv_obs(timeout_ms=500)                # the newest frame; returns one credit
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from engine_bridge import protocol as P
+
+
+class BridgeError(RuntimeError):
+    """An ERROR reply (``code``, ``retryable``) or a server that stopped answering."""
+
+    def __init__(self, code: str, message: str, retryable: bool = False):
+        super().__init__(f"{code}: {message}")
+        self.code, self.retryable = code, retryable
+
+
+@dataclass
+class Obs:
+    sid: str
+    tick: int
+    frame: np.ndarray
+    audio: np.ndarray | None
+    dropped: int = 0
+    timings: dict = field(default_factory=dict)
+
+
+class BridgeClient:
+    def __init__(self, addr: str = "tcp://127.0.0.1:5555", timeout_ms: int = 5000, retries: int = 3,
+                 name: str = "worldsim-python", capabilities: tuple[str, ...] = P.CAPABILITIES,
+                 curve: dict[str, bytes] | None = None, connect: bool = True):
+        """``curve``: ``{"server_public", "public", "secret"}`` keys (z85 bytes) for a CURVE server."""
+        self.addr, self.timeout_ms, self.retries = addr, timeout_ms, retries
+        self.name, self.capabilities, self.curve = name, list(capabilities), curve
+        self.ctx = zmq.Context.instance()
+        self.sock: zmq.Socket | None = None
+        self.token: str | None = None
+        self.welcome: dict[str, Any] = {}
+        self._rid = itertools.count(1)
+        self._obs: deque[dict] = deque()
+        self.auto_credit = True
+        if connect:
+            self.connect()
+
+    # ---- connection ----------------------------------------------------------------
+    def _socket(self) -> None:
+        if self.sock is not None:
+            self.sock.close(0)
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        if self.curve:
+            s.curve_serverkey = self.curve["server_public"]
+            s.curve_publickey = self.curve["public"]
+            s.curve_secretkey = self.curve["secret"]
+        s.connect(self.addr)
+        self.sock = s
+
+    def connect(self) -> dict[str, Any]:
+        """HELLO (resuming our sessions if we had a token) → the WELCOME body."""
+        self._socket()
+        body: dict[str, Any] = {"client": self.name, "capabilities": self.capabilities}
+        if self.token:
+            body["resume"] = self.token
+        self.welcome = self._roundtrip(P.HELLO, body, None, reconnect=False).get("body", {})
+        self.token = self.welcome["token"]
+        return self.welcome
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(0)
+            self.sock = None
+
+    def __enter__(self) -> "BridgeClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- request/reply with Lazy Pirate -----------------------------------------------
+    def _send(self, type_: str, body: dict | None = None, sid: str | None = None, rid: int | None = None) -> int:
+        rid = rid if rid is not None else next(self._rid)
+        self.sock.send(P.pack(P.envelope(type_, body, rid, sid)))
+        return rid
+
+    def _recv(self, timeout_ms: int) -> dict | None:
+        if self.sock.poll(timeout_ms, zmq.POLLIN):
+            return P.unpack(self.sock.recv(), max_bytes=1 << 26)
+        return None
+
+    def _roundtrip(self, type_: str, body: dict | None, sid: str | None, reconnect: bool = True,
+                   rid: int | None = None) -> dict[str, Any]:
+        rid = next(self._rid) if rid is None else rid
+        attempts = self.retries + 1 if reconnect else 1
+        for attempt in range(attempts):
+            self._send(type_, body, sid, rid)
+            deadline = time.monotonic() + self.timeout_ms / 1e3
+            while True:
+                left = int((deadline - time.monotonic()) * 1e3)
+                msg = self._recv(max(left, 0)) if left > 0 else None
+                if msg is None:
+                    break
+                if msg.get("rid") != rid:
+                    if msg.get("type") == P.OBS:
+                        self._obs.append(msg)  # a realtime frame arriving meanwhile
+                    continue
+                if msg.get("type") == P.ERROR:
+                    b = msg.get("body", {})
+                    raise BridgeError(b.get("code", "INTERNAL"), b.get("message", ""), bool(b.get("retryable")))
+                return msg
+            if attempt + 1 < attempts:  # Lazy Pirate: new socket, resume, same request id
+                time.sleep(min(0.1 * 2 ** attempt, 1.0))
+                try:
+                    self.connect()
+                except BridgeError:
+                    continue
+        raise BridgeError("TIMEOUT", f"no reply to {type_} from {self.addr} after {attempts} attempt(s)", True)
+
+    def request(self, type_: str, body: dict | None = None, sid: str | None = None) -> dict[str, Any]:
+        return self._roundtrip(type_, body, sid).get("body", {})
+
+    # ---- API ---------------------------------------------------------------------------
+    def open(self, mode: str = "lockstep", seed: int = 0, start: np.ndarray | None = None, credit: int = 2,
+             action: dict | None = None) -> str:
+        body: dict[str, Any] = {"mode": mode, "seed": seed, "credit": credit}
+        if start is not None:
+            body["start"] = P.encode_array(np.asarray(start, np.uint8))
+        if action is not None:
+            body["action"] = action
+        return self.request(P.OPEN, body)["sid"]
+
+    @staticmethod
+    def _to_obs(msg: dict) -> Obs:
+        b = msg["body"]
+        audio = None if b.get("audio") is None else P.decode_array(b["audio"], "audio")
+        return Obs(msg["sid"], b["tick"], P.decode_array(b["frame"], "frame"), audio, b.get("dropped", 0), b.get("timings", {}))
+
+    def step(self, sid: str, action: dict | None = None) -> Obs:
+        return self._to_obs(self._roundtrip(P.STEP, {"action": action or {}}, sid))
+
+    def step_many(self, actions: dict[str, dict | None]) -> dict[str, Obs]:
+        """One lockstep STEP per session, all sent before any reply is awaited, so the server
+        runs them as one batched forward (NPC crowds, cutscenes)."""
+        want: dict[int, str] = {self._send(P.STEP, {"action": a or {}}, sid): sid for sid, a in actions.items()}
+        got: dict[str, Obs] = {}
+        deadline = time.monotonic() + self.timeout_ms / 1e3
+        while want:
+            left = int((deadline - time.monotonic()) * 1e3)
+            msg = self._recv(left) if left > 0 else None
+            if msg is None:
+                break
+            if msg.get("rid") not in want:
+                if msg.get("type") == P.OBS:
+                    self._obs.append(msg)
+                continue
+            sid = want.pop(msg["rid"])
+            if msg.get("type") == P.ERROR:
+                b = msg.get("body", {})
+                raise BridgeError(b.get("code", "INTERNAL"), f"{sid}: {b.get('message', '')}", bool(b.get("retryable")))
+            got[sid] = self._to_obs(msg)
+        # replies lost: retry each with its own request id; the server replays a repeated
+        # STEP's reply instead of stepping twice
+        for rid, sid in want.items():
+            got[sid] = self._to_obs(self._roundtrip(P.STEP, {"action": actions[sid] or {}}, sid, rid=rid))
+        return got
+
+    def act(self, sid: str, action: dict | None) -> None:
+        self._send(P.ACT, {"action": action or {}}, sid)
+
+    def credit(self, sid: str, n: int = 1) -> None:
+        self._send(P.CREDIT, {"n": n}, sid)
+
+    def recv_obs(self, timeout_ms: int = 1000) -> Obs | None:
+        """The next realtime frame (returning one credit for it unless ``auto_credit`` is off)."""
+        if not self._obs:
+            deadline = time.monotonic() + timeout_ms / 1e3
+            while not self._obs:
+                left = int((deadline - time.monotonic()) * 1e3)
+                if left <= 0:
+                    return None
+                msg = self._recv(left)
+                if msg is None:
+                    return None
+                if msg.get("type") == P.OBS:
+                    self._obs.append(msg)
+                elif msg.get("type") == P.ERROR:
+                    b = msg.get("body", {})
+                    raise BridgeError(b.get("code", "INTERNAL"), b.get("message", ""), bool(b.get("retryable")))
+        msg = self._obs.popleft()
+        if self.auto_credit:
+            self.credit(msg["sid"], 1)
+        return self._to_obs(msg)
+
+    def snapshot(self, sid: str) -> str:
+        return self.request(P.SNAPSHOT, {}, sid)["snapshot"]
+
+    def restore(self, snapshot: str, mode: str = "lockstep", credit: int = 2) -> str:
+        return self.request(P.RESTORE, {"snapshot": snapshot, "mode": mode, "credit": credit})["sid"]
+
+    def fork(self, sid: str, mode: str | None = None, credit: int = 2) -> str:
+        body: dict[str, Any] = {"credit": credit}
+        if mode:
+            body["mode"] = mode
+        return self.request(P.FORK, body, sid)["sid"]
+
+    def close_session(self, sid: str) -> None:
+        self.request(P.CLOSE, {}, sid)
+
+    def ping(self) -> dict[str, Any]:
+        return self.request(P.PING)

@@ -1,0 +1,150 @@
+"""`worldsim bench --bridge`: what the ZeroMQ bridge costs on top of the runtime, measured in one run.
+
+The server runs as its own process (`worldsim serve`, one torch thread), as an engine would
+use it; this process is the client. Figures (JSON keys under ``bridge``):
+
+* ``overhead_ms_p50`` / ``overhead_ms_p99``: per lockstep tick, the client's round-trip time
+  minus the server's own model time for that tick (reported in the reply's ``timings``), i.e.
+  serialisation + transport + server bookkeeping, paired tick by tick;
+* ``rtt_ms_p50`` / ``inprocess_ms_p50``: the whole round trip, and ``Session.step`` in this
+  process for the same actions, side by side;
+* ``realtime``: for each session count, the frames/s each realtime session received at the
+  world's tick rate (min over sessions), frames the server dropped for slow clients, and
+  server errors; ``sessions_held`` is the largest count whose slowest session kept the target.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+TARGET_OVERHEAD_MS = 1.0
+TARGET_SESSION_FPS = 15.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(world: str, port: int) -> subprocess.Popen:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="33554432", MALLOC_TRIM_THRESHOLD_="1073741824")
+    return subprocess.Popen([sys.executable, "-m", "worldsim.cli", "serve", "--world", world, "--bind",
+                             f"tcp://127.0.0.1:{port}", "--max-sessions", "64", "--heartbeat-timeout-ms", "20000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+def _connect(addr: str, proc: subprocess.Popen, timeout_s: float = 120.0):
+    from engine_bridge.client import BridgeClient, BridgeError
+
+    t0 = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bridge server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            return BridgeClient(addr, timeout_ms=2000, retries=0)
+        except BridgeError:
+            if time.monotonic() - t0 > timeout_s:
+                raise
+            time.sleep(0.5)
+
+
+def _lockstep(client, actions: list) -> dict[str, float]:
+    sid = client.open(mode="lockstep", seed=0)
+    for a in actions[:10]:  # warm-up
+        client.step(sid, a)
+    rtt, over = [], []
+    for a in actions:
+        t = time.perf_counter()
+        obs = client.step(sid, a)
+        dt = (time.perf_counter() - t) * 1e3
+        rtt.append(dt)
+        over.append(dt - float(obs.timings.get("model_ms", 0.0)))
+    client.close_session(sid)
+    return {"rtt_ms_p50": float(np.percentile(rtt, 50)), "rtt_ms_p99": float(np.percentile(rtt, 99)),
+            "overhead_ms_p50": float(np.percentile(over, 50)), "overhead_ms_p99": float(np.percentile(over, 99))}
+
+
+def _inprocess(world_spec: str, actions: list) -> float:
+    import torch
+
+    from worldsim.runtime import World
+
+    torch.set_num_threads(1)
+    s = World.load(world_spec).open(seed=0)
+    for a in actions[:10]:
+        s.step(a)
+    ts = []
+    for a in actions:
+        t = time.perf_counter()
+        s.step(a)
+        ts.append((time.perf_counter() - t) * 1e3)
+    return float(np.percentile(ts, 50))
+
+
+def _realtime(client, n: int, seconds: float, tick_rate: float) -> dict[str, Any]:
+    sids = [client.open(mode="realtime", seed=i, credit=4) for i in range(n)]
+    for sid in sids:
+        client.act(sid, {"keys": ["forward"]})
+    counts = dict.fromkeys(sids, 0)
+    dropped = dict.fromkeys(sids, 0)
+    t0 = time.monotonic()
+    warm = t0 + 1.0  # frames in the first second are not counted (session start-up)
+    while time.monotonic() - t0 < seconds + 1.0:
+        obs = client.recv_obs(200)
+        if obs is not None and obs.sid in counts:
+            dropped[obs.sid] = obs.dropped
+            if time.monotonic() >= warm:
+                counts[obs.sid] += 1
+    for sid in sids:
+        client.close_session(sid)
+    fps = [counts[s] / seconds for s in sids]
+    return {"sessions": n, "min_fps": min(fps), "mean_fps": float(np.mean(fps)), "tick_rate": tick_rate,
+            "frames_dropped": int(sum(dropped.values()))}
+
+
+def run_bridge_bench(world: str = "default", ticks: int = 300, session_counts=(1, 4, 8, 16),
+                     seconds: float = 8.0, progress: bool = True) -> dict[str, Any]:
+    from worldsim.bench.runtime_bench import _actions
+    from worldsim.runtime import World
+
+    say = (lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None)
+    w = World.load(world)
+    acts = _actions(w, ticks)
+    tick_rate = w.tick_rate
+    del w
+    port = _free_port()
+    proc = _start_server(world, port)
+    res: dict[str, Any] = {"transport": "tcp loopback", "ticks": ticks}
+    try:
+        client = _connect(f"tcp://127.0.0.1:{port}", proc)
+        with client:
+            res.update(_lockstep(client, acts))
+            say(f"bridge lockstep: rtt p50 {res['rtt_ms_p50']:.2f} ms, overhead p50 {res['overhead_ms_p50']:.3f} ms")
+            res["realtime"] = []
+            for n in session_counts:
+                r = _realtime(client, n, seconds, tick_rate)
+                res["realtime"].append(r)
+                say(f"bridge realtime: {n} sessions, slowest {r['min_fps']:.1f} fps")
+            stats = client.request("PING").get("stats", {})
+        res["server_errors"] = int(stats.get("internal_errors", 0)) if stats else None
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    res["inprocess_ms_p50"] = _inprocess(world, acts)
+    held = [r["sessions"] for r in res["realtime"] if r["min_fps"] >= TARGET_SESSION_FPS]
+    res["sessions_held"] = max(held, default=0)
+    res["targets_met"] = {"overhead_ms_p50": res["overhead_ms_p50"] <= TARGET_OVERHEAD_MS,
+                          "8_sessions_at_15_fps": any(r["sessions"] >= 8 and r["min_fps"] >= TARGET_SESSION_FPS
+                                                      for r in res["realtime"])}
+    return res
