@@ -266,14 +266,19 @@ npcs:
 def test_cutscene_batched_steps_equal_single_steps(server):
     with BridgeClient(server.endpoint, timeout_ms=3000) as c:
         s1, s2 = c.open(seed=7), c.open(seed=7)
-        batched = c.step_many({s1: {"keys": ["forward"]}, s2: {"keys": ["forward"]}})
-        assert batched[s1].timings["batch"] == 2  # one forward for both sessions
-        assert np.array_equal(batched[s1].frame, batched[s2].frame)
+        sizes, firsts = [], []
+        for _ in range(5):
+            batched = c.step_many({s1: {"keys": ["forward"]}, s2: {"keys": ["forward"]}})
+            firsts.append(batched[s1].frame)
+            sizes.append(batched[s1].timings["batch"])
+            assert np.abs(batched[s1].frame.astype(int) - batched[s2].frame).mean() < 2.0
+        # STEPs that are waiting together run as one forward (a loaded machine may split a tick)
+        assert max(sizes) == 2
         s3 = c.open(seed=7)
-        single = c.step(s3, {"keys": ["forward"]})
-        assert single.timings["batch"] == 1
-        # bf16 kernels may round differently at another batch size: same frame up to rounding
-        assert np.abs(single.frame.astype(int) - batched[s1].frame).mean() < 2.0
+        first = c.step(s3, {"keys": ["forward"]})
+        assert first.timings["batch"] == 1
+        # the same first tick as in the batch, up to bf16 rounding at another batch size
+        assert np.abs(first.frame.astype(int) - firsts[0]).mean() < 2.0
 
 
 @pytest.mark.parametrize("text,msg", [

@@ -39,13 +39,14 @@ def test_tiny_trains_evaluates_and_resumes(toy, tmp_path, capsys):
     # resume continues from step 30 (optimizer state included) rather than starting over
     cfg = ROOT / "configs" / "tiny.yaml"
     more = tmp_path / "more.yaml"
-    more.write_text(cfg.read_text().replace("dynamics_train: {steps: 30", "dynamics_train: {steps: 40"))
+    more.write_text(cfg.read_text().replace("dynamics_train: {steps: 30, batch: 4", "dynamics_train: {steps: 40, batch: 2"))
     assert main(["train", "--config", str(more), "--data", str(toy), "--out", str(run), "--resume", "--quiet",
                  "--stage", "dynamics"]) == 0
     dl = _log(run, "dynamics")
     assert dl[-1]["step"] == 40 and min(r["step"] for r in dl[len(dl) - 1:]) > 30
     meta = json.loads((run / "dynamics.json").read_text())["meta"]
     assert meta["train_steps"] == 40
+    assert meta["predictions_seen"] == 30 * 4 * 3 + 10 * 2 * 3  # counted per batch size actually used
 
     # the run directory is a world checkpoint the evaluation harness can load and score
     from worldsim.eval.harness import load_model

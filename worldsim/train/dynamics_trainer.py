@@ -149,6 +149,11 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
     model = Dynamics(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.98))
     step = resume_state(out, "dynamics", model, opt) if resume else 0
+    # predictions seen so far: a resumed run may have used another batch size or world size
+    seen0, step0 = 0, step
+    if step and (out / "dynamics.json").exists():
+        from worldsim.model.checkpoint import read_component_json
+        seen0 = int(read_component_json(out, "dynamics").get("meta", {}).get("predictions_seen", 0))
     net: torch.nn.Module = model
     if ddp:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if device == "cpu" else [torch.device(device).index])
@@ -174,7 +179,7 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
         step += 1
         log.update(step, tcfg.batch * world * (cfg.context - 1), loss=loss.item(), lr=float(lr), **stats)
         if rank == 0 and (step % tcfg.save_every == 0 or step == total):
-            samples = step * tcfg.batch * world * (cfg.context - 1)
+            samples = seen0 + (step - step0) * tcfg.batch * world * (cfg.context - 1)
             save_component(out, "dynamics", model, cfg, meta={**meta_base, "train_steps": step, "predictions_seen": samples})
             save_train_state(out, "dynamics", step, opt)
         if rank == 0 and on_eval is not None and tcfg.eval_every and step % tcfg.eval_every == 0:
