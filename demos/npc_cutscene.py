@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from engine_bridge.client import BridgeClient
-from engine_bridge.cutscene import write_mp4, write_wav
+from engine_bridge.cutscene import write_npc_media
 
 
 def patrol(tick: int) -> dict:
@@ -73,12 +73,9 @@ def main() -> None:
     finally:
         if srv is not None:
             srv.stop()
-    args.out.mkdir(parents=True, exist_ok=True)
     for n in brains:
-        write_mp4(args.out / f"{n}.mp4", np.stack(frames[n]), world["tick_rate"])
-        if sound[n] and world.get("audio"):
-            write_wav(args.out / f"{n}.wav", np.concatenate(sound[n]), world["audio"]["sample_rate"])
-        print(f"{n}: {args.out / n}.mp4 ({len(frames[n])} frames)")
+        files = write_npc_media(args.out, n, np.stack(frames[n]), np.concatenate(sound[n]) if sound[n] else None, world)
+        print(f"{n}: {', '.join(files)} ({len(frames[n])} frames)")
 
 
 if __name__ == "__main__":

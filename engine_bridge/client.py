@@ -32,6 +32,11 @@ class BridgeError(RuntimeError):
         self.code, self.retryable = code, retryable
 
 
+def _raise_error(msg: dict, prefix: str = "") -> None:
+    b = msg.get("body") or {}
+    raise BridgeError(b.get("code", "INTERNAL"), prefix + str(b.get("message", "")), bool(b.get("retryable")))
+
+
 @dataclass
 class Obs:
     sid: str
@@ -122,8 +127,7 @@ class BridgeClient:
                         self._obs.append(msg)  # a realtime frame arriving meanwhile
                     continue
                 if msg.get("type") == P.ERROR:
-                    b = msg.get("body", {})
-                    raise BridgeError(b.get("code", "INTERNAL"), b.get("message", ""), bool(b.get("retryable")))
+                    _raise_error(msg)
                 return msg
             if attempt + 1 < attempts:  # Lazy Pirate: new socket, resume, same request id
                 time.sleep(min(0.1 * 2 ** attempt, 1.0))
@@ -172,8 +176,7 @@ class BridgeClient:
                 continue
             sid = want.pop(msg["rid"])
             if msg.get("type") == P.ERROR:
-                b = msg.get("body", {})
-                raise BridgeError(b.get("code", "INTERNAL"), f"{sid}: {b.get('message', '')}", bool(b.get("retryable")))
+                _raise_error(msg, f"{sid}: ")
             got[sid] = self._to_obs(msg)
         # replies lost: retry each with its own request id; the server replays a repeated
         # STEP's reply instead of stepping twice
@@ -201,8 +204,7 @@ class BridgeClient:
                 if msg.get("type") == P.OBS:
                     self._obs.append(msg)
                 elif msg.get("type") == P.ERROR:
-                    b = msg.get("body", {})
-                    raise BridgeError(b.get("code", "INTERNAL"), b.get("message", ""), bool(b.get("retryable")))
+                    _raise_error(msg)
         msg = self._obs.popleft()
         if self.auto_credit:
             self.credit(msg["sid"], 1)

@@ -214,17 +214,20 @@ def render_cutscene(timeline: str | Path, out: str | Path, client, scale: int = 
     """Play ``timeline`` through ``client`` and write ``<out>/<npc>.mp4`` (+ ``.wav``)."""
     w = client.welcome
     tl = load_timeline(timeline, list(w["schema"]["buttons"]))
+    result = play_timeline(tl, client, progress=progress)
+    return {name: write_npc_media(out, name, r["frames"], r["audio"], w["world"], scale=scale)
+            for name, r in result.items()}
+
+
+def write_npc_media(out: str | Path, name: str, frames: np.ndarray, audio: np.ndarray | None,
+                    world: dict[str, Any], scale: int = 4) -> list[str]:
+    """``<out>/<name>.mp4`` (+ ``.wav`` when there is sound), timed by the WELCOME's world spec."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = play_timeline(tl, client, progress=progress)
-    fps = float(w["world"]["tick_rate"])
-    rate = (w["world"].get("audio") or {}).get("sample_rate")
-    written: dict[str, list[str]] = {}
-    for name, r in result.items():
-        files = [out / f"{name}.mp4"]
-        write_mp4(files[0], r["frames"], fps, scale=scale)
-        if r["audio"] is not None and rate:
-            files.append(out / f"{name}.wav")
-            write_wav(files[1], r["audio"], rate)
-        written[name] = [str(f) for f in files]
-    return written
+    files = [out / f"{name}.mp4"]
+    write_mp4(files[0], frames, float(world["tick_rate"]), scale=scale)
+    rate = (world.get("audio") or {}).get("sample_rate")
+    if audio is not None and rate:
+        files.append(out / f"{name}.wav")
+        write_wav(files[1], audio, rate)
+    return [str(f) for f in files]
