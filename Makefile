@@ -30,8 +30,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # ViZDoom's sound needs Debian's libopenal1 (without it recorded audio is silently zero);
-# the C++ engine client (engine_bridge/clients/cpp) builds with CMake against libzmq + cppzmq + msgpack-cxx.
-SYSTEM_PKGS := libopenal1 cmake g++ pkg-config libzmq3-dev cppzmq-dev libmsgpack-cxx-dev
+# the C++ engine client (engine_bridge/clients/cpp) builds with CMake against libzmq + cppzmq + msgpack-cxx;
+# xvfb gives the player tests a real X window.
+SYSTEM_PKGS := libopenal1 cmake g++ pkg-config libzmq3-dev cppzmq-dev libmsgpack-cxx-dev xvfb
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

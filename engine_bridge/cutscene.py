@@ -15,13 +15,13 @@ Timeline file (YAML or JSON)::
 
 All NPC sessions are opened in lockstep mode on one connection and every tick's STEPs are
 sent together, so the server runs them as one batched forward (``BridgeClient.step_many``).
-Video is encoded with PyAV (H.264, yuv420p); audio is written as 16-bit PCM WAV.
+Video is encoded with PyAV (H.264 with the sound muxed as AAC); the sound is also written as
+16-bit PCM WAV for engines that import audio separately.
 """
 
 from __future__ import annotations
 
 import json
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from worldsim.errors import WorldsimError
+from worldsim.play.media import write_mp4, write_wav
 
 MAX_TICKS = 100_000
 
@@ -181,34 +182,6 @@ def play_timeline(tl: Timeline, client, progress: bool = False) -> dict[str, dic
     return {n: {"frames": np.stack(frames[n]), "audio": np.concatenate(audio[n]) if audio[n] else None} for n in frames}
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: float, scale: int = 4) -> None:
-    """H.264 MP4 via PyAV; frames are upscaled (nearest) so players show them crisply."""
-    import av
-    from fractions import Fraction
-
-    if scale > 1:
-        frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
-    h, w = frames.shape[1:3]
-    with av.open(str(path), mode="w") as out:
-        st = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        st.width, st.height, st.pix_fmt = w, h, "yuv420p"
-        st.options = {"crf": "18"}
-        for f in frames:
-            for pkt in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                out.mux(pkt)
-        for pkt in st.encode():
-            out.mux(pkt)
-
-
-def write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
-    a = np.asarray(audio, np.int16)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(a.shape[1] if a.ndim == 2 else 1)
-        w.setsampwidth(2)
-        w.setframerate(int(rate))
-        w.writeframes(a.astype("<i2").tobytes())
-
-
 def render_cutscene(timeline: str | Path, out: str | Path, client, scale: int = 4,
                     progress: bool = False) -> dict[str, list[str]]:
     """Play ``timeline`` through ``client`` and write ``<out>/<npc>.mp4`` (+ ``.wav``)."""
@@ -225,8 +198,9 @@ def write_npc_media(out: str | Path, name: str, frames: np.ndarray, audio: np.nd
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / f"{name}.mp4"]
-    write_mp4(files[0], frames, float(world["tick_rate"]), scale=scale)
-    rate = (world.get("audio") or {}).get("sample_rate")
+    spec = world.get("audio") or None
+    write_mp4(files[0], frames, float(world["tick_rate"]), scale=scale, audio=audio, audio_spec=spec)
+    rate = (spec or {}).get("sample_rate")
     if audio is not None and rate:
         files.append(out / f"{name}.wav")
         write_wav(files[1], audio, rate)

@@ -276,6 +276,7 @@ npcs:
     assert set(written) == {"a", "b"}
     for name in ("a", "b"):
         with av.open(str(tmp_path / "out" / f"{name}.mp4")) as f:
+            assert len(f.streams.audio) == 1  # sound muxed into the MP4 as well
             frames = [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]
         assert len(frames) == 6 and frames[0].shape == (128, 128, 3)
         with wave.open(str(tmp_path / "out" / f"{name}.wav")) as w:

@@ -170,12 +170,6 @@ def test_bench_smoke(world, tmp_path):
     assert set(check_targets(r)) >= {"fps", "ratio_vs_baseline", "ttff_ms_warm"}
 
 
-def test_play_smoke(world):
-    from worldsim.play.player import PlayConfig, play
-    r = play(PlayConfig(world=str(world.model.path), ticks=5, scale=2))
-    assert r["ticks"] == 5 and r["last_tick"] == 5
-
-
 def test_shipped_default_world_loads_steps_and_is_described():
     import json
     import subprocess

@@ -131,8 +131,16 @@ class WorldModelVectorEnv(VectorEnv):
         return np.stack(obs)
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
+        """``options["start"]`` is one start for every env, or a list with one per env (e.g.
+        contexts recorded from the real game, to compare a policy in both)."""
         seeds = seed if isinstance(seed, (list, tuple)) else [None if seed is None else seed + i for i in range(self.num_envs)]
-        out = [e.reset(seed=s, options=options) for e, s in zip(self.envs, seeds)]
+        per_env = [options] * self.num_envs
+        start = (options or {}).get("start")
+        if isinstance(start, (list, tuple)):
+            if len(start) != self.num_envs:
+                raise ValueError(f"options['start'] has {len(start)} entries for {self.num_envs} envs")
+            per_env = [dict(options, start=s) for s in start]
+        out = [e.reset(seed=s, options=o) for e, s, o in zip(self.envs, seeds, per_env)]
         self._needs_reset[:] = False
         return self._stack([o for o, _ in out]), {"tick": np.zeros(self.num_envs, int)}
 

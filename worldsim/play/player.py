@@ -1,156 +1,316 @@
-"""`worldsim play`: a pygame window onto a world, with keyboard, mouse look and sound.
+"""`worldsim play`: a pygame window onto a world, with keyboard, mouse look, sound and recording.
 
-Controls (DOOM-like): W/S or ↑/↓ move, A/D strafe, ←/→ or Q/E turn, mouse turns (click
-the window to capture it, Esc releases, Esc again quits), left button or Ctrl fires,
-Space uses, Shift runs. F5 saves a snapshot, F9 returns to it, F1 toggles the HUD.
+Each tick: read input → one step of the source (a world in this process, or a bridge
+server with ``--connect``) → show the frame (smoothly scaled to the window), queue the
+tick's sound, feed the recorders. The loop keeps the world's tick rate; a tick that misses
+its deadline is counted as dropped and the clock restarts instead of bursting to catch up.
 
-The loop ticks at the world's rate: read input → one session step → show the frame and
-queue the tick's sound on a mixer channel. The HUD shows the tick, frames/s and the model
-time of the last tick. ``--ticks N`` stops after N ticks (used by the smoke test with
-SDL's dummy video/audio drivers).
+Headless (``--headless``: SDL's dummy video and audio drivers) runs the same loop for
+scripts and tests, unpaced unless ``--realtime``, driven by ``--actions SCRIPT.json``.
+The controls are listed in :mod:`worldsim.play.controls`.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-KEYMAP = {  # pygame key name → button
-    "w": "forward", "up": "forward", "s": "back", "down": "back", "a": "strafe_left", "d": "strafe_right",
-    "left": "turn_left", "q": "turn_left", "right": "turn_right", "e": "turn_right",
-    "left ctrl": "attack", "right ctrl": "attack", "space": "use", "left shift": "run", "right shift": "run",
-}
+from worldsim.errors import WorldsimError
+
+HUD_KEYS = "F1 HUD · P pause · F5/F9 save/restore · F12 shot"
 
 
 @dataclass
 class PlayConfig:
     world: str = "default"
+    connect: str | None = None          # tcp://HOST:PORT of a `worldsim serve` (instead of `world`)
     seed: int = 0
+    start: str | None = None            # an image to begin from
     scale: int = 8
     ticks: int | None = None
     mute: bool = False
-    mouse_sensitivity: float = 0.15   # degrees of turn per pixel of mouse motion
+    mouse_sensitivity: float = 0.15     # degrees of turn per pixel of mouse motion
     device: str | None = None
+    sampling_steps: int | None = None
+    headless: bool = False
+    realtime: bool | None = None        # pace at the tick rate (default: yes unless headless)
+    actions: str | None = None          # JSON action script played before (or instead of) the keyboard
+    record: str | None = None           # OUT.mp4, video + sound
+    record_scale: int = 4
+    record_episode: str | None = None   # DIR: the session as an episode (training data)
+    screenshot: str | None = None       # PNG of the window when the loop ends
+    hud: bool = True
 
 
-def _init_audio(pygame, spec: dict | None, mute: bool) -> bool:
-    if mute or spec is None:
-        return False
-    try:
-        pygame.mixer.pre_init(frequency=spec["sample_rate"], size=-16, channels=spec["channels"], buffer=512)
-        pygame.mixer.init()
-        return pygame.mixer.get_init() is not None
-    except pygame.error as e:
-        print(f"worldsim play: no audio device ({e}); playing silently")
-        return False
+@dataclass
+class Stats:
+    ticks: int = 0
+    late: int = 0                       # ticks shown after their deadline
+    dropped: int = 0                    # whole tick slots that passed without a new frame
+    frames_changed: int = 0             # ticks whose frame differs from the one before
+    fps: float = 0.0
+    model_ms: float = 0.0
+    latency_ms: float = 0.0             # input sampled → frame on screen, last tick
+    latencies: list[float] = field(default_factory=list)
 
 
-def play(cfg: PlayConfig) -> dict:
+def _make_source(cfg: PlayConfig):
+    from worldsim.play.sources import LocalSource, RemoteSource
+
+    if cfg.connect:
+        return RemoteSource(cfg.connect, seed=cfg.seed, start=cfg.start)
+    return LocalSource(cfg.world, seed=cfg.seed, start=cfg.start, device=cfg.device,
+                       sampling_steps=cfg.sampling_steps)
+
+
+class EpisodeSink:
+    """The played session in the episode format: ``frames[t]`` is what the player saw before
+    choosing ``actions[t]``. A restore (F9) ends the current episode and starts a new one."""
+
+    def __init__(self, root: str, source, cfg: PlayConfig):
+        from worldsim.data.episode import next_episode_index
+
+        self.root, self.source, self.cfg = Path(root), source, cfg
+        if self.root.exists() and not self.root.is_dir():
+            raise WorldsimError(f"--record-episode {self.root}: exists and is not a directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.index = next_episode_index(self.root)
+        self.written: list[str] = []
+        self.writer = None
+
+    def begin(self) -> None:
+        from worldsim.data.episode import EpisodeWriter
+
+        s = self.source
+        meta = {"source": "worldsim play", "world": s.name, "where": s.where, "tick_rate": s.tick_rate,
+                "seed": self.cfg.seed, "generated": True, "map": s.name}
+        self.writer = EpisodeWriter(self.root / f"ep_{self.index:06d}", s.schema, meta, s.resolution, s.audio_spec)
+        self.index += 1
+
+    def add(self, frame: np.ndarray, action: dict[str, Any], audio: np.ndarray | None) -> None:
+        a = self.source.schema.parse(action)
+        spec = self.source.audio_spec
+        if spec and audio is None:
+            audio = np.zeros((spec["samples_per_step"], spec["channels"]), np.int16)
+        self.writer.append(frame, a.buttons, a.axes, audio if spec else None)
+
+    def end(self) -> None:
+        if self.writer is not None and len(self.writer):
+            self.written.append(str(self.writer.close()))
+        self.writer = None
+
+
+def _draw_hud(pygame, screen, font, lines: list[str]) -> None:
+    h = 18 * len(lines) + 8
+    w = max(font.size(t)[0] for t in lines) + 12
+    box = pygame.Surface((w, h), pygame.SRCALPHA)
+    box.fill((0, 0, 0, 150))
+    screen.blit(box, (4, 4))
+    for i, t in enumerate(lines):
+        screen.blit(font.render(t, True, (235, 235, 235)), (10, 8 + 18 * i))
+
+
+def play(cfg: PlayConfig) -> dict[str, Any]:
+    """Run the player; returns what happened (ticks, drops, latency, sound, written files)."""
+    if cfg.headless:
+        os.environ["SDL_VIDEODRIVER"] = "dummy"
+        os.environ["SDL_AUDIODRIVER"] = "dummy"
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     import pygame
     import torch
 
-    from worldsim.runtime import World
+    from worldsim.actions import load_script
+    from worldsim.play.controls import AudioOut, InputState
+    from worldsim.play.media import Mp4Writer
 
     torch.set_num_threads(1)
-    world = World.load(cfg.world, device=cfg.device)
-    H, W = world.resolution
     pygame.init()
-    audio_on = _init_audio(pygame, world.audio_spec, cfg.mute)
-    screen = pygame.display.set_mode((W * cfg.scale, H * cfg.scale + 24))
-    pygame.display.set_caption(f"worldsim — {world.name}")
+    source = _make_source(cfg)
+    script = [source.schema.to_entry(a) for a in load_script(cfg.actions, source.schema)] if cfg.actions else []
+    limit = cfg.ticks if cfg.ticks is not None else (len(script) if cfg.headless and script else None)
+    if cfg.headless and limit is None:
+        raise WorldsimError("--headless needs --ticks N or --actions SCRIPT (it has no keyboard to stop it)")
+    realtime = (not cfg.headless) if cfg.realtime is None else cfg.realtime
+    H, W = source.resolution
+    audio = AudioOut(source.audio_spec, cfg.mute)
+    if audio.error:
+        print(f"worldsim play: no audio device ({audio.error}); playing silently")
+    flags = 0 if cfg.headless else pygame.RESIZABLE
+    screen = pygame.display.set_mode((W * cfg.scale, H * cfg.scale), flags)
+    pygame.display.set_caption(f"worldsim — {source.name} ({source.where})")
     font = pygame.font.Font(None, 22)
-    channel = pygame.mixer.Channel(0) if audio_on else None
-    session = world.open(seed=cfg.seed)
-    saved = None
-    period = 1.0 / world.tick_rate
-    names = list(world.schema.buttons)
-    hud, grabbed, running = True, False, True
-    fps_t, fps_n, fps = time.perf_counter(), 0, 0.0
-    last_ms = 0.0
-    ticks = 0
-    next_t = time.perf_counter()
-    while running:
-        mouse_dx = 0.0
-        for ev in pygame.event.get():
-            if ev.type == pygame.QUIT:
-                running = False
-            elif ev.type == pygame.KEYDOWN:
-                if ev.key == pygame.K_ESCAPE:
-                    if grabbed:
-                        grabbed = False
-                        pygame.event.set_grab(False)
-                        pygame.mouse.set_visible(True)
-                    else:
-                        running = False
-                elif ev.key == pygame.K_F5:
-                    saved = session.snapshot()
-                elif ev.key == pygame.K_F9 and saved is not None:
-                    session.close()
-                    session = world.restore(saved)
-                elif ev.key == pygame.K_F1:
-                    hud = not hud
-            elif ev.type == pygame.MOUSEBUTTONDOWN and not grabbed:
-                grabbed = True
-                pygame.event.set_grab(True)
-                pygame.mouse.set_visible(False)
-            elif ev.type == pygame.MOUSEMOTION and grabbed:
-                mouse_dx += ev.rel[0] * cfg.mouse_sensitivity
-        pressed = pygame.key.get_pressed()
-        keys = {KEYMAP[k] for k in KEYMAP if pressed[pygame.key.key_code(k)]}
-        if grabbed and pygame.mouse.get_pressed()[0]:
-            keys.add("attack")
-        action = {"keys": sorted(k for k in keys if k in names), "mouse": [float(np.clip(mouse_dx, -30, 30)), 0.0]}
-        t0 = time.perf_counter()
-        chunk = session.step(action)
-        last_ms = (time.perf_counter() - t0) * 1e3
-        frame = chunk.frames[-1]
-        surf = pygame.surfarray.make_surface(np.ascontiguousarray(frame.transpose(1, 0, 2)))
-        screen.blit(pygame.transform.scale(surf, (W * cfg.scale, H * cfg.scale)), (0, 0))
-        if channel is not None and chunk.audio is not None:
-            snd = pygame.mixer.Sound(buffer=np.ascontiguousarray(chunk.audio).tobytes())
-            if channel.get_busy():
-                channel.queue(snd)
-            else:
-                channel.play(snd)
-        screen.fill((0, 0, 0), (0, H * cfg.scale, W * cfg.scale, 24))
-        if hud:
-            txt = f"tick {chunk.tick}  {fps:4.1f} fps  model {last_ms:5.1f} ms  {'F9 restores' if saved else 'F5 saves'}"
-            screen.blit(font.render(txt, True, (220, 220, 220)), (6, H * cfg.scale + 4))
-        pygame.display.flip()
-        ticks += 1
-        fps_n += 1
-        if time.perf_counter() - fps_t >= 1.0:
-            fps, fps_n, fps_t = fps_n / (time.perf_counter() - fps_t), 0, time.perf_counter()
-        if cfg.ticks is not None and ticks >= cfg.ticks:
-            break
-        next_t += period
-        wait = next_t - time.perf_counter()
-        if wait > 0:
-            time.sleep(wait)
-        else:
-            next_t = time.perf_counter()  # behind: do not try to catch up in a burst
-    pygame.quit()
-    return {"ticks": ticks, "last_tick": session.tick, "audio": audio_on}
+    inp = InputState(list(source.schema.buttons), cfg.mouse_sensitivity)
+    video = Mp4Writer(cfg.record, source.tick_rate, (H, W), cfg.record_scale, source.audio_spec) if cfg.record else None
+    episodes = EpisodeSink(cfg.record_episode, source, cfg) if cfg.record_episode else None
+    st = Stats()
+    saved, paused, hud, running = None, False, cfg.hud, True
+    period = 1.0 / source.tick_rate
+
+    # the first frame: a no-op tick, so there is a picture before the first input
+    t0 = time.perf_counter()
+    cur = source.step({})
+    first_frame_ms = (time.perf_counter() - t0) * 1e3
+    if episodes:
+        episodes.begin()
+    if video:
+        video.add(cur.frame, cur.audio)
+    audio.push(cur.audio)
+    last_frame_t = time.perf_counter()
+    next_t = time.perf_counter() + period
+    try:
+        while running:
+            restored = False
+            for ev in pygame.event.get():
+                if ev.type == pygame.QUIT:
+                    running = False
+                elif ev.type == pygame.KEYDOWN:
+                    if ev.key == pygame.K_ESCAPE:
+                        if inp.grabbed:
+                            inp.grab(False)
+                        else:
+                            running = False
+                    elif ev.key == pygame.K_F1:
+                        hud = not hud
+                    elif ev.key == pygame.K_p:
+                        paused = not paused
+                        audio.pause(paused)
+                        last_frame_t = time.perf_counter()  # a pause is not a slow frame
+                        next_t = last_frame_t + period
+                    elif ev.key == pygame.K_F5:
+                        saved = (source.snapshot(), cur)
+                    elif ev.key == pygame.K_F9 and saved is not None:
+                        source.restore(saved[0])
+                        cur, restored = saved[1], True
+                    elif ev.key == pygame.K_F12:
+                        shot = f"worldsim-{source.name}-{cur.tick:06d}.png"
+                        pygame.image.save(screen, shot)
+                        print(f"screenshot: {shot}")
+                elif ev.type == pygame.MOUSEBUTTONDOWN and not inp.grabbed and not cfg.headless:
+                    inp.grab(True)
+                elif ev.type == pygame.MOUSEMOTION:
+                    inp.motion(ev.rel)
+            if restored and episodes:
+                episodes.end()
+                episodes.begin()
+            t_in = time.perf_counter()
+            if not paused and running:
+                action = inp.action()
+                if st.ticks < len(script):
+                    action = script[st.ticks]
+                nxt = source.step(action)
+                st.model_ms = nxt.model_ms
+                if episodes:
+                    episodes.add(cur.frame, action, cur.audio)
+                if video:
+                    video.add(nxt.frame, nxt.audio)
+                audio.push(nxt.audio)
+                st.frames_changed += int(not np.array_equal(nxt.frame, cur.frame))
+                cur = nxt
+                st.ticks += 1
+                now = time.perf_counter()
+                dt, last_frame_t = now - last_frame_t, now
+                st.fps = 1.0 / dt if st.fps == 0 else 0.9 * st.fps + 0.1 / dt  # smoothed frame rate
+            # show the frame, smoothly scaled to the window (which the user may resize)
+            sw, sh = screen.get_size()
+            surf = pygame.surfarray.make_surface(np.ascontiguousarray(cur.frame.transpose(1, 0, 2)))  # (W, H, 3)
+            screen.blit(pygame.transform.smoothscale(surf, (sw, sh)), (0, 0))
+            if hud:
+                lines = [f"{source.name} · tick {cur.tick} · {st.fps:4.1f} fps" + ("  PAUSED" if paused else ""),
+                         f"tick {st.model_ms:5.1f} ms · input to frame {st.latency_ms:5.1f} ms · late {st.late} · dropped {st.dropped}",
+                         f"sound {'on' if audio.on else 'off'}" + (f" · queued {audio.queued} · dropped {audio.dropped}"
+                                                                   if audio.on else "")
+                         + (" · REC" if video or episodes else ""),
+                         HUD_KEYS + (" (saved)" if saved else "")]
+                _draw_hud(pygame, screen, font, lines)
+            pygame.display.flip()
+            if not paused:
+                st.latency_ms = (time.perf_counter() - t_in) * 1e3
+                st.latencies.append(st.latency_ms)
+            if limit is not None and st.ticks >= limit:
+                break
+            if realtime or paused:
+                wait = next_t - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                    next_t += period
+                else:  # behind: count the skipped tick slots, do not try to catch up in a burst
+                    st.late += 1
+                    st.dropped += int(-wait // period)
+                    next_t = time.perf_counter() + period
+        if cfg.screenshot:
+            pygame.image.save(screen, cfg.screenshot)
+    finally:
+        written = []
+        if video:
+            written.append(str(video.close()))
+        if episodes:
+            episodes.end()
+            written += episodes.written
+        source.close()
+        pygame.quit()
+    lat = np.array(st.latencies or [0.0])
+    return {"ticks": st.ticks, "last_tick": cur.tick, "frames_changed": st.frames_changed, "late": st.late, "dropped": st.dropped,
+            "first_frame_ms": round(first_frame_ms, 1), "latency_p50_ms": round(float(np.median(lat)), 2),
+            "latency_p99_ms": round(float(np.percentile(lat, 99)), 2), "audio": audio.on,
+            "audio_queued": audio.queued, "audio_dropped": audio.dropped, "written": written,
+            "screenshot": cfg.screenshot, "source": source.where}
 
 
 def add_play_args(p) -> None:
+    from worldsim.play.controls import CONTROLS_HELP
+
+    p.description = "Play a world in a window with keyboard, mouse and sound.\n\n" + CONTROLS_HELP
+    import argparse
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--world", default="default", help="world checkpoint directory (default: the shipped world)")
+    p.add_argument("--connect", metavar="tcp://HOST:PORT", help="play a `worldsim serve` server instead of a local world")
     p.add_argument("--seed", type=int, default=0, help="picks the start context and seeds sampling")
+    p.add_argument("--start", metavar="IMAGE", help="begin from this picture (PNG/JPEG/BMP; resized to the world)")
     p.add_argument("--scale", type=int, default=8, choices=range(1, 17), metavar="1..16", help="window scale")
     p.add_argument("--ticks", type=int, help="quit after this many ticks")
-    p.add_argument("--mute", action="store_true")
+    p.add_argument("--mute", action="store_true", help="no sound")
     p.add_argument("--device", help="cpu, cuda (default: auto)")
+    p.add_argument("--sampling-steps", type=int, help="sampler steps per tick (default: the world's)")
+    p.add_argument("--headless", action="store_true", help="no window or sound device (SDL dummy drivers), unpaced")
+    p.add_argument("--realtime", action="store_true", default=None, help="pace headless runs at the tick rate")
+    p.add_argument("--actions", metavar="SCRIPT.json", help="play this action script first (headless: instead of input)")
+    p.add_argument("--record", metavar="OUT.mp4", help="record video with sound (H.264 + AAC)")
+    p.add_argument("--record-scale", type=int, default=4, choices=range(1, 17), metavar="1..16",
+                   help="upscale of recorded video (default 4)")
+    p.add_argument("--record-episode", metavar="DIR", help="record the session as training data (episode format)")
+    p.add_argument("--screenshot", metavar="OUT.png", help="save the window (with the HUD) when the run ends")
+    p.add_argument("--no-hud", action="store_true", help="start with the HUD hidden (F1 toggles)")
 
 
 def main_play(args) -> int:
     if args.ticks is not None and args.ticks < 1:
-        from worldsim.errors import WorldsimError
         raise WorldsimError("--ticks must be ≥ 1")
-    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-    r = play(PlayConfig(world=args.world, seed=args.seed, scale=args.scale, ticks=args.ticks, mute=args.mute,
-                        device=args.device))
-    print(f"played {r['ticks']} ticks")
+    if args.sampling_steps is not None and args.sampling_steps < 1:
+        raise WorldsimError("--sampling-steps must be ≥ 1")
+    if args.connect and (args.world != "default" or args.device or args.sampling_steps):
+        raise WorldsimError("--connect plays the server's world: --world/--device/--sampling-steps belong to the server")
+    if args.connect and not args.connect.startswith(("tcp://", "ipc://")):
+        raise WorldsimError(f"--connect {args.connect!r}: expected tcp://HOST:PORT")
+    for flag, path, kind in (("--record", args.record, ".mp4"), ("--screenshot", args.screenshot, ".png")):
+        if path and not Path(path).suffix.lower() == kind:
+            raise WorldsimError(f"{flag} {path}: expected a {kind} file name")
+        if path and not Path(path).resolve().parent.is_dir():
+            raise WorldsimError(f"{flag} {path}: directory {Path(path).parent} does not exist")
+    cfg = PlayConfig(world=args.world, connect=args.connect, seed=args.seed, start=args.start, scale=args.scale,
+                     ticks=args.ticks, mute=args.mute, device=args.device, sampling_steps=args.sampling_steps,
+                     headless=args.headless, realtime=args.realtime, actions=args.actions, record=args.record,
+                     record_scale=args.record_scale, record_episode=args.record_episode,
+                     screenshot=args.screenshot, hud=not args.no_hud)
+    r = play(cfg)
+    print(f"played {r['ticks']} ticks ({r['source']}): first frame {r['first_frame_ms']} ms, "
+          f"input→frame p50 {r['latency_p50_ms']} ms, late {r['late']}, dropped {r['dropped']}, "
+          f"sound {'on' if r['audio'] else 'off'} ({r['audio_queued']} chunks queued, {r['audio_dropped']} dropped)")
+    for f in r["written"] + ([r["screenshot"]] if r["screenshot"] else []):
+        print(f"wrote {f}")
     return 0

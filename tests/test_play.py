@@ -1,0 +1,164 @@
+"""The pygame player: headless scripted play, recording, --start, --connect, and a real X window under Xvfb."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import random_world
+from worldsim.cli import main as cli_main
+from worldsim.data import open_episodes
+from worldsim.play.player import PlayConfig, play
+
+
+def _script(path, entries):
+    path.write_text(json.dumps(entries))
+    return str(path)
+
+
+def test_headless_client_plays_100_scripted_ticks_with_sound_and_records(tmp_path):
+    import av
+
+    script = [{"keys": ["turn_right"]}] * 25 + [{"keys": ["forward", "run"]}] * 25 + \
+             [{"mouse": [-6.0, 0.0]}] * 25 + [{"keys": ["attack"]}] * 25
+    r = play(PlayConfig(headless=True, actions=_script(tmp_path / "a.json", script), seed=1,
+                        record=str(tmp_path / "out.mp4"), record_scale=2, record_episode=str(tmp_path / "eps")))
+    assert r["ticks"] == 100 and r["last_tick"] == 101  # + the no-op tick that makes the first picture
+    assert r["frames_changed"] >= 95
+    assert r["audio"] and r["audio_queued"] > 0  # sound went to the (dummy) mixer
+    with av.open(str(tmp_path / "out.mp4")) as f:
+        assert len(f.streams.audio) == 1
+        v = f.streams.video[0]
+        frames = [fr.to_ndarray(format="rgb24") for fr in f.decode(v)]
+    assert len(frames) == 101 and frames[0].shape == (128, 128, 3)
+    (ep,) = open_episodes(tmp_path / "eps")
+    ep.verify()
+    assert len(ep) == 100 and ep.meta["source"] == "worldsim play"
+    assert ep.buttons[:25, 5].all() and ep.buttons[25:50, 0].all() and (ep.axes[50:75, 0] == -6).all()
+    assert ep.audio.shape == (100, 1260, 2)
+    # frames[t] is what was on screen before action t: the first recorded frame is the first shown
+    video0 = frames[0][::2, ::2].astype(np.float32)  # H.264 is lossy: close, not equal
+    assert np.abs(ep.frames[0] - video0).mean() < 6 < np.abs(ep.frames[-1] - video0).mean()
+
+
+def test_different_actions_give_different_frames(tmp_path):
+    outs = []
+    for name, entry in (("left", {"keys": ["turn_left"]}), ("right", {"keys": ["turn_right"]})):
+        play(PlayConfig(headless=True, actions=_script(tmp_path / f"{name}.json", [entry] * 12), seed=2,
+                        record_episode=str(tmp_path / name)))
+        outs.append(open_episodes(tmp_path / name)[0].frames.astype(np.float32))
+    assert np.array_equal(outs[0][0], outs[1][0])                    # same start
+    assert np.abs(outs[0][4:] - outs[1][4:]).mean() > 2.0             # then the turns part ways
+
+
+def test_start_image_via_cli(tmp_path, capsys):
+    import cv2
+
+    img = np.zeros((120, 160, 3), np.uint8)
+    img[:, :80] = (0, 0, 255)  # BGR: left half red
+    cv2.imwrite(str(tmp_path / "start.png"), img)
+    rc = cli_main(["play", "--headless", "--ticks", "3", "--start", str(tmp_path / "start.png"),
+                   "--record-episode", str(tmp_path / "eps"), "--mute"])
+    assert rc == 0
+    assert "played 3 ticks" in capsys.readouterr().out
+    (ep,) = open_episodes(tmp_path / "eps")
+    f = ep.frames[0].astype(np.float32)  # (64, 64, 3): the world begins from the picture
+    assert f[:, :32, 0].mean() > f[:, 32:, 0].mean() + 20
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--headless"], "needs --ticks"),
+    (["--headless", "--ticks", "0"], "--ticks must be"),
+    (["--headless", "--ticks", "2", "--record", "x.avi"], "expected a .mp4"),
+    (["--headless", "--ticks", "2", "--record", "/no/such/dir/x.mp4"], "does not exist"),
+    (["--headless", "--ticks", "2", "--start", "/no/such.png"], "no such image"),
+    (["--headless", "--ticks", "2", "--actions", "/no/such.json"], "no such action script"),
+    (["--connect", "localhost:5555"], "expected tcp://"),
+    (["--connect", "tcp://127.0.0.1:5555", "--world", "x"], "belong to the server"),
+])
+def test_bad_arguments_are_refused_clearly(argv, msg, capsys, tmp_path):
+    assert cli_main(["play", *argv]) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_unreadable_start_image_and_bad_script(tmp_path, capsys):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    assert cli_main(["play", "--headless", "--ticks", "2", "--start", str(tmp_path / "bad.png")]) == 2
+    assert "not an image" in capsys.readouterr().err
+    (tmp_path / "s.json").write_text('[{"keys": ["jump"]}]')
+    assert cli_main(["play", "--headless", "--actions", str(tmp_path / "s.json")]) == 2
+    assert "entry 0" in capsys.readouterr().err
+
+
+def test_play_connects_to_a_bridge_server(tmp_path):
+    from engine_bridge.server import BridgeServer, ServerConfig
+    from worldsim.play.sources import RemoteSource
+    from worldsim.runtime import World
+    from worldsim.errors import WorldsimError
+
+    world = World.load(str(random_world(tmp_path / "w")))
+    srv = BridgeServer(world, ServerConfig(bind="tcp://127.0.0.1:*")).start()
+    try:
+        r = play(PlayConfig(connect=srv.endpoint, headless=True, ticks=6, record_episode=str(tmp_path / "eps")))
+        assert r["ticks"] == 6 and r["source"].startswith("bridge") and r["frames_changed"] >= 1
+        assert len(open_episodes(tmp_path / "eps")[0]) == 6
+        src = RemoteSource(srv.endpoint)
+        snap = src.snapshot()
+        a = src.step({"keys": ["forward"]}).frame
+        src.restore(snap)
+        assert np.array_equal(src.step({"keys": ["forward"]}).frame, a)  # F5/F9 over the bridge
+        src.close()
+    finally:
+        srv.stop()
+    with pytest.raises(WorldsimError, match="is `worldsim serve` running"):
+        RemoteSource("tcp://127.0.0.1:9", timeout_ms=200)
+
+
+@pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="Debian's xvfb is not installed (make system-deps)")
+def test_window_under_xvfb_shows_frame_and_hud(tmp_path):
+    env = dict(os.environ, SDL_VIDEODRIVER="x11", SDL_AUDIODRIVER="dummy")
+    shot = tmp_path / "shot.png"
+    p = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 800x600x24", sys.executable, "-m", "worldsim.cli", "play",
+                        "--ticks", "12", "--scale", "6", "--screenshot", str(shot)],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    import cv2
+
+    img = cv2.imread(str(shot))[:, :, ::-1]                       # (384, 384, 3) RGB
+    assert img.shape == (384, 384, 3)
+    hud = img[4:80, 4:300].astype(np.int32)
+    assert (hud.max(-1) > 200).mean() > 0.02                          # HUD text is drawn
+    assert img[200:].std() > 5                                        # the world's picture below it
+
+
+def _demo(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "demos" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"demo_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_play_remote_demo_spawns_a_server_and_plays(tmp_path, capsys):
+    assert _demo("play_remote").main(["--spawn-server", "--headless", "--ticks", "5",
+                                      "--record", str(tmp_path / "r.mp4")]) == 0
+    assert "played 5 ticks over bridge tcp://127.0.0.1:" in capsys.readouterr().out
+    assert (tmp_path / "r.mp4").stat().st_size > 0
+
+
+def test_robot_rollout_demo_compares_learned_and_real_game(tmp_path, capsys):
+    import av
+
+    assert _demo("robot_rollout").main(["--envs", "2", "--ticks", "4", "--out", str(tmp_path)]) == 0
+    rep = json.loads((tmp_path / "divergence.json").read_text())
+    assert set(rep["psnr_learned"]) == {"1", "2", "4"} and all(v > 5 for v in rep["psnr_learned"].values())
+    with av.open(str(tmp_path / "side_by_side.mp4")) as f:
+        assert sum(1 for _ in f.decode(video=0)) == 4
+    assert "PSNR learned" in capsys.readouterr().out

@@ -1,0 +1,121 @@
+"""Where the player's frames come from: a world in this process, or a bridge server.
+
+Both sources answer the same small interface, so the player, its recorders and the HUD
+never know which one they drive:
+
+    src = LocalSource("default", seed=0)            # or RemoteSource("tcp://host:5555")
+    t = src.step({"keys": ["forward"], "mouse": [2.0, 0.0]})
+    t.frame (H, W, 3) uint8 · t.audio (S, C) int16 or None · t.tick · t.model_ms
+    snap = src.snapshot(); src.restore(snap)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worldsim.actions import ActionSchema
+from worldsim.errors import WorldsimError
+
+
+@dataclass
+class Tick:
+    frame: np.ndarray          # (H, W, 3) uint8
+    audio: np.ndarray | None   # (S, C) int16
+    tick: int
+    model_ms: float
+
+
+def load_start_image(path: str | Path, resolution: tuple[int, int]) -> np.ndarray:
+    """A picture file (PNG, JPEG, BMP, …) → (H, W, 3) uint8 RGB at the world's resolution."""
+    import cv2
+
+    p = Path(path)
+    if not p.is_file():
+        raise WorldsimError(f"--start {p}: no such image file")
+    img = cv2.imread(str(p), cv2.IMREAD_COLOR)  # (h, w, 3) BGR, or None when unreadable
+    if img is None:
+        raise WorldsimError(f"--start {p}: not an image file OpenCV can read (PNG, JPEG, BMP, …)")
+    img = cv2.resize(img, (resolution[1], resolution[0]), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(img[:, :, ::-1])  # BGR → RGB
+
+
+def _start(start: np.ndarray | str | Path | None, resolution: tuple[int, int]) -> np.ndarray | None:
+    return load_start_image(start, resolution) if isinstance(start, (str, Path)) else start
+
+
+class LocalSource:
+    """A session of a world loaded in this process (no server)."""
+
+    def __init__(self, world: str = "default", seed: int = 0, start: np.ndarray | str | Path | None = None,
+                 device: str | None = None, sampling_steps: int | None = None):
+        from worldsim.runtime import World
+
+        self.world = World.load(world, device=device, sampling_steps=sampling_steps)
+        self.schema: ActionSchema = self.world.schema
+        self.name, self.resolution = self.world.name, tuple(self.world.resolution)
+        self.session = self.world.open(seed=seed, start=_start(start, self.resolution))
+        self.tick_rate, self.audio_spec = float(self.world.tick_rate), self.world.audio_spec
+        self.where = f"in process ({self.world.model.device})"
+
+    def step(self, action: dict[str, Any]) -> Tick:
+        c = self.session.step(action)
+        return Tick(c.frames[-1], c.audio, c.tick, c.timings.get("model_ms", 0.0))
+
+    def snapshot(self) -> Any:
+        return self.session.snapshot()
+
+    def restore(self, snap: Any) -> None:
+        self.session.close()
+        self.session = self.world.restore(snap)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class RemoteSource:
+    """A lockstep session on a ``worldsim serve`` bridge server (the client reconnects on its own)."""
+
+    def __init__(self, addr: str, seed: int = 0, start: np.ndarray | str | Path | None = None,
+                 timeout_ms: int = 5000):
+        from engine_bridge.client import BridgeClient
+
+        from engine_bridge.client import BridgeError
+
+        self.client = BridgeClient(addr, timeout_ms=timeout_ms, name="worldsim-play", connect=False)
+        try:
+            w = self.client.connect()
+        except BridgeError as e:
+            self.client.close()
+            raise WorldsimError(f"--connect {addr}: {e} (is `worldsim serve` running there?)") from None
+        spec = w["world"]
+        self.schema = ActionSchema.from_dict(w["schema"])
+        self.name, self.resolution = spec["name"], tuple(spec["resolution"])
+        self.tick_rate, self.audio_spec = float(spec["tick_rate"]), spec.get("audio") or None
+        try:
+            self.sid = self.client.open(mode="lockstep", seed=seed, start=_start(start, self.resolution))
+        except BridgeError as e:
+            self.client.close()
+            raise WorldsimError(f"--connect {addr}: the server refused a session ({e})") from None
+        self.where = f"bridge {addr}"
+
+    def step(self, action: dict[str, Any]) -> Tick:
+        o = self.client.step(self.sid, action)
+        return Tick(o.frame, o.audio, o.tick, float(o.timings.get("model_ms", 0.0)))
+
+    def snapshot(self) -> Any:
+        return self.client.snapshot(self.sid)
+
+    def restore(self, snap: Any) -> None:
+        new = self.client.restore(snap, mode="lockstep")
+        self.client.close_session(self.sid)
+        self.sid = new
+
+    def close(self) -> None:
+        try:
+            self.client.close_session(self.sid)
+        finally:
+            self.client.close()
