@@ -89,6 +89,29 @@ def test_streaming_with_kv_cache_equals_full_recompute():
         assert all(torch.equal(a, b) for a, b in zip(before.k, cache.k)), "a non-committing step changed the cache"
 
 
+def test_fused_commit_and_step_equals_commit_then_step():
+    """The runtime commits tick t in the same forward as tick t+1's first denoising pass."""
+    m = _random_dynamics()
+    B, T = 2, 6
+    fr, au, pr, lv, act = _blocks(m, B, T)
+    noisy = torch.randn(B, 1, m.cfg.frame_tokens, m.cfg.token_dim)
+    with torch.no_grad():
+        a, b = m.new_cache(B, dtype=torch.float32), m.new_cache(B, dtype=torch.float32)
+        for t in range(T - 1):
+            for c in (a, b):
+                m.step(c, fr[:, t:t + 1], au[:, t:t + 1], pr[:, t:t + 1], lv[:, t:t + 1], act[:, t:t + 1],
+                       torch.full((B,), 10 + t), commit=True)
+        tl = torch.full((B,), 10 + T - 1)
+        m.step(a, fr[:, -1:], au[:, -1:], pr[:, -1:], lv[:, -1:], act[:, -1:], tl, commit=True)
+        sf, sa = m.step(a, noisy, au[:, -1:], pr[:, -1:], lv[:, -1:], act[:, -1:], tl + 1, commit=False)
+        ff, fa = m.commit_and_step(b, torch.cat([fr[:, -1:], noisy], 1), torch.cat([au[:, -1:], au[:, -1:]], 1),
+                                   torch.cat([pr[:, -1:], pr[:, -1:]], 1), torch.cat([lv[:, -1:], lv[:, -1:]], 1),
+                                   torch.cat([act[:, -1:], act[:, -1:]], 1), tl + 1)
+    torch.testing.assert_close(ff[:, 1], sf[:, 0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fa[:, 1], sa[:, 0], atol=1e-5, rtol=1e-4)
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a.k + a.v, b.k + b.v)) and torch.equal(a.time, b.time)
+
+
 def test_kv_cache_snapshot_select_cat():
     c = KVCache(n_layers=2, batch=3, heads=2, head_dim=4, slots=2, block_tokens=5, dtype=torch.float32)
     for layer in range(2):

@@ -109,10 +109,9 @@ class Layer(nn.Module):
         nn.init.zeros_(self.ada.bias)
         self.dist_bias = nn.Parameter(torch.zeros(cfg.n_heads, cfg.context))  # bias by tick distance
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, attend: "Attend") -> torch.Tensor:
-        # x (B, M·N, D); cond (B, M, D): one condition per block, modulating all its tokens
-        B, M = cond.shape[:2]
-        mod = self.ada(F.silu(cond))[:, :, None]  # (B, M, 1, 6D)
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, attend: "Attend") -> torch.Tensor:
+        # x (B, M·N, D); mod (B, M, 1, 6D): this layer's adaLN terms of each block (see Dynamics.modulate)
+        B, M = mod.shape[:2]
         s1, b1, g1, s2, b2, g2 = mod.chunk(6, dim=-1)
         x = x.view(B, M, -1, x.shape[-1])  # (B, M, N, D)
         h = (self.norm1(x) * (1 + s1) + b1).flatten(1, 2)  # (B, M·N, D)
@@ -134,22 +133,32 @@ class Attend:
     """How a forward attends: full window (training) or current block + KV cache (streaming)."""
 
     def __init__(self, rel: torch.Tensor, allowed: torch.Tensor, cache: KVCache | None = None,
-                 commit: bool = False, layer_index: dict | None = None):
+                 commit_tokens: int = 0, layers: "nn.ModuleList | None" = None):
         self.rel, self.allowed = rel, allowed  # (B|1, Lq, Lk) tick distance, bool mask
-        self.cache, self.commit = cache, commit
-        self.layer_index = layer_index or {}
+        self.cache, self.commit_tokens = cache, commit_tokens  # the leading tokens to stage into the cache
+        self.layers = list(layers or [])
+        self.layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
+        self._bias = None
+
+    def bias(self, li: int, layers, dtype) -> torch.Tensor:
+        """Attention bias of layer ``li`` (B, H, Lq, Lk); built for all layers at the first call,
+        so the table lookup and the mask run once per forward instead of once per layer."""
+        if getattr(self, "_bias", None) is None:
+            table = torch.stack([layer.dist_bias for layer in layers])  # (L, H, C)
+            b = table[:, :, self.rel.clamp(0, table.shape[-1] - 1)]  # (L, H, B, Lq, Lk)
+            b = rearrange(b, "l h b q k -> l b h q k").masked_fill(~self.allowed[None, :, None], float("-inf"))
+            self._bias = b.to(dtype)
+        return self._bias[li]
 
     def __call__(self, layer: Layer, q, k, v):
         li = self.layer_index[id(layer)]
         if self.cache is not None:
-            if self.commit:
-                self.cache.append(li, k, v)
+            if self.commit_tokens:
+                n = self.commit_tokens
+                self.cache.append(li, k[:, :, :n], v[:, :, :n])
             k = torch.cat([self.cache.k[li].to(k.dtype), k], dim=2)
             v = torch.cat([self.cache.v[li].to(v.dtype), v], dim=2)
-        table = layer.dist_bias  # (H, C)
-        bias = table[:, self.rel.clamp(0, table.shape[1] - 1)]  # (H, B, Lq, Lk)
-        bias = rearrange(bias, "h b q k -> b h q k").masked_fill(~self.allowed[:, None], float("-inf"))
-        return attention(q, k, v, bias.to(q.dtype))
+        return attention(q, k, v, self.bias(li, self.layers, q.dtype))
 
 
 class Dynamics(nn.Module):
@@ -170,7 +179,7 @@ class Dynamics(nn.Module):
         nn.init.zeros_(self.ada_out.bias)
         self.frame_out = nn.Linear(d, cfg.token_dim)
         self.audio_out = nn.Linear(d, cfg.audio_dim) if cfg.audio_channels else None
-        self._layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
+        self._ada_key, self._ada_w, self._ada_b = None, None, None
 
     # ---- layout helpers -------------------------------------------------------------
     def to_tokens(self, z: torch.Tensor) -> torch.Tensor:
@@ -182,20 +191,39 @@ class Dynamics(nn.Module):
         p, g = self.cfg.patch, self.cfg.latent_size // self.cfg.patch
         return rearrange(tok, "... (h w) (c p1 p2) -> ... c (h p1) (w p2)", h=g, w=g, p1=p, p2=p)
 
-    def embed(self, frame: torch.Tensor, audio: torch.Tensor | None, prior: torch.Tensor, level: torch.Tensor,
-              action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blocks → token sequence.
-        frame/prior (B, M, P, Dt) tokens; audio (B, M, Da) or None; level (B, M); action (B, M, Dact).
-        Returns x (B, M·N, D) and cond (B, M, D)."""
+    def embed(self, frame: torch.Tensor, audio: torch.Tensor | None, prior: torch.Tensor) -> torch.Tensor:
+        """Blocks → token sequence. frame/prior (B, M, P, Dt) tokens; audio (B, M, Da) or None.
+        Returns x (B, M·N, D)."""
         x = self.frame_in(frame) + self.prior_in(prior)  # (B, M, P, D)
         if self.audio_in is not None:
             x = torch.cat([x, self.audio_in(audio)[:, :, None]], dim=2)  # (B, M, N, D)
         x = x + self.pos
-        cond = self.action_emb(action) + self.level_emb(timestep_embedding(level, self.cfg.d_model))  # (B, M, D)
-        return rearrange(x, "b m n d -> b (m n) d"), cond
+        return rearrange(x, "b m n d -> b (m n) d")
 
-    def head(self, x: torch.Tensor, cond: torch.Tensor, blocks: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        s, b = self.ada_out(F.silu(cond))[:, :, None].chunk(2, dim=-1)  # (B, M, 1, D) each
+    def condition(self, level: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """One condition per block: level (B, M), action (B, M, Dact) → (B, M, D)."""
+        return self.action_emb(action) + self.level_emb(timestep_embedding(level, self.cfg.d_model))
+
+    def modulate(self, cond: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """adaLN terms of every layer, (B, M, 1, 6D) each, and of the head, (B, M, 1, 2D).
+
+        They depend only on the blocks' conditions, so streaming computes those of a whole tick
+        (its pending commit and all sampling steps) in one call. At inference the layers'
+        ``ada`` weights are used as one concatenated matrix: one weight read instead of L."""
+        c = F.silu(cond)
+        head = self.ada_out(c)[:, :, None]  # (B, M, 1, 2D)
+        if self.training or torch.is_grad_enabled():
+            return [layer.ada(c)[:, :, None] for layer in self.layers], head
+        key = tuple((lay.ada.weight.data_ptr(), lay.ada.weight._version, lay.ada.bias._version) for lay in self.layers)
+        if key != self._ada_key:
+            self._ada_w = torch.cat([lay.ada.weight for lay in self.layers])  # (L·6D, D)
+            self._ada_b = torch.cat([lay.ada.bias for lay in self.layers])
+            self._ada_key = key
+        allm = F.linear(c, self._ada_w, self._ada_b)  # (B, M, L·6D)
+        return list(allm[:, :, None].chunk(len(self.layers), dim=-1)), head
+
+    def head(self, x: torch.Tensor, head_mod: torch.Tensor, blocks: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        s, b = head_mod.chunk(2, dim=-1)  # (B, M, 1, D) each
         h = rearrange(x, "b (m n) d -> b m n d", m=blocks)  # (B, M, N, D)
         h = self.norm_out(h) * (1 + s) + b
         P = self.cfg.frame_tokens
@@ -203,9 +231,9 @@ class Dynamics(nn.Module):
         v_audio = self.audio_out(h[:, :, P]) if self.audio_out is not None else None  # (B, M, Da)
         return v_frame, v_audio
 
-    def run(self, x: torch.Tensor, cond: torch.Tensor, attend: Attend) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x, cond, attend)
+    def run(self, x: torch.Tensor, mods: list[torch.Tensor], attend: Attend) -> torch.Tensor:
+        for layer, mod in zip(self.layers, mods):
+            x = layer(x, mod, attend)
         return x
 
     # ---- training: clean window + noisy targets in one sequence ----------------------
@@ -226,10 +254,11 @@ class Dynamics(nn.Module):
     def forward(self, frame, audio, prior, level, action, times, noisy):
         """Packed-sequence forward (training and full recompute). Shapes as in :meth:`embed`;
         times/noisy (M,). Returns velocity predictions for every block."""
-        x, cond = self.embed(frame, audio, prior, level, action)
+        x = self.embed(frame, audio, prior)
+        mods, head_mod = self.modulate(self.condition(level, action))
         rel, allowed = self.window_mask(times, noisy)
-        x = self.run(x, cond, Attend(rel, allowed, layer_index=self._layer_index))
-        return self.head(x, cond, frame.shape[1])
+        x = self.run(x, mods, Attend(rel, allowed, layers=self.layers))
+        return self.head(x, head_mod, frame.shape[1])
 
     # ---- streaming: one block against the cache --------------------------------------
     def new_cache(self, batch: int, device=None, dtype=torch.bfloat16) -> KVCache:
@@ -241,19 +270,40 @@ class Dynamics(nn.Module):
     def step(self, cache: KVCache, frame, audio, prior, level, action, time: torch.Tensor, commit: bool):
         """One block per row (M = 1) attending to the cache. With ``commit`` its keys/values
         are written to the cache under tick ``time`` (B,) — done for clean blocks only."""
+        return self.stream(cache, frame, audio, prior, self.modulate(self.condition(level, action)), time[:, None],
+                           commit)
+
+    def commit_and_step(self, cache: KVCache, frame, audio, prior, level, action, time: torch.Tensor,
+                        mods: tuple[list[torch.Tensor], torch.Tensor] | None = None):
+        """Two blocks per row in one forward: block 0 is the clean block of tick ``time - 1``
+        (committed to the cache), block 1 the noisy block of tick ``time`` being generated, which
+        sees block 0 exactly as it would see it in the cache. Saves the separate commit forward
+        of every tick; returns the velocities of both blocks (callers keep block 1's)."""
+        mods = mods if mods is not None else self.modulate(self.condition(level, action))
+        return self.stream(cache, frame, audio, prior, mods, torch.stack([time - 1, time], 1), True)
+
+    def stream(self, cache: KVCache, frame, audio, prior, mods: tuple[list[torch.Tensor], torch.Tensor],
+               times: torch.Tensor, commit_first: bool):
+        """M blocks per row against the cache; ``times`` (B, M); ``mods`` from :meth:`modulate`.
+        Blocks after the first are noisy; the first is clean when ``commit_first`` (and then
+        written to the cache), else noisy."""
         N, C = self.cfg.block_tokens, self.cfg.context
-        x, cond = self.embed(frame, audio, prior, level, action)  # (B, N, D)
-        rel_c = time[:, None] - cache.time  # (B, slots)
-        ok_c = (cache.time >= 0) & (rel_c > 0) & (rel_c < C)
-        B = x.shape[0]
-        rel = torch.cat([rel_c.repeat_interleave(N, 1), torch.zeros(B, N, dtype=torch.long, device=x.device)], 1)
-        allowed = torch.cat([ok_c.repeat_interleave(N, 1), torch.ones(B, N, dtype=torch.bool, device=x.device)], 1)
-        rel = rel[:, None].expand(B, N, rel.shape[1])  # (B, Lq, Lk)
-        allowed = allowed[:, None].expand(B, N, allowed.shape[1])
-        x = self.run(x, cond, Attend(rel, allowed, cache=cache, commit=commit, layer_index=self._layer_index))
-        if commit:
-            cache.commit(time)
-        return self.head(x, cond, 1)
+        B, M = times.shape
+        x = self.embed(frame, audio, prior)  # (B, M·N, D)
+        rel_c = times[:, :, None] - cache.time[:, None, :]  # (B, M, slots)
+        ok_c = (cache.time >= 0)[:, None] & (rel_c > 0) & (rel_c < C)
+        rel_w = times[:, :, None] - times[:, None, :]  # (B, M, M) within the new blocks
+        clean = torch.zeros(M, dtype=torch.bool, device=x.device)
+        clean[0] = commit_first
+        same = torch.eye(M, dtype=torch.bool, device=x.device)
+        ok_w = (clean[None, None, :] & (rel_w >= 0) & (rel_w < C) & (clean[None, :, None] | (rel_w > 0))) | same
+        rel = torch.cat([rel_c, rel_w], 2).repeat_interleave(N, 1).repeat_interleave(N, 2)  # (B, M·N, (slots+M)·N)
+        allowed = torch.cat([ok_c, ok_w], 2).repeat_interleave(N, 1).repeat_interleave(N, 2)
+        attend = Attend(rel, allowed, cache=cache, commit_tokens=N if commit_first else 0, layers=self.layers)
+        x = self.run(x, mods[0], attend)
+        if commit_first:
+            cache.commit(times[:, 0])
+        return self.head(x, mods[1], M)
 
 
 # ---- action features and the turn prior --------------------------------------------------

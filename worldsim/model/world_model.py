@@ -6,8 +6,10 @@ and exposes the evaluation contract (:class:`worldsim.eval.interface.StreamingMo
 through :meth:`open`, which returns a one-stream :class:`WorldStream`.
 
 Streaming state is an explicit :class:`StreamState`: the rolling KV cache, the last frame
-latent (for the turn prior), each row's tick counter and its random generator. Snapshots
-copy all four, so a restored stream replays bit-exactly.
+latent (for the turn prior), each row's tick counter, its random generator, and the latest
+tick not yet written to the cache (committed by the next tick's first forward, which saves
+one of the four forwards of a 3-step tick). Snapshots copy all of it, so a restored stream
+replays bit-exactly.
 """
 
 from __future__ import annotations
@@ -41,23 +43,47 @@ def pick_device(device: str | None = None) -> str:
 
 
 @dataclass
+class Pending:
+    """The latest tick, generated but not yet in the KV cache: it is committed in the same
+    forward as the next tick's first denoising pass (one forward per tick saved)."""
+    frame: torch.Tensor                # (B, 1, P, Dt) tokens
+    audio: torch.Tensor | None         # (B, 1, Da)
+    prior: torch.Tensor                # (B, 1, P, Dt)
+    level: torch.Tensor                # (B, 1)
+    action: torch.Tensor               # (B, 1, Dact)
+
+    def map(self, fn) -> "Pending":
+        return Pending(*(None if t is None else fn(t) for t in (self.frame, self.audio, self.prior, self.level,
+                                                                 self.action)))
+
+
+@dataclass
 class StreamState:
     cache: KVCache
     prev: torch.Tensor                 # (B, C, h, w) latest frame latent
-    time: torch.Tensor                 # (B,) tick of the latest frame
+    time: torch.Tensor                 # (B,) tick of the latest frame (the pending one, when there is one)
     generators: list[torch.Generator]  # one per row: a row's noise never depends on its batch mates
+    pending: Pending | None = None     # the latest tick, not yet committed to the cache
 
     def snapshot(self) -> dict[str, Any]:
         return {"cache": self.cache.snapshot(), "prev": self.prev.clone(), "time": self.time.clone(),
-                "rng": [g.get_state() for g in self.generators]}
+                "rng": [g.get_state() for g in self.generators],
+                "pending": None if self.pending is None else self.pending.map(torch.clone)}
 
     @staticmethod
     def cat(states: list["StreamState"]) -> "StreamState":
         """One batched state holding the rows of several (copies; generators are shared objects)."""
         if len(states) == 1:
             return states[0]
+        if len({s.pending is None for s in states}) != 1:
+            raise ValueError("StreamState.cat: rows with and without a pending tick cannot be batched")
+        pend = None
+        if states[0].pending is not None:
+            ps = [s.pending for s in states]
+            pend = Pending(*(None if getattr(ps[0], f) is None else torch.cat([getattr(p, f) for p in ps])
+                             for f in ("frame", "audio", "prior", "level", "action")))
         return StreamState(KVCache.cat([s.cache for s in states]), torch.cat([s.prev for s in states]),
-                           torch.cat([s.time for s in states]), [g for s in states for g in s.generators])
+                           torch.cat([s.time for s in states]), [g for s in states for g in s.generators], pend)
 
     def split(self, sizes: list[int]) -> list["StreamState"]:
         """Inverse of :meth:`cat`."""
@@ -66,8 +92,10 @@ class StreamState:
         out, start = [], 0
         for n in sizes:
             rows = list(range(start, start + n))
-            out.append(StreamState(self.cache.select(rows), self.prev[start:start + n].clone(),
-                                   self.time[start:start + n].clone(), self.generators[start:start + n]))
+            sl = slice(start, start + n)
+            pend = None if self.pending is None else self.pending.map(lambda t: t[sl].clone())
+            out.append(StreamState(self.cache.select(rows), self.prev[sl].clone(), self.time[sl].clone(),
+                                   self.generators[sl], pend))
             start += n
         return out
 
@@ -77,6 +105,8 @@ class StreamState:
         self.time.copy_(snap["time"])
         for g, s in zip(self.generators, snap["rng"]):
             g.set_state(s)
+        p = snap.get("pending")
+        self.pending = None if p is None else p.map(torch.clone)
 
 
 class WorldModel:
@@ -152,14 +182,25 @@ class WorldModel:
     @torch.no_grad()
     def _commit(self, state: StreamState, z: torch.Tensor, za: torch.Tensor | None, act: torch.Tensor,
                 prior: torch.Tensor, level: float) -> None:
+        """Make (z, za) the latest tick: it becomes ``pending`` (committed to the cache by the
+        next tick's first forward); a tick already pending is committed now, on its own."""
+        self.flush(state)
         dyn = self.dynamics
         B = z.shape[0]
-        lv = torch.full((B, 1), level, device=self.device)
+        state.pending = Pending(dyn.to_tokens(z)[:, None], None if za is None else za[:, None],
+                                dyn.to_tokens(prior)[:, None], torch.full((B, 1), level, device=self.device),
+                                act[:, None])
         state.time += 1
-        with self.autocast:
-            dyn.step(state.cache, dyn.to_tokens(z)[:, None], None if za is None else za[:, None],
-                     dyn.to_tokens(prior)[:, None], lv, act[:, None], state.time, commit=True)
         state.prev.copy_(z)
+
+    @torch.no_grad()
+    def flush(self, state: StreamState) -> None:
+        """Commit the pending tick with a forward of its own (priming, or before a read of the cache)."""
+        p, state.pending = state.pending, None
+        if p is None:
+            return
+        with self.autocast:
+            self.dynamics.step(state.cache, p.frame, p.audio, p.prior, p.level, p.action, state.time, commit=True)
 
     @torch.no_grad()
     def prime(self, state: StreamState, frames: np.ndarray, audio: np.ndarray | None, buttons: np.ndarray,
@@ -202,11 +243,32 @@ class WorldModel:
                                       for g in state.generators])[:, None])  # (B, 1, Da)
         t_next = state.time + 1
 
+        # every condition of this tick (the pending commit + each sampling step) at once
+        p = state.pending
+        ts = self.sampler.timesteps(steps)[:-1]
+        levels = ([p.level] if p is not None else []) + [torch.full((B, 1), t, device=self.device) for t in ts]
+        acts = ([p.action] if p is not None else []) + [act[:, None]] * len(ts)
+        with self.autocast:
+            mods, head_mod = dyn.modulate(dyn.condition(torch.cat(levels, 1), torch.cat(acts, 1)))  # (B, K, 1, ·)
+        calls = iter(range(len(ts)))
+        off = 1 if p is not None else 0
+
+        def pick(blocks: slice):
+            return [m[:, blocks] for m in mods], head_mod[:, blocks]
+
         def velocity(xs, t):
-            lv = torch.full((B, 1), t, device=self.device)
+            i = next(calls)
+            au = xs[1] if len(xs) > 1 else None
             with self.autocast:
-                vf, va = dyn.step(state.cache, xs[0], xs[1] if len(xs) > 1 else None, prior_tok, lv, act[:, None],
-                                  t_next, commit=False)
+                if i == 0 and p is not None:  # first pass: commit the previous tick in the same forward
+                    state.pending = None
+                    vf, va = dyn.commit_and_step(
+                        state.cache, torch.cat([p.frame, xs[0]], 1), None if au is None else torch.cat([p.audio, au], 1),
+                        torch.cat([p.prior, prior_tok], 1), None, None, t_next, mods=pick(slice(0, 2)))
+                    vf, va = vf[:, 1:], None if va is None else va[:, 1:]
+                else:
+                    vf, va = dyn.stream(state.cache, xs[0], au, prior_tok, pick(slice(off + i, off + i + 1)),
+                                        t_next[:, None], False)
             return [vf] + ([va] if va is not None else [])
 
         out = self.sampler.sample(velocity, noise, steps)
