@@ -163,7 +163,8 @@ def test_bench_smoke(world, tmp_path):
     path = str(world.model.path)
     r = run_bench(path, ticks=5, rss_ticks=10, batches=(1, 2), batch_ticks=3, progress=False)
     for k in ("fps", "baseline_fps", "ratio_vs_baseline", "ttff_ms_warm", "ttff_ms_cold", "tick_ms_p50", "tick_ms_p99",
-              "batch_fps", "rss_mb_start", "rss_mb_end", "matmul_gflops", "dynamics_gflops"):
+              "batch_fps", "rss_mb_start", "rss_mb_end", "matmul_gflops", "dynamics_gflops", "memory_overhead",
+              "memory_views", "memory_cap", "memory_mb"):
         assert k in r, k
     assert r["fps"] > 0 and r["baseline_fps"] > 0 and r["matmul_gflops"] > 0 and r["dynamics_gflops"] > 0
     assert set(r["batch_fps"]) == {"1", "2"} and r["ttff_ms_cold"] > r["ttff_ms_warm"]

@@ -55,6 +55,9 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--no-audio", action="store_true", help="record without sound (no libopenal1 needed)")
     v.add_argument("--no-depth", action="store_true", help="do not store the depth buffer")
     v.add_argument("--script", type=Path, help="replay this JSON action script instead of the explorer")
+    v.add_argument("--loops", action="store_true",
+                   help="loop-closure data: each episode explores, then leaves a place and returns to it "
+                        "(360° spin, out and back, square); see worldsim/record/loops.py")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     g = rs.add_parser("gym", help="any Gymnasium env with render_mode='rgb_array'")
     g.add_argument("--env", required=True, help="env id, e.g. CartPole-v1")
@@ -80,8 +83,11 @@ def _run_record(args: argparse.Namespace) -> int:
         script = load_script(args.script, VIZDOOM_SCHEMA) if args.script else None
         if script is not None and not script:
             raise CLIError(f"{args.script}: the action script is empty")
+        if script is not None and args.loops:
+            raise CLIError("--loops and --script are exclusive (the loop patterns are the script)")
         s = record_vizdoom(RecordConfig(out=args.out, maps=maps, steps=args.steps, episode_steps=args.episode_steps,
-                                        seed=args.seed, doom=doom, script=script, progress=not args.quiet))
+                                        seed=args.seed, doom=doom, script=script, loops=args.loops,
+                                        progress=not args.quiet))
         print(f"recorded {s['steps']:,} steps in {s['episodes']} episodes to {args.out} "
               f"at {s['record_steps_per_s']:.0f} steps/s; coverage {s['coverage_cells_per_1k']:.1f} cells/1k steps, "
               f"revisits {s['revisit_fraction']:.1%}")
@@ -196,6 +202,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heartbeat-timeout-ms", type=_positive_int, default=5000)
     p.add_argument("--resume-ttl-ms", type=_positive_int, default=30000)
     p.add_argument("--device", help="cpu, cuda (default: auto)")
+    p.add_argument("--memory", choices=["on", "off"], default="on", help="long-term scene memory of sessions")
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -211,7 +218,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     if args.curve_keys is not None and not args.curve_keys.is_dir():
         raise CLIError(f"--curve-keys {args.curve_keys}: no such directory (make one with `worldsim keys DIR`)")
-    world = World.load(args.world, device=args.device)
+    world = World.load(args.world, device=args.device, memory=args.memory == "on")
     cfg = ServerConfig(bind=args.bind, max_sessions=args.max_sessions,
                        curve_keys=str(args.curve_keys) if args.curve_keys else None,
                        heartbeat_timeout_ms=args.heartbeat_timeout_ms, resume_ttl_ms=args.resume_ttl_ms)

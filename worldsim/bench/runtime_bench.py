@@ -8,7 +8,9 @@ first chunk, world loaded), ``ttff_ms_cold`` (new Python process → first chunk
 (resident memory around a long single-session run), ``baseline_fps`` and
 ``ratio_vs_baseline`` (a DIAMOND-Atari-configured pixel diffusion model, random weights,
 batch 1), ``matmul_gflops`` (a bf16 matmul measured here, now) and ``dynamics_gflops``
-(FLOPs of one dynamics tick ÷ its measured time) with their ratio ``dynamics_fraction``.
+(FLOPs of one dynamics tick ÷ its measured time) with their ratio ``dynamics_fraction``,
+``memory_overhead`` (tick time with long-term memory on ÷ off − 1, interleaved blocks) and
+``memory_views``/``memory_cap``/``memory_mb`` (the store after the long run).
 """
 
 from __future__ import annotations
@@ -168,6 +170,22 @@ def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10
             x.close()
         say(f"batch {b}: {res['batch_fps'][str(b)]:.1f} frames/s")
 
+    # long-term memory: the same ticks with it on and off, interleaved in blocks
+    if world.model.memory_cfg.enabled:
+        world.model.set_memory(False)
+        s_off = world.open(seed=0)
+        world.model.set_memory(True)
+        s_on = world.open(seed=0)
+        spent = {"on": 0.0, "off": 0.0}
+        for blk in range(max(1, ticks // 25)):
+            for name, x in (("on", s_on), ("off", s_off)) if blk % 2 else (("off", s_off), ("on", s_on)):
+                t = time.perf_counter()
+                for a in acts[blk * 25 % len(acts):][:25]:
+                    x.step(a)
+                spent[name] += time.perf_counter() - t
+        res["memory_overhead"] = spent["on"] / spent["off"] - 1
+        say(f"memory on vs off: {100 * res['memory_overhead']:+.1f} % tick time")
+
     # dynamics GFLOP/s vs a bf16 matmul measured now
     res["matmul_gflops"] = matmul_gflops()
     flops = dynamics_flops(world)
@@ -213,12 +231,16 @@ def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10
         res["rss_mb_end"] = rss_mb()
         res["rss_growth"] = res["rss_mb_end"] / res["rss_mb_start"] - 1
         res["rss_ticks"] = rss_ticks
+        m = (s.state.memories or [None])[0]
+        if m is not None:
+            res["memory_views"], res["memory_cap"], res["memory_mb"] = len(m), m.cfg.cap, m.nbytes / 1e6
+            say(f"memory {len(m)} views (cap {m.cfg.cap}, {m.nbytes / 1e6:.1f} MB) after {rss_ticks} ticks")
         say(f"rss {res['rss_mb_start']:.0f} → {res['rss_mb_end']:.0f} MB over {rss_ticks} ticks")
     return res
 
 
 TARGETS = {"fps": (">=", 35), "ratio_vs_baseline": (">=", 5), "ttff_ms_warm": ("<=", 100), "ttff_ms_cold": ("<=", 3000),
-           "p99_over_p50": ("<=", 1.5), "rss_growth": ("<", 0.05)}
+           "p99_over_p50": ("<=", 1.5), "rss_growth": ("<", 0.05), "memory_overhead": ("<=", 0.2)}
 
 
 def check_targets(res: dict[str, Any]) -> dict[str, bool]:

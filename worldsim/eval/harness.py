@@ -13,6 +13,7 @@ The result (also written as JSON) has these keys, horizons as strings:
     audio_onset_within_1                  fraction of real sound onsets reproduced within ±1 step
     audio_logmel_dist                     log-mel distance (dB); audio_logmel_dist_silence beside it
     loop_closure_psnr_memory_on / _off    null unless the model has set_memory() and data has loops
+    loop_closure_psnr_tf                  the model's teacher-forced PSNR on the same return views
     action_acc_reason, audio_reason, loop_closure_reason   why a metric is null (else null)
     ms_per_step                           mean wall time of session.step
     meta                                  data dir, episodes, horizons, seed, model spec, timings
@@ -50,7 +51,7 @@ def run_eval(model: StreamingModel, data_dir: str | os.PathLike, horizons=DEFAUL
              seed: int = 0, json_out=None, plots_dir=None, drift_steps: int = 1000, cache_dir=None,
              progress: bool = True, *, tf_points: int = DEFAULT_TF_POINTS, free_starts: int = DEFAULT_FREE_STARTS,
              probe_config: Any = None, baselines: bool = True, model_spec: str | None = None,
-             threads: int | None = 1) -> dict[str, Any]:
+             threads: int | None = 1, loop_data: str | os.PathLike | None = None) -> dict[str, Any]:
     """Evaluate ``model`` on the episodes in ``data_dir``; returns (and optionally writes) the report dict.
 
     Args:
@@ -61,23 +62,24 @@ def run_eval(model: StreamingModel, data_dir: str | os.PathLike, horizons=DEFAUL
         tf_points / free_starts: how many teacher-forced points and free-running start points.
         probe_config: a :class:`worldsim.eval.probe.ProbeConfig` (tests use a small one).
         threads: ``torch.set_num_threads`` while it runs (restored afterwards; None leaves it alone).
+        loop_data: episodes with loops for the memory test (default: loops searched in ``data_dir``).
     """
     if threads is None:
         return _run_eval(model, data_dir, horizons, episodes, seed, json_out, plots_dir, drift_steps, cache_dir,
-                         progress, tf_points, free_starts, probe_config, baselines, model_spec)
+                         progress, tf_points, free_starts, probe_config, baselines, model_spec, loop_data)
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         return _run_eval(model, data_dir, horizons, episodes, seed, json_out, plots_dir, drift_steps, cache_dir,
-                         progress, tf_points, free_starts, probe_config, baselines, model_spec)
+                         progress, tf_points, free_starts, probe_config, baselines, model_spec, loop_data)
     finally:
         torch.set_num_threads(before)
 
 
 def _run_eval(model, data_dir, horizons, episodes, seed, json_out, plots_dir, drift_steps, cache_dir, progress,
-              tf_points, free_starts, probe_config, baselines, model_spec) -> dict[str, Any]:
+              tf_points, free_starts, probe_config, baselines, model_spec, loop_data=None) -> dict[str, Any]:
     from tqdm import tqdm
 
     from worldsim.data import open_episodes
@@ -148,7 +150,11 @@ def _run_eval(model, data_dir, horizons, episodes, seed, json_out, plots_dir, dr
         bar.set_description("eval drift")
         drift = drift_rollout(model, eps, drift_steps, seed, real_reference(eps), audio_ok, bar)
     bar.close()
-    loops = loop_closure(model, eps, seed, audio_ok, None)
+    loop_eps = eps
+    if loop_data is not None:
+        loop_eps = open_episodes(loop_data)
+        loop_audio = audio_ok and all(e.meta.get("audio") == eps[0].meta.get("audio") for e in loop_eps)
+    loops = loop_closure(model, loop_eps, seed, audio_ok and (loop_data is None or loop_audio), None)
 
     main, main_ex = scores[id(model)]
     result: dict[str, Any] = dict(main)
@@ -159,6 +165,7 @@ def _run_eval(model, data_dir, horizons, episodes, seed, json_out, plots_dir, dr
     result["audio_reason"] = audio_reason
     result["loop_closure_psnr_memory_on"] = loops["on"]
     result["loop_closure_psnr_memory_off"] = loops["off"]
+    result["loop_closure_psnr_tf"] = loops["tf"]
     result["loop_closure_reason"] = loops["reason"]
     details: dict[str, Any] = {
         "psnr_cap_db": 100.0,
@@ -170,6 +177,8 @@ def _run_eval(model, data_dir, horizons, episodes, seed, json_out, plots_dir, dr
         "probe": probe.info if probe is not None else None,
         "audio": main_ex.get("audio"),
         "loops": loops["loops"],
+        "loop_patterns": loops["patterns"],
+        "loop_data": str(loop_data) if loop_data is not None else None,
     }
     if baselines:
         details["shift_calibration"] = models["shift"].calib.to_dict()
@@ -199,6 +208,11 @@ def _run_eval(model, data_dir, horizons, episodes, seed, json_out, plots_dir, dr
         if baselines:
             extras.update(copy_last=scores[id(models["copy_last"])][1], shift=scores[id(models["shift"])][1])
         write_plots(result, extras, plots_dir)
+        if loops["strip"] is not None:
+            import cv2
+
+            big = loops["strip"].repeat(2, 0).repeat(2, 1)  # rows: loops; columns: real | memory on | memory off
+            cv2.imwrite(str(Path(plots_dir) / "loop_strip.png"), big[:, :, ::-1])
     return result
 
 
@@ -221,6 +235,9 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
                         help=f"free-running start points (default {DEFAULT_FREE_STARTS})")
     parser.add_argument("--probe-pairs", default="4000", help="real frame pairs the action probe trains on (default 4000)")
     parser.add_argument("--cache-dir", default=None, help="action-probe cache (default <data>/.probe_cache)")
+    parser.add_argument("--loop-data", default=None,
+                        help="episodes with loops for the memory test (default: data/loops when it exists; "
+                             "record with `worldsim record vizdoom --loops`; 'none' uses --data)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -273,6 +290,18 @@ def main_eval(args: argparse.Namespace) -> int:
         if not data.exists():
             raise _ArgError(f"--data {data}: no such directory (record one with `worldsim record vizdoom`)")
         list_episodes(data)
+        loop_data = g("loop_data")
+        if loop_data in (None, ""):
+            guess = default_data_dir() / "loops"
+            loop_data = guess if guess.exists() and list_episodes(guess) else None
+        elif str(loop_data) == "none":
+            loop_data = None
+        else:
+            loop_data = Path(loop_data)
+            if not loop_data.exists():
+                raise _ArgError(f"--loop-data {loop_data}: no such directory (record one with "
+                                "`worldsim record vizdoom --loops`)")
+            list_episodes(loop_data)
         spec = str(g("checkpoint") or "default")
         model = load_model(spec, data, episodes=episodes, seed=seed)
     except (_ArgError, ModelUnavailable, EpisodeFormatError) as e:
@@ -281,7 +310,8 @@ def main_eval(args: argparse.Namespace) -> int:
         result = run_eval(model, data, horizons=horizons, episodes=episodes, seed=seed, json_out=g("json"),
                           plots_dir=g("plots"), drift_steps=drift_steps, cache_dir=g("cache_dir"),
                           progress=not g("no_progress", False), tf_points=tf_points, free_starts=free_starts,
-                          model_spec=spec, probe_config=ProbeConfig(seed=seed, max_pairs=probe_pairs))
+                          model_spec=spec, probe_config=ProbeConfig(seed=seed, max_pairs=probe_pairs),
+                          loop_data=loop_data)
     except (EvalConfigError, EpisodeFormatError) as e:  # data that cannot serve these arguments
         return _fail(str(e))
     from worldsim.eval.report import console_summary

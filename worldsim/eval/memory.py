@@ -5,11 +5,17 @@ where the player stands within ``POS_TOL`` map units of where it stood at ``t1``
 the same way (yaw within ``YAW_TOL`` degrees), having gone at least ``AWAY`` units away in
 between. It needs ``pose.npy`` in the data.
 
+Loops come from episodes recorded with ``worldsim record vizdoom --loops`` (their meta lists
+each scripted loop and whether the real player really closed it: 360° spins, out-and-back
+walks, squares) or, failing that, are searched in any data with ``pose.npy`` as above.
+
 For each loop the model gets real context ending at ``t1`` (so the place is in view), then
 free-runs under the recorded actions to ``t2``; the score is the mean PSNR of its last
 three generated frames against the real ``t2−2 .. t2``. It is run twice, after
 ``model.set_memory(True)`` and ``model.set_memory(False)``: a long-term memory should
-score higher "on". Models without ``set_memory`` get ``null`` and a reason.
+score higher "on". The model's teacher-forced PSNR on the same three views (one step from
+real context) is the ceiling a perfect memory could reach. Models without ``set_memory``
+get ``null`` and a reason.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from worldsim.eval.rollout import real_frames, run_rollouts
 
 MIN_GAP, MAX_GAP = 48, 200
 POS_TOL, YAW_TOL, AWAY = 48.0, 20.0, 192.0
-MAX_LOOPS = 6
+MAX_LOOPS = 9
 
 
 def find_loops(pose: np.ndarray, context: int) -> list[tuple[int, int]]:
@@ -48,28 +54,78 @@ def find_loops(pose: np.ndarray, context: int) -> list[tuple[int, int]]:
     return loops
 
 
-def loop_closure(model: Any, episodes: Sequence[Any], seed: int, audio_ok: bool, bar: Any = None) -> dict[str, Any]:
-    """``{"on": psnr, "off": psnr, "loops": n, "reason": None}`` or nulls with a reason."""
-    out: dict[str, Any] = {"on": None, "off": None, "loops": 0, "reason": None}
+def loops_of(episodes: Sequence[Any], context: int) -> list[tuple[int, int, int, str]]:
+    """``(episode, t1, t2, pattern)`` for every loop: the closed ones an episode's meta lists
+    (``worldsim record vizdoom --loops``), else those found in its pose."""
+    out = []
+    for ei, e in enumerate(episodes):
+        listed = e.meta.get("loops")
+        if listed is not None:
+            out += [(ei, int(l["t1"]), int(l["t2"]), str(l.get("pattern", "loop"))) for l in listed
+                    if l.get("returned") and l["t1"] >= context - 1]
+        elif e.pose is not None:
+            out += [(ei, t1, t2, "found") for t1, t2 in find_loops(e.pose, context)]
+    return out
+
+
+def _pick(cands: list[tuple[int, int, int, str]], n: int) -> list[tuple[int, int, int, str]]:
+    """Up to ``n`` loops, taking the patterns in turn so that each kind is represented."""
+    by: dict[str, list] = {}
+    for c in cands:
+        by.setdefault(c[3], []).append(c)
+    out: list = []
+    while len(out) < n and any(by.values()):
+        for k in sorted(by):
+            if by[k] and len(out) < n:
+                out.append(by[k].pop(0))
+    return out
+
+
+def loop_closure(model: Any, episodes: Sequence[Any], seed: int, audio_ok: bool, bar: Any = None,
+                 max_loops: int = MAX_LOOPS) -> dict[str, Any]:
+    """``{"on", "off", "tf", "loops", "patterns", "strip", "reason"}``: mean PSNR of the last three
+    frames of each return with memory on / off, the model's teacher-forced PSNR on the same
+    three views, and a strip (real | on | off) of each return's last frame."""
+    out: dict[str, Any] = {"on": None, "off": None, "tf": None, "loops": 0, "patterns": {}, "strip": None,
+                           "reason": None}
     if not callable(getattr(model, "set_memory", None)):
         out["reason"] = "the model has no memory switch (set_memory)"
         return out
-    if any(e.pose is None for e in episodes):
-        out["reason"] = "the data has no pose.npy, so loop trajectories cannot be found"
-        return out
-    cands = [(ei, t1, t2) for ei, e in enumerate(episodes) for t1, t2 in find_loops(e.pose, model.context_steps)]
+    cands = loops_of(episodes, model.context_steps)
     if not cands:
-        out["reason"] = "no loop trajectories in the data (no return to a visited place within the gap limits)"
+        out["reason"] = ("no loop trajectories in the data (record some with `worldsim record vizdoom --loops`, "
+                         "or data with pose.npy that returns to a visited place)")
         return out
-    cands = cands[:: max(1, len(cands) // MAX_LOOPS)][:MAX_LOOPS]
-    scores: dict[str, list[float]] = {"on": [], "off": []}
-    for flag in ("on", "off"):
-        model.set_memory(flag == "on")
-        for ei, t1, t2 in cands:
-            L = t2 - t1
-            r = run_rollouts(model, episodes, [(ei, t1)], L, seed, audio_ok, bar)
-            real = real_frames(episodes, [(ei, t1)], L - 2, 3)[0]
-            scores[flag].append(float(psnr(r.frames[0, -3:], real).mean()))
-    model.set_memory(True)
-    out.update(on=float(np.mean(scores["on"])), off=float(np.mean(scores["off"])), loops=len(cands))
+    cands = _pick(cands, max_loops)
+    scores: dict[str, list[float]] = {"on": [], "off": [], "tf": []}
+    last: dict[str, list[np.ndarray]] = {"real": [], "on": [], "off": []}
+    try:
+        for flag in ("on", "off"):
+            model.set_memory(flag == "on")
+            for ei, t1, t2, _ in cands:
+                L = t2 - t1
+                r = run_rollouts(model, episodes, [(ei, t1)], L, seed, audio_ok, bar)
+                real = real_frames(episodes, [(ei, t1)], L - 2, 3)[0]
+                scores[flag].append(float(psnr(r.frames[0, -3:], real).mean()))
+                last[flag].append(r.frames[0, -1])
+                if flag == "on":
+                    last["real"].append(real[-1])
+        model.set_memory(False)  # one step from real context: the model's own ceiling on these views
+        for ei, t1, t2, _ in cands:
+            tf = []
+            for k in (2, 1, 0):
+                r = run_rollouts(model, episodes, [(ei, t2 - k - 1)], 1, seed, audio_ok, bar)
+                tf.append(float(psnr(r.frames[0, :1], real_frames(episodes, [(ei, t2 - k - 1)], 1, 1)[0]).mean()))
+            scores["tf"].append(float(np.mean(tf)))
+    finally:
+        model.set_memory(True)
+    out.update(on=float(np.mean(scores["on"])), off=float(np.mean(scores["off"])), tf=float(np.mean(scores["tf"])),
+               loops=len(cands))
+    for i, (_, _, _, pat) in enumerate(cands):
+        d = out["patterns"].setdefault(pat, {"loops": 0, "on": [], "off": [], "tf": []})
+        d["loops"] += 1
+        for k in ("on", "off", "tf"):
+            d[k].append(round(scores[k][i], 2))
+    out["strip"] = np.concatenate([np.concatenate([last[k][i] for k in ("real", "on", "off")], 1)
+                                   for i in range(len(cands))], 0)  # (loops·64, 3·64, 3)
     return out

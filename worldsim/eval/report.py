@@ -162,9 +162,12 @@ def summary_markdown(result: dict[str, Any]) -> str:
                   f"range; collapsed: {d.get('collapsed')}" + (f" ({d['collapse_reason']})" if d.get("collapse_reason") else "")
                   + f"; frozen: {d.get('frozen')}."]
     lc_on, lc_off = result.get("loop_closure_psnr_memory_on"), result.get("loop_closure_psnr_memory_off")
-    lines.append(f"Loop closure PSNR memory on/off: {_fmt(lc_on)} / {_fmt(lc_off)}"
+    lines.append(f"Loop closure PSNR memory on/off: {_fmt(lc_on)} / {_fmt(lc_off)}, teacher-forced on the same views "
+                 f"{_fmt(result.get('loop_closure_psnr_tf'))}"
                  + (f" ({result['loop_closure_reason']})" if result.get("loop_closure_reason") else ""))
-    lines += ["", "Plots: `psnr_vs_horizon.png`, `strip.png`, `drift.png`.", ""]
+    lines += ["", "Plots: `psnr_vs_horizon.png`, `strip.png`, `drift.png`"
+              + (", `loop_strip.png` (rows: returns; real | memory on | memory off)" if lc_on is not None else "")
+              + ".", ""]
     return "\n".join(lines)
 
 
@@ -180,4 +183,10 @@ def console_summary(result: dict[str, Any]) -> str:
                    f"action acc {_fmt(r.get('action_acc_generated'))}; {_fmt(r.get('ms_per_step'), 3)} ms/step")
     out.append(f"action probe ceiling {_fmt(result.get('action_acc_real'))}; drift collapsed: "
                f"{(result.get('drift') or {}).get('collapsed')}; wall {_fmt(result['meta'].get('wall_seconds'), 1)} s")
+    if result.get("loop_closure_psnr_memory_on") is not None:
+        out.append(f"loop closure ({result['details'].get('loops')} returns): PSNR memory on "
+                   f"{_fmt(result['loop_closure_psnr_memory_on'], 2)} / off {_fmt(result['loop_closure_psnr_memory_off'], 2)}"
+                   f" dB, teacher-forced on the same views {_fmt(result.get('loop_closure_psnr_tf'), 2)} dB")
+    else:
+        out.append(f"loop closure: n/a ({result.get('loop_closure_reason')})")
     return "\n".join(out)

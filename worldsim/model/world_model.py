@@ -29,6 +29,7 @@ from worldsim.model.checkpoint import CheckpointError, config_from_dict, load_co
 from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, turn_features, turn_prior
 from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
 from worldsim.model.kv_cache import KVCache, KVCacheSnapshot
+from worldsim.model.memory import MemoryConfig, PoseTracker, SceneMemory
 from worldsim.model.sampler import FlowSampler, FlowSamplerConfig
 
 DEFAULT_WORLD_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_world"
@@ -64,11 +65,13 @@ class StreamState:
     time: torch.Tensor                 # (B,) tick of the latest frame (the pending one, when there is one)
     generators: list[torch.Generator]  # one per row: a row's noise never depends on its batch mates
     pending: Pending | None = None     # the latest tick, not yet committed to the cache
+    memories: list[SceneMemory | None] = field(default_factory=list)  # per row; None = memory off
 
     def snapshot(self) -> dict[str, Any]:
         return {"cache": self.cache.snapshot(), "prev": self.prev.clone(), "time": self.time.clone(),
                 "rng": [g.get_state() for g in self.generators],
-                "pending": None if self.pending is None else self.pending.map(torch.clone)}
+                "pending": None if self.pending is None else self.pending.map(torch.clone),
+                "memories": [None if m is None else m.copy() for m in self.memories]}
 
     @staticmethod
     def cat(states: list["StreamState"]) -> "StreamState":
@@ -83,7 +86,8 @@ class StreamState:
             pend = Pending(*(None if getattr(ps[0], f) is None else torch.cat([getattr(p, f) for p in ps])
                              for f in ("frame", "audio", "prior", "level", "action")))
         return StreamState(KVCache.cat([s.cache for s in states]), torch.cat([s.prev for s in states]),
-                           torch.cat([s.time for s in states]), [g for s in states for g in s.generators], pend)
+                           torch.cat([s.time for s in states]), [g for s in states for g in s.generators], pend,
+                           [m for s in states for m in s.memories])
 
     def split(self, sizes: list[int]) -> list["StreamState"]:
         """Inverse of :meth:`cat`."""
@@ -95,7 +99,7 @@ class StreamState:
             sl = slice(start, start + n)
             pend = None if self.pending is None else self.pending.map(lambda t: t[sl].clone())
             out.append(StreamState(self.cache.select(rows), self.prev[sl].clone(), self.time[sl].clone(),
-                                   self.generators[sl], pend))
+                                   self.generators[sl], pend, self.memories[sl]))
             start += n
         return out
 
@@ -107,6 +111,7 @@ class StreamState:
             g.set_state(s)
         p = snap.get("pending")
         self.pending = None if p is None else p.map(torch.clone)
+        self.memories = [None if m is None else m.copy() for m in snap.get("memories", [])]
 
 
 class WorldModel:
@@ -129,6 +134,13 @@ class WorldModel:
         self.name = str(world.get("name", "worldsim"))
         self._names = (list(self.schema.buttons), list(self.schema.axes))
         self.autocast = torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+        mem = dict(world.get("memory") or {})
+        mem.setdefault("px_per_degree", dynamics.cfg.px_per_degree * 64.0 / dynamics.cfg.frame_size)
+        self.memory_cfg = config_from_dict(MemoryConfig, mem, "world.json memory")
+
+    def set_memory(self, on: bool) -> None:
+        """Long-term scene memory for streams opened from now on (the eval's on/off switch)."""
+        self.memory_cfg.enabled = bool(on)
 
     # ---- loading --------------------------------------------------------------------
     @classmethod
@@ -170,9 +182,11 @@ class WorldModel:
             g = torch.Generator(device=self.device)
             g.manual_seed(int(s))
             gens.append(g)
-        return StreamState(self.dynamics.new_cache(B, device=self.device),
-                           torch.zeros(B, fc.latent_channels, fc.latent_size, fc.latent_size, device=self.device),
-                           torch.full((B,), -1, dtype=torch.long, device=self.device), gens)
+        shape = (fc.latent_channels, fc.latent_size, fc.latent_size)
+        mems = [SceneMemory(self.memory_cfg, shape, PoseTracker(self.memory_cfg, *self._names), self.device)
+                if self.memory_cfg.enabled else None for _ in seeds]
+        return StreamState(self.dynamics.new_cache(B, device=self.device), torch.zeros(B, *shape, device=self.device),
+                           torch.full((B,), -1, dtype=torch.long, device=self.device), gens, memories=mems)
 
     def _actions(self, buttons: np.ndarray, axes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         b = torch.as_tensor(np.array(buttons, np.uint8), device=self.device)
@@ -225,6 +239,11 @@ class WorldModel:
                 act, feats = self._actions(buttons[:, j - 1], axes[:, j - 1])
                 prior = turn_prior(z[:, j - 1], feats, self.dynamics.cfg)
             self._commit(state, z[:, j], None if za is None else za[:, j], act, prior, 0.0)
+            for b, m in enumerate(state.memories):  # real frames: remembered with full confidence
+                if m is not None:
+                    if j > 0:
+                        m.observe(buttons[b, j - 1], axes[b, j - 1])
+                    m.store(z[b, j], int(state.time[b]), 1.0)
 
     @torch.no_grad()
     def step_batch(self, state: StreamState, buttons: np.ndarray, axes: np.ndarray, steps: int | None = None
@@ -274,6 +293,10 @@ class WorldModel:
         out = self.sampler.sample(velocity, noise, steps)
         z = dyn.from_tokens(out[0][:, 0])  # (B, C, h, w)
         za = out[1][:, 0] if len(out) > 1 else None  # (B, Da)
+        for b, m in enumerate(state.memories):  # back at a remembered place: bring it back
+            if m is not None:
+                m.observe(buttons[b], axes[b])
+                z[b] = m.blend(z[b], int(t_next[b]), self.context_steps + 1)
         lvl = self.sampler.cfg.context_level
         zc, zac = z, za
         if lvl > 0:  # commit the generated tick at the same noise level it is labelled with

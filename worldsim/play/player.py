@@ -37,6 +37,7 @@ class PlayConfig:
     mouse_sensitivity: float = 0.15     # degrees of turn per pixel of mouse motion
     device: str | None = None
     sampling_steps: int | None = None
+    memory: bool = True                 # long-term scene memory (local worlds; a server decides its own)
     headless: bool = False
     realtime: bool | None = None        # pace at the tick rate (default: yes unless headless)
     actions: str | None = None          # JSON action script played before (or instead of) the keyboard
@@ -65,7 +66,7 @@ def _make_source(cfg: PlayConfig):
     if cfg.connect:
         return RemoteSource(cfg.connect, seed=cfg.seed, start=cfg.start)
     return LocalSource(cfg.world, seed=cfg.seed, start=cfg.start, device=cfg.device,
-                       sampling_steps=cfg.sampling_steps)
+                       sampling_steps=cfg.sampling_steps, memory=cfg.memory)
 
 
 class EpisodeSink:
@@ -224,7 +225,7 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
                          f"tick {st.model_ms:5.1f} ms · input to frame {st.latency_ms:5.1f} ms · late {st.late} · dropped {st.dropped}",
                          f"sound {'on' if audio.on else 'off'}" + (f" · queued {audio.queued} · dropped {audio.dropped}"
                                                                    if audio.on else "")
-                         + (" · REC" if video or episodes else ""),
+                         + f" · {source.memory_status()}" + (" · REC" if video or episodes else ""),
                          HUD_KEYS + (" (saved)" if saved else "")]
                 _draw_hud(pygame, screen, font, lines)
             pygame.display.flip()
@@ -277,6 +278,8 @@ def add_play_args(p) -> None:
     p.add_argument("--mute", action="store_true", help="no sound")
     p.add_argument("--device", help="cpu, cuda (default: auto)")
     p.add_argument("--sampling-steps", type=int, help="sampler steps per tick (default: the world's)")
+    p.add_argument("--memory", choices=["on", "off"], default="on",
+                   help="long-term scene memory: come back to a place and find it as it was (default on)")
     p.add_argument("--headless", action="store_true", help="no window or sound device (SDL dummy drivers), unpaced")
     p.add_argument("--realtime", action="store_true", default=None, help="pace headless runs at the tick rate")
     p.add_argument("--actions", metavar="SCRIPT.json", help="play this action script first (headless: instead of input)")
@@ -293,8 +296,9 @@ def main_play(args) -> int:
         raise WorldsimError("--ticks must be ≥ 1")
     if args.sampling_steps is not None and args.sampling_steps < 1:
         raise WorldsimError("--sampling-steps must be ≥ 1")
-    if args.connect and (args.world != "default" or args.device or args.sampling_steps):
-        raise WorldsimError("--connect plays the server's world: --world/--device/--sampling-steps belong to the server")
+    if args.connect and (args.world != "default" or args.device or args.sampling_steps or args.memory == "off"):
+        raise WorldsimError("--connect plays the server's world: --world/--device/--sampling-steps/--memory "
+                            "belong to the server")
     if args.connect and not args.connect.startswith(("tcp://", "ipc://")):
         raise WorldsimError(f"--connect {args.connect!r}: expected tcp://HOST:PORT")
     for flag, path, kind in (("--record", args.record, ".mp4"), ("--screenshot", args.screenshot, ".png")):
@@ -304,6 +308,7 @@ def main_play(args) -> int:
             raise WorldsimError(f"{flag} {path}: directory {Path(path).parent} does not exist")
     cfg = PlayConfig(world=args.world, connect=args.connect, seed=args.seed, start=args.start, scale=args.scale,
                      ticks=args.ticks, mute=args.mute, device=args.device, sampling_steps=args.sampling_steps,
+                     memory=args.memory == "on",
                      headless=args.headless, realtime=args.realtime, actions=args.actions, record=args.record,
                      record_scale=args.record_scale, record_episode=args.record_episode,
                      screenshot=args.screenshot, hud=not args.no_hud)

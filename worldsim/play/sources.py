@@ -51,10 +51,10 @@ class LocalSource:
     """A session of a world loaded in this process (no server)."""
 
     def __init__(self, world: str = "default", seed: int = 0, start: np.ndarray | str | Path | None = None,
-                 device: str | None = None, sampling_steps: int | None = None):
+                 device: str | None = None, sampling_steps: int | None = None, memory: bool | None = None):
         from worldsim.runtime import World
 
-        self.world = World.load(world, device=device, sampling_steps=sampling_steps)
+        self.world = World.load(world, device=device, sampling_steps=sampling_steps, memory=memory)
         self.schema: ActionSchema = self.world.schema
         self.name, self.resolution = self.world.name, tuple(self.world.resolution)
         self.session = self.world.open(seed=seed, start=_start(start, self.resolution))
@@ -67,6 +67,10 @@ class LocalSource:
 
     def snapshot(self) -> Any:
         return self.session.snapshot()
+
+    def memory_status(self) -> str:
+        m = (self.session.state.memories or [None])[0]
+        return "memory off" if m is None else f"memory {len(m)} views, {m.hits} recalls"
 
     def restore(self, snap: Any) -> None:
         self.session.close()
@@ -101,6 +105,9 @@ class RemoteSource:
             self.client.close()
             raise WorldsimError(f"--connect {addr}: the server refused a session ({e})") from None
         self.where = f"bridge {addr}"
+
+    def memory_status(self) -> str:
+        return "memory: the server's"
 
     def step(self, action: dict[str, Any]) -> Tick:
         o = self.client.step(self.sid, action)

@@ -18,6 +18,7 @@ from worldsim.data.episode import EpisodeWriter, next_episode_index
 from worldsim.record.doom import DoomConfig, DoomGame
 from worldsim.errors import WorldsimError
 from worldsim.record.explorer import Explorer
+from worldsim.record.loops import PATTERNS, SETTLE, closed, pattern
 
 SILENCE_CHECK_STEPS = 300  # an explorer episode this long with sound on always makes some
 
@@ -37,6 +38,7 @@ class RecordConfig:
     seed: int = 0
     doom: DoomConfig = field(default_factory=DoomConfig)
     script: list[Action] | None = None
+    loops: bool = False          # explore, then one loop pattern per episode (worldsim.record.loops)
     progress: bool = True
 
 
@@ -68,10 +70,16 @@ def record_vizdoom(cfg: RecordConfig) -> dict:
             limit = min(cfg.episode_steps, cfg.steps - total)
             if script is not None:
                 limit = min(limit, len(script))
+            loop = None
+            if cfg.loops:  # explore to somewhere, then leave and come back
+                pre = int(np.random.default_rng(ep_seed).integers(60, 300)) + SETTLE
+                name = PATTERNS[len(summaries) % len(PATTERNS)]
+                loop = (pre, name, pattern(name))
+                limit = pre + len(loop[2]) + 1
             explorer = Explorer(seed=ep_seed, frame_skip=doom.frame_skip)
             meta = {"source": "vizdoom", "wad": doom.wad, "map": map_id, "frame_skip": doom.frame_skip,
                     "tick_rate": doom.tick_rate, "seed": ep_seed, "skill": doom.skill,
-                    "policy": "script" if script is not None else "explorer"}
+                    "policy": "script" if script is not None else "explorer+loop" if loop else "explorer"}
             writer = EpisodeWriter(out / f"ep_{ep_index:06d}", VIZDOOM_SCHEMA, meta, (doom.resolution,) * 2, audio_spec)
             t_ep = time.perf_counter()
             terminated = False
@@ -81,7 +89,12 @@ def record_vizdoom(cfg: RecordConfig) -> dict:
                 frame, audio, pose, depth = game.observe()
                 if audio is not None:
                     audible += bool(np.any(audio))
-                action = script[t] if script is not None else explorer.act(pose, game.full_depth)
+                if loop is not None and loop[0] - SETTLE <= t < loop[0]:
+                    action = VIZDOOM_SCHEMA.noop()  # come to rest before the pattern
+                elif loop is not None and loop[0] <= t < loop[0] + len(loop[2]):
+                    action = loop[2][t - loop[0]]
+                else:
+                    action = script[t] if script is not None else explorer.act(pose, game.full_depth)
                 game.act(action)
                 terminated = game.finished
                 writer.append(frame, action.buttons, action.axes, audio=audio, pose=pose,
@@ -101,7 +114,13 @@ def record_vizdoom(cfg: RecordConfig) -> dict:
             stats["record_steps_per_s"] = rate
             stats["audible_fraction"] = audible / max(n, 1) if doom.audio else None
             # Write in the background while the next episode records (file I/O and crc32 release the GIL).
-            pending.append(io.submit(writer.close, {"stats": stats, "ended_by": "death" if terminated else "length"}))
+            extra = {"stats": stats, "ended_by": "death" if terminated else "length"}
+            if loop is not None and n > loop[0] + len(loop[2]):
+                t1, t2 = loop[0], loop[0] + len(loop[2])
+                ok, d, dyaw = closed(np.stack(poses), t1, t2)
+                extra["loops"] = [{"t1": t1, "t2": t2, "pattern": loop[1], "returned": ok, "dist": round(d, 1),
+                                   "dyaw": round(dyaw, 1)}]
+            pending.append(io.submit(writer.close, extra))
             total += n
             ep_index += 1
             summaries.append({"episode": writer.path.name, "map": map_id, "steps": n, **stats})

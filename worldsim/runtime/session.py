@@ -10,7 +10,7 @@
 
 Streaming state contract: a session's whole future depends only on its
 :class:`~worldsim.model.world_model.StreamState` (rolling KV cache, last latent, tick,
-random generator) and the actions it is given. Snapshots copy that state, so a restored or
+random generator, long-term scene memory) and the actions it is given. Snapshots copy that state, so a restored or
 forked session produces bit-identical frames and audio for the same actions when stepped
 the same way. Each row draws noise from its own generator, so batching never changes a
 session's random draws; batched matmuls round differently in bf16, so a session stepped
@@ -68,12 +68,16 @@ class World:
         self.sessions: dict[int, Session] = {}
 
     @classmethod
-    def load(cls, path: str = "default", device: str | None = None, sampling_steps: int | None = None) -> "World":
+    def load(cls, path: str = "default", device: str | None = None, sampling_steps: int | None = None,
+             memory: bool | None = None) -> "World":
+        """``memory``: long-term scene memory for its sessions (None: the world's setting, on by default)."""
         model = WorldModel.load(path, device=device)
         if sampling_steps is not None:
             if sampling_steps < 1:
                 raise WorldsimError(f"sampling_steps must be ≥ 1, got {sampling_steps}")
             model.sampler.cfg.steps = sampling_steps
+        if memory is not None:
+            model.set_memory(memory)
         return cls(model)
 
     # ---- facts -----------------------------------------------------------------------

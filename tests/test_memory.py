@@ -1,0 +1,125 @@
+"""Long-term scene memory: dead reckoning, a bounded store, recall on return, snapshots, loop-closure eval."""
+
+import numpy as np
+import pytest
+import torch
+
+from worldsim.actions import VIZDOOM_SCHEMA
+from worldsim.model.memory import MemoryConfig, PoseTracker, SceneMemory
+from worldsim.runtime import World
+
+B, A = list(VIZDOOM_SCHEMA.buttons), list(VIZDOOM_SCHEMA.axes)
+
+
+def _act(keys=(), dx=0.0):
+    a = VIZDOOM_SCHEMA.parse({"keys": list(keys), "mouse": [dx, 0.0]})
+    return a.buttons, a.axes
+
+
+def test_pose_tracker_turns_exactly_and_walks_back_to_where_it_started():
+    p = PoseTracker(MemoryConfig(), B, A)
+    for _ in range(72):
+        p.update(*_act(dx=5.0))
+    assert abs((p.yaw + 180) % 360 - 180) < 1e-6 and p.x == p.y == 0.0
+    for _ in range(20):
+        p.update(*_act(("forward",)))
+    out = np.hypot(p.x, p.y)
+    for _ in range(30):
+        p.update(*_act())                     # coast to a stop
+    for _ in range(18):
+        p.update(*_act(dx=10.0))              # turn round
+    for _ in range(20):
+        p.update(*_act(("forward",)))
+    for _ in range(30):
+        p.update(*_act())
+    assert out > 100 and np.hypot(p.x, p.y) < 0.05 * out
+
+
+def test_store_is_bounded_and_keeps_the_most_trusted_view():
+    cfg = MemoryConfig(cap=64)
+    m = SceneMemory(cfg, (4, 8, 8), PoseTracker(cfg, B, A))
+    rng = np.random.default_rng(0)
+    size = m.nbytes
+    for t in range(5000):
+        m.pose.x, m.pose.y, m.pose.yaw = rng.uniform(-2000, 2000, 2).tolist() + [float(rng.uniform(0, 360))]
+        m.store(torch.randn(4, 8, 8), t, float(rng.uniform(0.1, 1.0)))
+    assert len(m) == 64 and m.nbytes == size and len(set(m.keys.values())) == 64
+    assert (m.conf > 0.5).mean() > 0.8           # eviction drops the least trusted first
+    m2 = SceneMemory(cfg, (4, 8, 8), PoseTracker(cfg, B, A))
+    real, gen = torch.ones(4, 8, 8), torch.zeros(4, 8, 8)
+    m2.store(real, 0, 1.0)
+    m2.store(gen, 50, 0.3)                       # a blurrier view of the same place does not replace it
+    assert torch.equal(m2.z[m2.keys[m2._key()]], real)
+
+
+def test_recall_only_on_return_and_only_beyond_the_kv_window():
+    cfg = MemoryConfig()
+    m = SceneMemory(cfg, (4, 8, 8), PoseTracker(cfg, B, A))
+    z0 = torch.randn(4, 8, 8)
+    m.store(z0, 0, 1.0)
+    assert m.recall(10, min_age=8) is None       # too recent: the KV cache still has it
+    z, w, conf = m.recall(100, min_age=8)
+    assert w == pytest.approx(1.0) and conf == 1.0 and torch.allclose(z, z0, atol=1e-5)
+    m.pose.x = 100.0
+    assert m.recall(100, min_age=8) is None      # somewhere else
+    m.pose.x, m.pose.yaw = 0.0, 90.0
+    assert m.recall(100, min_age=8) is None      # same place, looking elsewhere
+
+
+@pytest.fixture(scope="module")
+def default_world():
+    return World.load("default")
+
+
+def _spin(world, memory: bool, seed=0):
+    world.model.set_memory(memory)
+    try:
+        img = np.array(world.starts.context(None, seed)["frames"][-1])
+        s = world.open(seed=seed, start=img)  # one picture: the viewer stands still there
+        frames = [s.step({"mouse": [5.0, 0.0]}).frames[0] for _ in range(72)]
+        return s, img.astype(np.float32), np.stack(frames).astype(np.float32)
+    finally:
+        world.model.set_memory(True)
+
+
+def test_a_360_spin_comes_back_to_the_remembered_view(default_world):
+    s_on, start, on = _spin(default_world, True)
+    _, _, off = _spin(default_world, False)
+    err_on, err_off = np.abs(on[-1] - start).mean(), np.abs(off[-1] - start).mean()
+    assert err_on < 0.6 * err_off, (err_on, err_off)
+    m = s_on.state.memories[0]
+    assert m.hits > 0 and 0 < len(m) <= m.cfg.cap
+    assert np.abs(on[20] - off[20]).mean() < 1.0   # away from remembered places memory changes nothing
+
+
+def test_memory_is_part_of_snapshots_and_forks(default_world):
+    s = default_world.open(seed=3)
+    for _ in range(30):
+        s.step({"mouse": [6.0, 0.0]})
+    snap = s.snapshot()
+    f = s.fork()
+    a = [s.step({"mouse": [6.0, 0.0]}).frames[0] for _ in range(40)]
+    b = [f.step({"mouse": [6.0, 0.0]}).frames[0] for _ in range(40)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert s.state.memories[0] is not f.state.memories[0]
+    r = default_world.restore(snap)
+    assert len(r.state.memories[0]) == len(snap.state["memories"][0])
+
+
+def test_loop_recording_and_loop_closure_eval(default_world, tmp_path):
+    from worldsim.data import open_episodes
+    from worldsim.eval.memory import loop_closure, loops_of
+    from worldsim.record.doom import DoomConfig
+    from worldsim.record.vizdoom_recorder import RecordConfig, record_vizdoom
+
+    record_vizdoom(RecordConfig(out=tmp_path / "loops", steps=300, seed=777, loops=True, progress=False,
+                                doom=DoomConfig(audio=False, depth=False)))
+    eps = open_episodes(tmp_path / "loops")
+    metas = [e.meta["loops"][0] for e in eps]
+    assert metas[0]["pattern"] == "spin" and metas[0]["t2"] - metas[0]["t1"] == 72
+    assert {"returned", "dist", "dyaw"} <= set(metas[0])
+    cands = loops_of(eps, default_world.model.context_steps)
+    assert cands and all(eps[e].meta["loops"][0]["returned"] for e, *_ in cands)
+    r = loop_closure(default_world.model, eps[:1], 0, False, max_loops=1)
+    assert r["loops"] == 1 and r["on"] > r["off"] and r["tf"] is not None
+    assert r["strip"].shape == (64, 192, 3)
