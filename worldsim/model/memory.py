@@ -3,8 +3,9 @@
 The KV cache holds the last ``context`` ticks; anything older is forgotten by the network.
 :class:`SceneMemory` keeps a bounded store of frame latents beside it, each tagged with the
 tick and with where the viewer was: a pose (x, y, yaw) *estimated from the actions alone*
-by :class:`PoseTracker` (DOOM's movement is a momentum model whose constants were fitted on
-recorded ViZDoom poses; a mouse turn of d degrees is exactly d degrees). The store is a map
+by :class:`PoseTracker` (DOOM's movement is a momentum model: we integrate
+DOOM's own player physics, checked against recorded ViZDoom poses; a mouse turn of d degrees
+is exactly d degrees). The store is a map
 ``(grid cell, heading bin) → latent``: a place seen again replaces its entry only with a view
 at least as trustworthy (real frames have confidence 1; generated ones lose a little
 confidence every tick since the last real or remembered view), and when the store is full
@@ -43,13 +44,18 @@ class MemoryConfig:
     min_age: int = 24                # ... to a view at least this many ticks old (3× the KV window)
     strength: float = 1.0            # blend weight of a perfect match
     decay: float = 0.97              # confidence lost per generated tick
-    # movement per tick (2 tics), fitted on 100k recorded MAP01 steps (R² 0.91 speed, 0.99 yaw)
-    friction: float = 0.88
-    walk: float = 0.94
-    run: float = 1.79
-    strafe: float = 1.03
-    yaw_key: float = 6.19            # degrees per tick of a turn key
-    yaw_key_run: float = 10.38
+    # movement: DOOM's player physics per game tic (thrust in map units/tic², friction per
+    # tic), ``tics`` tics per tick; checked against the recorded poses of scripted loop walks
+    tics: int = 2
+    friction: float = 0.90625
+    walk: float = 0.78125
+    run: float = 1.06                # measured: ViZDoom's SPEED gives ~1.4× walking thrust here, not 2×
+    strafe: float = 0.75
+    strafe_run: float = 1.25
+    yaw_key: float = 3.515625        # degrees per tic of a held turn key (640/65536 of a turn) ...
+    yaw_key_run: float = 7.03125     # ... with run (1280) ...
+    yaw_key_slow: float = 1.7578125  # ... and during its first ``slow_tics`` tics (320)
+    slow_tics: int = 6
     yaw_mouse: float = 1.0           # degrees per unit of mouse_dx
     px_per_degree: float = 0.6       # image pixels per degree of yaw at 64×64 (as the turn prior)
 
@@ -65,8 +71,9 @@ class PoseTracker:
     x: float = 0.0
     y: float = 0.0
     yaw: float = 0.0
-    vx: float = 0.0                  # units/tick
+    vx: float = 0.0                  # units/tic
     vy: float = 0.0
+    turn_held: int = 0               # tics a turn key has been held
 
     def update(self, buttons: np.ndarray, axes: np.ndarray) -> None:
         def b(name: str) -> float:
@@ -74,14 +81,20 @@ class PoseTracker:
         c, run = self.cfg, b("run")
         turn = b("turn_right") - b("turn_left")
         dx = float(axes[self.axes.index("mouse_dx")]) if "mouse_dx" in self.axes else 0.0
-        self.yaw = (self.yaw - turn * (c.yaw_key_run if run else c.yaw_key) - dx * c.yaw_mouse) % 360.0
+        for _ in range(c.tics if turn else 0):
+            rate = c.yaw_key_slow if self.turn_held < c.slow_tics else (c.yaw_key_run if run else c.yaw_key)
+            self.yaw -= turn * rate
+            self.turn_held += 1
+        self.turn_held = self.turn_held if turn else 0
+        self.yaw = (self.yaw - dx * c.yaw_mouse) % 360.0
         fwd = (b("forward") - b("back")) * (c.run if run else c.walk)
-        side = (b("strafe_left") - b("strafe_right")) * c.strafe
+        side = (b("strafe_left") - b("strafe_right")) * (c.strafe_run if run else c.strafe)
         r = math.radians(self.yaw)
-        self.vx = c.friction * self.vx + fwd * math.cos(r) - side * math.sin(r)
-        self.vy = c.friction * self.vy + fwd * math.sin(r) + side * math.cos(r)
-        self.x += self.vx
-        self.y += self.vy
+        ax, ay = fwd * math.cos(r) - side * math.sin(r), fwd * math.sin(r) + side * math.cos(r)
+        for _ in range(c.tics):  # thrust, move, then friction, as DOOM's tic does
+            self.vx, self.vy = self.vx + ax, self.vy + ay
+            self.x, self.y = self.x + self.vx, self.y + self.vy
+            self.vx, self.vy = self.vx * c.friction, self.vy * c.friction
 
 
 def _wrap(deg: np.ndarray | float) -> np.ndarray | float:
