@@ -112,6 +112,21 @@ def test_fused_commit_and_step_equals_commit_then_step():
     assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a.k + a.v, b.k + b.v)) and torch.equal(a.time, b.time)
 
 
+def test_priming_a_context_in_one_forward_equals_committing_it_block_by_block():
+    m = _random_dynamics()
+    B, T = 2, 3  # ≤ context - 1 blocks, as priming commits
+    fr, au, pr, lv, act = _blocks(m, B, T)
+    lv = torch.zeros_like(lv)
+    with torch.no_grad():
+        a, b = m.new_cache(B, dtype=torch.float32), m.new_cache(B, dtype=torch.float32)
+        for t in range(T):
+            m.step(a, fr[:, t:t + 1], au[:, t:t + 1], pr[:, t:t + 1], lv[:, t:t + 1], act[:, t:t + 1],
+                   torch.full((B,), t), commit=True)
+        m.stream(b, fr, au, pr, m.modulate(m.condition(lv, act)), torch.arange(T).expand(B, T), T)
+    assert torch.equal(a.time, b.time) and torch.equal(a.cursor, b.cursor)
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a.k + a.v, b.k + b.v))
+
+
 def test_kv_cache_snapshot_select_cat():
     c = KVCache(n_layers=2, batch=3, heads=2, head_dim=4, slots=2, block_tokens=5, dtype=torch.float32)
     for layer in range(2):

@@ -283,26 +283,26 @@ class Dynamics(nn.Module):
         return self.stream(cache, frame, audio, prior, mods, torch.stack([time - 1, time], 1), True)
 
     def stream(self, cache: KVCache, frame, audio, prior, mods: tuple[list[torch.Tensor], torch.Tensor],
-               times: torch.Tensor, commit_first: bool):
+               times: torch.Tensor, commit_first: bool | int):
         """M blocks per row against the cache; ``times`` (B, M); ``mods`` from :meth:`modulate`.
-        Blocks after the first are noisy; the first is clean when ``commit_first`` (and then
-        written to the cache), else noisy."""
+        The first ``commit_first`` blocks (True = 1) are clean and written to the cache; the
+        rest are noisy. Priming commits a whole real context in one such forward."""
         N, C = self.cfg.block_tokens, self.cfg.context
         B, M = times.shape
         x = self.embed(frame, audio, prior)  # (B, M·N, D)
         rel_c = times[:, :, None] - cache.time[:, None, :]  # (B, M, slots)
         ok_c = (cache.time >= 0)[:, None] & (rel_c > 0) & (rel_c < C)
         rel_w = times[:, :, None] - times[:, None, :]  # (B, M, M) within the new blocks
-        clean = torch.zeros(M, dtype=torch.bool, device=x.device)
-        clean[0] = commit_first
+        n_clean = int(commit_first)
+        clean = torch.arange(M, device=x.device) < n_clean
         same = torch.eye(M, dtype=torch.bool, device=x.device)
         ok_w = (clean[None, None, :] & (rel_w >= 0) & (rel_w < C) & (clean[None, :, None] | (rel_w > 0))) | same
         rel = torch.cat([rel_c, rel_w], 2).repeat_interleave(N, 1).repeat_interleave(N, 2)  # (B, M·N, (slots+M)·N)
         allowed = torch.cat([ok_c, ok_w], 2).repeat_interleave(N, 1).repeat_interleave(N, 2)
-        attend = Attend(rel, allowed, cache=cache, commit_tokens=N if commit_first else 0, layers=self.layers)
+        attend = Attend(rel, allowed, cache=cache, commit_tokens=N * n_clean, layers=self.layers)
         x = self.run(x, mods[0], attend)
-        if commit_first:
-            cache.commit(times[:, 0])
+        if n_clean:
+            cache.commit(times[:, :n_clean])
         return self.head(x, mods[1], M)
 
 

@@ -56,17 +56,21 @@ class KVCache:
         self._staged[layer] = (k, v)
 
     def commit(self, time: torch.Tensor) -> None:
-        """Write the staged block of every layer into each row's next slot, tagged with ``time`` (B,)."""
+        """Write the staged block(s) of every layer into each row's next slot(s), tagged with
+        ``time``: (B,) for one block, or (B, m) for m consecutive blocks staged together."""
         if len(self._staged) != self.n_layers:
             raise RuntimeError(f"KVCache.commit: {len(self._staged)} of {self.n_layers} layers staged")
+        times = time[:, None] if time.dim() == 1 else time  # (B, m)
         rows = torch.arange(self.batch, device=self.time.device)
-        for layer, (k, v) in self._staged.items():
-            kc = self.k[layer].view(self.batch, k.shape[1], self.slots, self.N, -1)  # (B, H, slots, N, Dh)
-            vc = self.v[layer].view(self.batch, v.shape[1], self.slots, self.N, -1)
-            kc[rows, :, self.cursor] = k.to(kc.dtype)
-            vc[rows, :, self.cursor] = v.to(vc.dtype)
-        self.time[rows, self.cursor] = time.to(self.time.device)
-        self.cursor = (self.cursor + 1) % self.slots
+        for j in range(times.shape[1]):
+            blk = slice(j * self.N, (j + 1) * self.N)
+            for layer, (k, v) in self._staged.items():
+                kc = self.k[layer].view(self.batch, k.shape[1], self.slots, self.N, -1)  # (B, H, slots, N, Dh)
+                vc = self.v[layer].view(self.batch, v.shape[1], self.slots, self.N, -1)
+                kc[rows, :, self.cursor] = k[:, :, blk].to(kc.dtype)
+                vc[rows, :, self.cursor] = v[:, :, blk].to(vc.dtype)
+            self.time[rows, self.cursor] = times[:, j].to(self.time.device)
+            self.cursor = (self.cursor + 1) % self.slots
         self._staged.clear()
 
     def snapshot(self) -> KVCacheSnapshot:

@@ -231,19 +231,30 @@ class WorldModel:
                 else:
                     au = torch.as_tensor(np.ascontiguousarray(audio), device=self.device)
                     za = self.audio_codec.encode(au.flatten(0, 1)).float().view(B, c, -1)  # (B, c, Da)
-        for j in range(c):
-            if j == 0:
-                act = torch.zeros(B, self.dynamics.cfg.action_dim, device=self.device)
-                prior = torch.zeros_like(z[:, 0])
-            else:
-                act, feats = self._actions(buttons[:, j - 1], axes[:, j - 1])
-                prior = turn_prior(z[:, j - 1], feats, self.dynamics.cfg)
-            self._commit(state, z[:, j], None if za is None else za[:, j], act, prior, 0.0)
-            for b, m in enumerate(state.memories):  # real frames: remembered with full confidence
-                if m is not None:
+        dyn = self.dynamics
+        acts, priors = [torch.zeros(B, dyn.cfg.action_dim, device=self.device)], [torch.zeros_like(z[:, 0])]
+        for j in range(1, c):
+            act, feats = self._actions(buttons[:, j - 1], axes[:, j - 1])
+            acts.append(act)
+            priors.append(turn_prior(z[:, j - 1], feats, dyn.cfg))
+        act, prior = torch.stack(acts, 1), torch.stack(priors, 1)  # (B, c, Dact), (B, c, C, h, w)
+        self.flush(state)
+        if c > 1:  # all but the last context tick go into the cache in one forward
+            m = c - 1
+            times = state.time[:, None] + 1 + torch.arange(m, device=self.device)  # (B, m)
+            with self.autocast:
+                mods = dyn.modulate(dyn.condition(torch.zeros(B, m, device=self.device), act[:, :m]))
+                dyn.stream(state.cache, dyn.to_tokens(z[:, :m]), None if za is None else za[:, :m],
+                           dyn.to_tokens(prior[:, :m]), mods, times, m)
+            state.time += m
+        # the last context tick stays pending: the first step commits it
+        self._commit(state, z[:, -1], None if za is None else za[:, -1], act[:, -1], prior[:, -1], 0.0)
+        for b, mem in enumerate(state.memories):  # real frames: remembered with full confidence
+            if mem is not None:
+                for j in range(c):
                     if j > 0:
-                        m.observe(buttons[b, j - 1], axes[b, j - 1])
-                    m.store(z[b, j], int(state.time[b]), 1.0)
+                        mem.observe(buttons[b, j - 1], axes[b, j - 1])
+                    mem.store(z[b, j], int(state.time[b]) - (c - 1 - j), 1.0)
 
     @torch.no_grad()
     def step_batch(self, state: StreamState, buttons: np.ndarray, axes: np.ndarray, steps: int | None = None
