@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from worldsim.eval.interface import EvalConfigError, StreamingModel
 from worldsim.eval.registry import ModelUnavailable, load_model, register_model_loader  # noqa: F401  (re-exported)
 
@@ -212,7 +214,11 @@ def _run_eval(model, data_dir, horizons, episodes, seed, json_out, plots_dir, dr
             import cv2
 
             big = loops["strip"].repeat(2, 0).repeat(2, 1)  # rows: loops; columns: real | memory on | memory off
-            cv2.imwrite(str(Path(plots_dir) / "loop_strip.png"), big[:, :, ::-1])
+            bar = np.zeros((20, big.shape[1], 3), np.uint8)
+            for i, text in enumerate(("real", "memory on", "memory off")):
+                cv2.putText(bar, text, (i * big.shape[1] // 3 + 6, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                            (255, 255, 255), 1)
+            cv2.imwrite(str(Path(plots_dir) / "loop_strip.png"), np.concatenate([bar, big])[:, :, ::-1])
     return result
 
 

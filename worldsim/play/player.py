@@ -130,40 +130,48 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
     from worldsim.play.media import Mp4Writer
 
     torch.set_num_threads(1)
-    pygame.init()
-    source = _make_source(cfg)
-    script = [source.schema.to_entry(a) for a in load_script(cfg.actions, source.schema)] if cfg.actions else []
-    limit = cfg.ticks if cfg.ticks is not None else (len(script) if cfg.headless and script else None)
-    if cfg.headless and limit is None:
+    if cfg.headless and cfg.ticks is None and not cfg.actions:
         raise WorldsimError("--headless needs --ticks N or --actions SCRIPT (it has no keyboard to stop it)")
-    realtime = (not cfg.headless) if cfg.realtime is None else cfg.realtime
-    H, W = source.resolution
-    audio = AudioOut(source.audio_spec, cfg.mute)
-    if audio.error:
-        print(f"worldsim play: no audio device ({audio.error}); playing silently")
-    flags = 0 if cfg.headless else pygame.RESIZABLE
-    screen = pygame.display.set_mode((W * cfg.scale, H * cfg.scale), flags)
-    pygame.display.set_caption(f"worldsim — {source.name} ({source.where})")
-    font = pygame.font.Font(None, 22)
-    inp = InputState(list(source.schema.buttons), cfg.mouse_sensitivity)
-    video = Mp4Writer(cfg.record, source.tick_rate, (H, W), cfg.record_scale, source.audio_spec) if cfg.record else None
-    episodes = EpisodeSink(cfg.record_episode, source, cfg) if cfg.record_episode else None
-    st = Stats()
-    saved, paused, hud, running = None, False, cfg.hud, True
-    period = 1.0 / source.tick_rate
-
-    # the first frame: a no-op tick, so there is a picture before the first input
-    t0 = time.perf_counter()
-    cur = source.step({})
-    first_frame_ms = (time.perf_counter() - t0) * 1e3
-    if episodes:
-        episodes.begin()
-    if video:
-        video.add(cur.frame, cur.audio)
-    audio.push(cur.audio)
-    last_frame_t = time.perf_counter()
-    next_t = time.perf_counter() + period
+    source = _make_source(cfg)
     try:
+        script = [source.schema.to_entry(a) for a in load_script(cfg.actions, source.schema)] if cfg.actions else []
+        if cfg.actions and not script:
+            raise WorldsimError(f"--actions {cfg.actions}: the action script is empty")
+    except BaseException:
+        source.close()
+        raise
+    limit = cfg.ticks if cfg.ticks is not None else (len(script) if cfg.headless else None)
+    video = episodes = None
+    try:
+        pygame.init()
+        realtime = (not cfg.headless) if cfg.realtime is None else cfg.realtime
+        H, W = source.resolution
+        audio = AudioOut(source.audio_spec, cfg.mute)
+        if audio.error:
+            print(f"worldsim play: no audio device ({audio.error}); playing silently")
+        flags = 0 if cfg.headless else pygame.RESIZABLE
+        screen = pygame.display.set_mode((W * cfg.scale, H * cfg.scale), flags)
+        pygame.display.set_caption(f"worldsim — {source.name} ({source.where})")
+        font = pygame.font.Font(None, 22)
+        inp = InputState(list(source.schema.buttons), cfg.mouse_sensitivity)
+        if cfg.record:
+            video = Mp4Writer(cfg.record, source.tick_rate, (H, W), cfg.record_scale, source.audio_spec)
+        episodes = EpisodeSink(cfg.record_episode, source, cfg) if cfg.record_episode else None
+        st = Stats()
+        saved, paused, hud, running = None, False, cfg.hud, True
+        period = 1.0 / source.tick_rate
+
+        # the first frame: a no-op tick, so there is a picture before the first input
+        t0 = time.perf_counter()
+        cur = source.step({})
+        first_frame_ms = (time.perf_counter() - t0) * 1e3
+        if episodes:
+            episodes.begin()
+        if video:
+            video.add(cur.frame, cur.audio)
+        audio.push(cur.audio)
+        last_frame_t = time.perf_counter()
+        next_t = time.perf_counter() + period
         while running:
             restored = False
             for ev in pygame.event.get():
@@ -221,11 +229,13 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
             surf = pygame.surfarray.make_surface(np.ascontiguousarray(cur.frame.transpose(1, 0, 2)))  # (W, H, 3)
             screen.blit(pygame.transform.smoothscale(surf, (sw, sh)), (0, 0))
             if hud:
+                sound = f"sound {'on' if audio.on else 'off'}"
+                if audio.on:
+                    sound += f" · queued {audio.queued} · dropped {audio.dropped}"
                 lines = [f"{source.name} · tick {cur.tick} · {st.fps:4.1f} fps" + ("  PAUSED" if paused else ""),
-                         f"tick {st.model_ms:5.1f} ms · input to frame {st.latency_ms:5.1f} ms · late {st.late} · dropped {st.dropped}",
-                         f"sound {'on' if audio.on else 'off'}" + (f" · queued {audio.queued} · dropped {audio.dropped}"
-                                                                   if audio.on else "")
-                         + f" · {source.memory_status()}" + (" · REC" if video or episodes else ""),
+                         f"tick {st.model_ms:5.1f} ms · input to frame {st.latency_ms:5.1f} ms · "
+                         f"late {st.late} · dropped {st.dropped}",
+                         sound + f" · {source.memory_status()}" + (" · REC" if video or episodes else ""),
                          HUD_KEYS + (" (saved)" if saved else "")]
                 _draw_hud(pygame, screen, font, lines)
             pygame.display.flip()
@@ -255,7 +265,8 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
         source.close()
         pygame.quit()
     lat = np.array(st.latencies or [0.0])
-    return {"ticks": st.ticks, "last_tick": cur.tick, "frames_changed": st.frames_changed, "late": st.late, "dropped": st.dropped,
+    return {"ticks": st.ticks, "last_tick": cur.tick, "frames_changed": st.frames_changed, "late": st.late,
+            "dropped": st.dropped,
             "first_frame_ms": round(first_frame_ms, 1), "latency_p50_ms": round(float(np.median(lat)), 2),
             "latency_p99_ms": round(float(np.percentile(lat, 99)), 2), "audio": audio.on,
             "audio_queued": audio.queued, "audio_dropped": audio.dropped, "written": written,
