@@ -118,6 +118,22 @@ def test_play_connects_to_a_bridge_server(tmp_path):
         RemoteSource("tcp://127.0.0.1:9", timeout_ms=200)
 
 
+def test_player_stops_cleanly_when_the_server_goes_away(tmp_path):
+    from engine_bridge.server import BridgeServer, ServerConfig
+    from worldsim.errors import WorldsimError
+    from worldsim.play.sources import RemoteSource
+    from worldsim.runtime import World
+
+    world = World.load(str(random_world(tmp_path / "w")))
+    srv = BridgeServer(world, ServerConfig(bind="tcp://127.0.0.1:*")).start()
+    src = RemoteSource(srv.endpoint, timeout_ms=300)
+    src.step({})
+    srv.stop()
+    with pytest.raises(WorldsimError, match="lost the bridge server"):
+        src.step({})
+    src.close()  # best effort, returns promptly
+
+
 @pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="Debian's xvfb is not installed (make system-deps)")
 def test_window_under_xvfb_shows_frame_and_hud(tmp_path):
     env = dict(os.environ, SDL_VIDEODRIVER="x11", SDL_AUDIODRIVER="dummy")

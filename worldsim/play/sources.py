@@ -84,12 +84,13 @@ class RemoteSource:
     """A lockstep session on a ``worldsim serve`` bridge server (the client reconnects on its own)."""
 
     def __init__(self, addr: str, seed: int = 0, start: np.ndarray | str | Path | None = None,
-                 timeout_ms: int = 5000):
+                 timeout_ms: int = 2000):
         from engine_bridge.client import BridgeClient
 
         from engine_bridge.client import BridgeError
 
-        self.client = BridgeClient(addr, timeout_ms=timeout_ms, name="worldsim-play", connect=False)
+        # a player would rather hear "server lost" after a few seconds than wait out long retries
+        self.client = BridgeClient(addr, timeout_ms=timeout_ms, retries=2, name="worldsim-play", connect=False)
         try:
             w = self.client.connect()
         except BridgeError as e:
@@ -110,7 +111,12 @@ class RemoteSource:
         return "memory: the server's"
 
     def step(self, action: dict[str, Any]) -> Tick:
-        o = self.client.step(self.sid, action)
+        from engine_bridge.client import BridgeError
+
+        try:
+            o = self.client.step(self.sid, action)
+        except BridgeError as e:
+            raise WorldsimError(f"lost the bridge server {self.client.addr}: {e}") from None
         return Tick(o.frame, o.audio, o.tick, float(o.timings.get("model_ms", 0.0)))
 
     def snapshot(self) -> Any:
@@ -122,7 +128,12 @@ class RemoteSource:
         self.sid = new
 
     def close(self) -> None:
+        from engine_bridge.client import BridgeError
+
+        self.client.timeout_ms, self.client.retries = 500, 0  # best effort: the server may be gone
         try:
             self.client.close_session(self.sid)
+        except BridgeError:
+            pass
         finally:
             self.client.close()
