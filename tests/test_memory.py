@@ -49,7 +49,7 @@ def test_store_is_bounded_and_keeps_the_most_trusted_view():
     real, gen = torch.ones(4, 8, 8), torch.zeros(4, 8, 8)
     m2.store(real, 0, 1.0)
     m2.store(gen, 50, 0.3)                       # a blurrier view of the same place does not replace it
-    assert torch.equal(m2.z[m2.keys[m2._key()]], real)
+    assert torch.equal(m2.z[m2.keys[m2._key()]].float(), real)
 
 
 def test_recall_only_on_return_and_only_beyond_the_kv_window():
@@ -59,7 +59,7 @@ def test_recall_only_on_return_and_only_beyond_the_kv_window():
     m.store(z0, 0, 1.0)
     assert m.recall(10, min_age=8) is None       # too recent: the KV cache still has it
     z, w, conf = m.recall(100, min_age=8)
-    assert w == pytest.approx(1.0) and conf == 1.0 and torch.allclose(z, z0, atol=1e-5)
+    assert w == pytest.approx(1.0) and conf == 1.0 and torch.allclose(z, z0, atol=0.02, rtol=0.01)  # stored in bf16
     m.pose.x = 100.0
     assert m.recall(100, min_age=8) is None      # somewhere else
     m.pose.x, m.pose.yaw = 0.0, 90.0

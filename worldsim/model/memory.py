@@ -119,7 +119,9 @@ class SceneMemory:
     slot_key: list = field(init=False)      # slot → its key
 
     def __post_init__(self) -> None:
-        self.z = torch.zeros((self.cfg.cap, *self.latent_shape), device=self.device)  # (cap, C, h, w)
+        # bf16: half the bytes; the rounding is far below what generated latents' blur loses anyway
+        self.z = torch.zeros((self.cfg.cap, *self.latent_shape), device=self.device,
+                             dtype=torch.bfloat16)  # (cap, C, h, w)
         self.where = np.zeros((self.cfg.cap, 3))
         self.tick = np.zeros(self.cfg.cap, np.int64)
         self.conf = np.full(self.cfg.cap, -1.0)
@@ -158,7 +160,7 @@ class SceneMemory:
             return None
         # remembered heading − current heading = how far right we now face: the scene slides left
         cells = float(dyaw[i]) * c.px_per_degree * self.latent_shape[-1] / 64.0
-        z = shift_latent(self.z[i:i + 1], torch.tensor([cells], device=self.z.device))[0]
+        z = shift_latent(self.z[i:i + 1].float(), torch.tensor([cells], device=self.z.device))[0]
         return z, float(c.strength * score[i]), float(self.conf[i])
 
     def store(self, z: torch.Tensor, tick: int, conf: float) -> None:
