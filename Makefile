@@ -31,8 +31,8 @@ $(STAMP): pyproject.toml
 
 # ViZDoom's sound needs Debian's libopenal1 (without it recorded audio is silently zero);
 # the C++ engine client (engine_bridge/clients/cpp) builds with CMake against libzmq + cppzmq + msgpack-cxx;
-# xvfb gives the player tests a real X window.
-SYSTEM_PKGS := libopenal1 cmake g++ pkg-config libzmq3-dev cppzmq-dev libmsgpack-cxx-dev xvfb
+# xvfb, x11-apps (xwd), x11-utils (xwininfo): the player test captures its window from an X server.
+SYSTEM_PKGS := libopenal1 cmake g++ pkg-config libzmq3-dev cppzmq-dev libmsgpack-cxx-dev xvfb x11-apps x11-utils
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

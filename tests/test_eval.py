@@ -219,6 +219,7 @@ def _cli(argv):
     (["--checkpoint", "/nonexistent/world"], "no such checkpoint"),
     (["--checkpoint", "baseline:nope"], "unknown baseline"),
     (["--horizons", "1,400"], "long enough"),
+    (["--loop-data", "/nonexistent/loops"], "worldsim record vizdoom --loops"),
 ])
 def test_bad_cli_args(world, capsys, argv, message):
     opts = {"--data": str(world["scroll"]), "--checkpoint": "baseline:copy-last", "--cache-dir": str(world["cache"])}

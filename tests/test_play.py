@@ -134,21 +134,57 @@ def test_player_stops_cleanly_when_the_server_goes_away(tmp_path):
     src.close()  # best effort, returns promptly
 
 
-@pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="Debian's xvfb is not installed (make system-deps)")
-def test_window_under_xvfb_shows_frame_and_hud(tmp_path):
-    env = dict(os.environ, SDL_VIDEODRIVER="x11", SDL_AUDIODRIVER="dummy")
-    shot = tmp_path / "shot.png"
-    p = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 800x600x24", sys.executable, "-m", "worldsim.cli", "play",
-                        "--ticks", "12", "--scale", "6", "--screenshot", str(shot)],
-                       env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    import cv2
+def _read_xwd(data: bytes) -> np.ndarray:
+    """An X window dump (xwd, 24/32-bit TrueColor) → (H, W, 3) uint8 RGB."""
+    h = np.frombuffer(data[:100], ">u4")
+    header, width, height, byte_order, bpp, bpl = int(h[0]), int(h[4]), int(h[5]), int(h[7]), int(h[11]), int(h[12])
+    masks, ncolors = (int(h[14]), int(h[15]), int(h[16])), int(h[19])
+    assert bpp == 32, f"expected a 32-bit visual, got {bpp}"
+    start = header + 12 * ncolors
+    px = np.frombuffer(data[start:start + height * bpl], "<u4" if byte_order == 0 else ">u4")
+    px = px.reshape(height, bpl // 4)[:, :width]
+    out = []
+    for m in masks:
+        shift = (m & -m).bit_length() - 1
+        out.append(((px & m) >> shift).astype(np.uint8))
+    return np.stack(out, -1)
 
-    img = cv2.imread(str(shot))[:, :, ::-1]                       # (384, 384, 3) RGB
+
+@pytest.mark.skipif(any(shutil.which(x) is None for x in ("Xvfb", "xwd", "xwininfo")),
+                    reason="needs Debian's xvfb, x11-apps and x11-utils (make system-deps)")
+def test_window_on_an_x_server_shows_frame_and_hud(tmp_path):
+    """The real client on a virtual X display: the window is captured from the X server itself."""
+    import time
+
+    xs = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        display = ":" + xs.stdout.readline().strip()
+        env = dict(os.environ, DISPLAY=display, SDL_VIDEODRIVER="x11", SDL_AUDIODRIVER="dummy")
+        shot = tmp_path / "shot.png"
+        player = subprocess.Popen([sys.executable, "-m", "worldsim.cli", "play", "--ticks", "80", "--scale", "6",
+                                   "--screenshot", str(shot)], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        win, deadline = None, time.monotonic() + 90
+        while win is None and time.monotonic() < deadline and player.poll() is None:
+            tree = subprocess.run(["xwininfo", "-root", "-tree", "-display", display], capture_output=True,
+                                  text=True).stdout
+            win = next((ln.split()[0] for ln in tree.splitlines() if "worldsim" in ln and "384x384" in ln), None)
+            time.sleep(0.3)
+        assert win is not None, "the player window never appeared on the X display"
+        time.sleep(1.5)  # let it play a few ticks
+        dump = subprocess.run(["xwd", "-id", win, "-silent", "-display", display], capture_output=True).stdout
+        out, err = player.communicate(timeout=120)
+        assert player.returncode == 0, err
+    finally:
+        xs.terminate()
+        xs.wait(10)
+    img = _read_xwd(dump)                                                 # (384, 384, 3) from the X server
     assert img.shape == (384, 384, 3)
     hud = img[4:80, 4:300].astype(np.int32)
-    assert (hud.max(-1) > 200).mean() > 0.02                          # HUD text is drawn
-    assert img[200:].std() > 5                                        # the world's picture below it
+    assert (hud.max(-1) > 200).mean() > 0.02                              # HUD text is drawn
+    assert img[200:].std() > 5                                            # the world's picture below it
+    assert "played 80 ticks" in out and shot.exists()                     # --screenshot saved the same window
 
 
 def _demo(name):

@@ -106,14 +106,24 @@ class EpisodeSink:
         self.writer = None
 
 
-def _draw_hud(pygame, screen, font, lines: list[str]) -> None:
-    h = 18 * len(lines) + 8
+def _draw_hud(pygame, screen, fonts: dict, lines: list[str]) -> None:
+    """Lines of text on a translucent box, in the largest font (22 px down to 12) that fits the window."""
+    width = screen.get_width() - 20
+    size = 22
+    while True:
+        if size not in fonts:
+            fonts[size] = pygame.font.Font(None, size)
+        font = fonts[size]
+        if size <= 12 or max(font.size(t)[0] for t in lines) <= width:
+            break
+        size -= 2
+    step = font.get_linesize()
     w = max(font.size(t)[0] for t in lines) + 12
-    box = pygame.Surface((w, h), pygame.SRCALPHA)
+    box = pygame.Surface((w, step * len(lines) + 8), pygame.SRCALPHA)
     box.fill((0, 0, 0, 150))
     screen.blit(box, (4, 4))
     for i, t in enumerate(lines):
-        screen.blit(font.render(t, True, (235, 235, 235)), (10, 8 + 18 * i))
+        screen.blit(font.render(t, True, (235, 235, 235)), (10, 8 + step * i))
 
 
 def play(cfg: PlayConfig) -> dict[str, Any]:
@@ -152,7 +162,7 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
         flags = 0 if cfg.headless else pygame.RESIZABLE
         screen = pygame.display.set_mode((W * cfg.scale, H * cfg.scale), flags)
         pygame.display.set_caption(f"worldsim — {source.name} ({source.where})")
-        font = pygame.font.Font(None, 22)
+        fonts: dict = {}
         inp = InputState(list(source.schema.buttons), cfg.mouse_sensitivity)
         if cfg.record:
             video = Mp4Writer(cfg.record, source.tick_rate, (H, W), cfg.record_scale, source.audio_spec)
@@ -237,7 +247,7 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
                          f"late {st.late} · dropped {st.dropped}",
                          sound + f" · {source.memory_status()}" + (" · REC" if video or episodes else ""),
                          HUD_KEYS + (" (saved)" if saved else "")]
-                _draw_hud(pygame, screen, font, lines)
+                _draw_hud(pygame, screen, fonts, lines)
             pygame.display.flip()
             if not paused:
                 st.latency_ms = (time.perf_counter() - t_in) * 1e3
