@@ -214,3 +214,29 @@ def test_robot_rollout_demo_compares_learned_and_real_game(tmp_path, capsys):
     with av.open(str(tmp_path / "side_by_side.mp4")) as f:
         assert sum(1 for _ in f.decode(video=0)) == 4
     assert "PSNR learned" in capsys.readouterr().out
+
+
+def test_mp4_writer_refuses_bad_paths_and_writes_atomically(tmp_path):
+    import av
+
+    from worldsim.errors import WorldsimError
+    from worldsim.play.media import Mp4Writer, write_mp4
+
+    with pytest.raises(WorldsimError, match="MP4"):
+        Mp4Writer(tmp_path / "x.avi", 17.5, (64, 64))
+    with pytest.raises(WorldsimError, match="does not exist"):
+        Mp4Writer(tmp_path / "no" / "x.mp4", 17.5, (64, 64))
+    spec = {"sample_rate": 22050, "channels": 2, "samples_per_step": 1260}
+    frames = np.random.default_rng(0).integers(0, 255, (10, 64, 64, 3), dtype=np.uint8)
+    audio = (np.sin(np.arange(12600) / 5.0)[:, None] * 8000).repeat(2, 1).astype(np.int16)
+    w = Mp4Writer(tmp_path / "a.mp4", 17.5, (64, 64), scale=1, audio_spec=spec)
+    for f, a in zip(frames, np.split(audio, 10)):
+        w.add(f, a)
+    assert not (tmp_path / "a.mp4").exists()          # only the .partial file until close
+    w.close()
+    with av.open(str(tmp_path / "a.mp4")) as f:
+        v, a = f.streams.video[0], f.streams.audio[0]
+        assert (v.width, v.height, a.rate) == (64, 64, 22050)
+        assert abs(float(a.duration * a.time_base) - 10 / 17.5) < 0.1
+    write_mp4(tmp_path / "b.mp4", frames, 17.5, scale=2)
+    assert (tmp_path / "b.mp4").stat().st_size > 0
