@@ -15,37 +15,10 @@ plays the sound.
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
 import sys
-import time
 
-from engine_bridge.client import BridgeClient, BridgeError
+from engine_bridge.spawn import ServerProcess
 from worldsim.play.player import PlayConfig, play
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn_server(world: str, timeout_s: float = 60.0) -> tuple[subprocess.Popen, str]:
-    """`worldsim serve` on a free loopback port; returns once it answers a PING."""
-    addr = f"tcp://127.0.0.1:{free_port()}"
-    proc = subprocess.Popen([sys.executable, "-m", "worldsim.cli", "serve", "--world", world, "--bind", addr])
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"worldsim serve exited with status {proc.returncode}")
-        try:
-            with BridgeClient(addr, timeout_ms=500, retries=0) as c:
-                c.ping()
-            return proc, addr
-        except BridgeError:
-            time.sleep(0.2)
-    proc.terminate()
-    raise SystemExit(f"worldsim serve did not answer on {addr} within {timeout_s:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,16 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--record", metavar="OUT.mp4")
     args = ap.parse_args(argv)
 
-    proc = None
-    if args.spawn_server:
-        proc, args.connect = spawn_server(args.world)
+    srv = ServerProcess(args.world) if args.spawn_server else None
     try:
-        r = play(PlayConfig(connect=args.connect, seed=args.seed, headless=args.headless, ticks=args.ticks,
-                            record=args.record))
+        r = play(PlayConfig(connect=srv.addr if srv else args.connect, seed=args.seed, headless=args.headless,
+                            ticks=args.ticks, record=args.record))
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(10)
+        if srv is not None:
+            srv.stop()
     print(f"played {r['ticks']} ticks over {r['source']}: input→frame p50 {r['latency_p50_ms']} ms, "
           f"p99 {r['latency_p99_ms']} ms, dropped {r['dropped']}, sound chunks queued {r['audio_queued']}")
     return 0

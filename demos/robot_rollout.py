@@ -22,6 +22,7 @@ import numpy as np
 
 from worldsim.actions import Action, VIZDOOM_SCHEMA
 from worldsim.envs import WorldModelVectorEnv
+from worldsim.eval.metrics import psnr
 from worldsim.play.media import Mp4Writer
 
 HORIZONS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -70,11 +71,6 @@ def real_starts(n: int, context: int, map_id: str, seed: int):
     return games, starts
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
-    return 10 * np.log10(255.0 ** 2 / max(mse, 1e-6))
-
-
 def grid(real: list[np.ndarray], gen: list[np.ndarray], scale: int) -> np.ndarray:
     import cv2
 
@@ -117,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         for g in games:
             g.act(a)
             real.append(g.observe()[0])
-        curve.append(float(np.mean([psnr(x, y) for x, y in zip(gen, real)])))
-        ref.append(float(np.mean([psnr(h, y) for h, y in zip(hold, real)])))
+        curve.append(float(psnr(gen, np.stack(real)).mean()))   # per-env PSNR, mean over envs
+        ref.append(float(psnr(np.stack(hold), np.stack(real)).mean()))
         frame = grid(real, list(gen), args.scale)
         if video is None:
             video = Mp4Writer(args.out / "side_by_side.mp4", world.tick_rate, frame.shape[:2], scale=1)

@@ -139,13 +139,13 @@ def _start_image(timeline: Path, start: Any, where: str) -> np.ndarray | None:
         return None
     if not isinstance(start, str):
         raise TimelineError(f"{where}.start: must be an image file path")
-    import cv2
+    from worldsim.play.sources import read_image
 
     f = (timeline.parent / start) if not Path(start).is_absolute() else Path(start)
-    img = cv2.imread(str(f), cv2.IMREAD_COLOR) if f.is_file() else None
-    if img is None:
-        raise TimelineError(f"{where}.start: {f} is not a readable image")
-    return img[:, :, ::-1].copy()  # BGR -> RGB
+    try:
+        return read_image(f)
+    except WorldsimError:
+        raise TimelineError(f"{where}.start: {f} is not a readable image") from None
 
 
 def play_timeline(tl: Timeline, client, progress: bool = False) -> dict[str, dict[str, Any]]:

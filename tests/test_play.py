@@ -74,7 +74,7 @@ def test_start_image_via_cli(tmp_path, capsys):
     (["--headless"], "needs --ticks"),
     (["--headless", "--ticks", "0"], "--ticks must be"),
     (["--headless", "--ticks", "2", "--record", "x.avi"], "expected a .mp4"),
-    (["--headless", "--ticks", "2", "--record", "/no/such/dir/x.mp4"], "does not exist"),
+    (["--headless", "--ticks", "2", "--record", "/proc/version/x.mp4"], "cannot create directory"),
     (["--headless", "--ticks", "2", "--start", "/no/such.png"], "no such image"),
     (["--headless", "--ticks", "2", "--actions", "/no/such.json"], "no such action script"),
     (["--connect", "localhost:5555"], "expected tcp://"),
@@ -224,8 +224,15 @@ def test_mp4_writer_refuses_bad_paths_and_writes_atomically(tmp_path):
 
     with pytest.raises(WorldsimError, match="MP4"):
         Mp4Writer(tmp_path / "x.avi", 17.5, (64, 64))
-    with pytest.raises(WorldsimError, match="does not exist"):
-        Mp4Writer(tmp_path / "no" / "x.mp4", 17.5, (64, 64))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(WorldsimError, match="cannot create directory"):
+        Mp4Writer(tmp_path / "file" / "x.mp4", 17.5, (64, 64))
+    w = Mp4Writer(tmp_path / "new" / "dir" / "x.mp4", 17.5, (64, 64))   # missing directories are made
+    w.add(np.zeros((64, 64, 3), np.uint8))
+    assert w.close().exists()
+    with pytest.raises(WorldsimError, match="nothing was recorded"):
+        Mp4Writer(tmp_path / "empty.mp4", 17.5, (64, 64)).close()
+    assert not list(tmp_path.glob("empty.mp4*"))
     spec = {"sample_rate": 22050, "channels": 2, "samples_per_step": 1260}
     frames = np.random.default_rng(0).integers(0, 255, (10, 64, 64, 3), dtype=np.uint8)
     audio = (np.sin(np.arange(12600) / 5.0)[:, None] * 8000).repeat(2, 1).astype(np.int16)

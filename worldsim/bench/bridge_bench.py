@@ -15,9 +15,6 @@ use it; this process is the client. Figures (JSON keys under ``bridge``):
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import time
 from typing import Any
@@ -26,34 +23,6 @@ import numpy as np
 
 TARGET_OVERHEAD_MS = 1.0
 TARGET_SESSION_FPS = 15.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server(world: str, port: int) -> subprocess.Popen:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="33554432", MALLOC_TRIM_THRESHOLD_="1073741824")
-    return subprocess.Popen([sys.executable, "-m", "worldsim.cli", "serve", "--world", world, "--bind",
-                             f"tcp://127.0.0.1:{port}", "--max-sessions", "64", "--heartbeat-timeout-ms", "20000"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-
-
-def _connect(addr: str, proc: subprocess.Popen, timeout_s: float = 120.0):
-    from engine_bridge.client import BridgeClient, BridgeError
-
-    t0 = time.monotonic()
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bridge server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            return BridgeClient(addr, timeout_ms=2000, retries=0)
-        except BridgeError:
-            if time.monotonic() - t0 > timeout_s:
-                raise
-            time.sleep(0.5)
 
 
 def _lockstep(client, actions: list) -> dict[str, float]:
@@ -127,12 +96,12 @@ def run_bridge_bench(world: str = "default", ticks: int = 300, session_counts=(1
     acts = _actions(w, ticks)
     tick_rate = w.tick_rate
     del w
-    port = _free_port()
-    proc = _start_server(world, port)
+    from engine_bridge.client import BridgeClient
+    from engine_bridge.spawn import ServerProcess
+
     res: dict[str, Any] = {"transport": "tcp loopback", "ticks": ticks}
-    try:
-        client = _connect(f"tcp://127.0.0.1:{port}", proc)
-        with client:
+    with ServerProcess(world, ["--max-sessions", "64", "--heartbeat-timeout-ms", "20000"]) as srv:
+        with BridgeClient(srv.addr, timeout_ms=2000, retries=0) as client:
             res.update(_lockstep(client, acts))
             say(f"bridge lockstep: rtt p50 {res['rtt_ms_p50']:.2f} ms, overhead p50 {res['overhead_ms_p50']:.3f} ms")
             res["realtime"] = []
@@ -142,12 +111,6 @@ def run_bridge_bench(world: str = "default", ticks: int = 300, session_counts=(1
                 say(f"bridge realtime: {n} sessions, slowest {r['min_fps']:.1f} fps")
             stats = client.request("PING").get("stats", {})
         res["server_errors"] = int(stats.get("internal_errors", 0)) if stats else None
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     res["inprocess_ms_p50"] = _inprocess(world, acts)
     held = [r["sessions"] for r in res["realtime"] if r["min_fps"] >= TARGET_SESSION_FPS]
     res["sessions_held"] = max(held, default=0)

@@ -140,11 +140,11 @@ class Attend:
         self.layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
         self._bias = None
 
-    def bias(self, li: int, layers, dtype) -> torch.Tensor:
+    def bias(self, li: int, dtype) -> torch.Tensor:
         """Attention bias of layer ``li`` (B, H, Lq, Lk); built for all layers at the first call,
         so the table lookup and the mask run once per forward instead of once per layer."""
-        if getattr(self, "_bias", None) is None:
-            table = torch.stack([layer.dist_bias for layer in layers])  # (L, H, C)
+        if self._bias is None:
+            table = torch.stack([layer.dist_bias for layer in self.layers])  # (L, H, C)
             b = table[:, :, self.rel.clamp(0, table.shape[-1] - 1)]  # (L, H, B, Lq, Lk)
             b = rearrange(b, "l h b q k -> l b h q k").masked_fill(~self.allowed[None, :, None], float("-inf"))
             self._bias = b.to(dtype)
@@ -158,7 +158,7 @@ class Attend:
                 self.cache.append(li, k[:, :, :n], v[:, :, :n])
             k = torch.cat([self.cache.k[li].to(k.dtype), k], dim=2)
             v = torch.cat([self.cache.v[li].to(v.dtype), v], dim=2)
-        return attention(q, k, v, self.bias(li, self.layers, q.dtype))
+        return attention(q, k, v, self.bias(li, q.dtype))
 
 
 class Dynamics(nn.Module):

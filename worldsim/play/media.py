@@ -25,8 +25,10 @@ class Mp4Writer:
         self.path = Path(path)
         if self.path.suffix.lower() not in (".mp4", ".m4v", ".mov"):
             raise WorldsimError(f"{self.path}: recordings are MP4 files (name them *.mp4)")
-        if not self.path.parent.exists():
-            raise WorldsimError(f"{self.path}: directory {self.path.parent} does not exist")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WorldsimError(f"{self.path}: cannot create directory {self.path.parent} ({e})") from None
         self.scale = max(1, int(scale))
         h, w = size[0] * self.scale, size[1] * self.scale
         self._tmp = self.path.with_name(self.path.name + ".partial.mp4")  # renamed on close: no half files
@@ -71,14 +73,23 @@ class Mp4Writer:
                     self._out.mux(pkt)
         self._out.close()
         self._out = None
+        if self.frames == 0:  # an empty container is not a video: leave nothing behind
+            self._tmp.unlink(missing_ok=True)
+            raise WorldsimError(f"{self.path}: nothing was recorded (no frames)")
         self._tmp.replace(self.path)
         return self.path
 
     def __enter__(self) -> "Mp4Writer":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # do not hide the error that stopped the recording behind "nothing was recorded"
+            try:
+                self.close()
+            except WorldsimError:
+                pass
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: float, scale: int = 4, audio: np.ndarray | None = None,

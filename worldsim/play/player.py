@@ -267,8 +267,13 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
             pygame.image.save(screen, cfg.screenshot)
     finally:
         written = []
-        if video:
+        if video and video.frames:
             written.append(str(video.close()))
+        elif video:  # stopped before the first frame: nothing to keep
+            try:
+                video.close()
+            except WorldsimError:
+                pass
         if episodes:
             episodes.end()
             written += episodes.written
@@ -325,8 +330,11 @@ def main_play(args) -> int:
     for flag, path, kind in (("--record", args.record, ".mp4"), ("--screenshot", args.screenshot, ".png")):
         if path and not Path(path).suffix.lower() == kind:
             raise WorldsimError(f"{flag} {path}: expected a {kind} file name")
-        if path and not Path(path).resolve().parent.is_dir():
-            raise WorldsimError(f"{flag} {path}: directory {Path(path).parent} does not exist")
+        if path:  # a new user's `--record out/run.mp4` should just work
+            try:
+                Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise WorldsimError(f"{flag} {path}: cannot create directory {Path(path).parent} ({e})") from None
     cfg = PlayConfig(world=args.world, connect=args.connect, seed=args.seed, start=args.start, scale=args.scale,
                      ticks=args.ticks, mute=args.mute, device=args.device, sampling_steps=args.sampling_steps,
                      memory=args.memory == "on",

@@ -29,18 +29,28 @@ class Tick:
     model_ms: float
 
 
-def load_start_image(path: str | Path, resolution: tuple[int, int]) -> np.ndarray:
-    """A picture file (PNG, JPEG, BMP, …) → (H, W, 3) uint8 RGB at the world's resolution."""
+def read_image(path: str | Path, resolution: tuple[int, int] | None = None) -> np.ndarray:
+    """A picture file (PNG, JPEG, BMP, …) → (H, W, 3) uint8 RGB, resized (area) to ``resolution``
+    when given. Player start images and cutscene start pictures both come through here."""
     import cv2
 
     p = Path(path)
     if not p.is_file():
-        raise WorldsimError(f"--start {p}: no such image file")
+        raise WorldsimError(f"{p}: no such image file")
     img = cv2.imread(str(p), cv2.IMREAD_COLOR)  # (h, w, 3) BGR, or None when unreadable
     if img is None:
-        raise WorldsimError(f"--start {p}: not an image file OpenCV can read (PNG, JPEG, BMP, …)")
-    img = cv2.resize(img, (resolution[1], resolution[0]), interpolation=cv2.INTER_AREA)
+        raise WorldsimError(f"{p}: not an image file OpenCV can read (PNG, JPEG, BMP, …)")
+    if resolution is not None and img.shape[:2] != tuple(resolution):
+        img = cv2.resize(img, (resolution[1], resolution[0]), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(img[:, :, ::-1])  # BGR → RGB
+
+
+def load_start_image(path: str | Path, resolution: tuple[int, int]) -> np.ndarray:
+    """``--start IMAGE`` → (H, W, 3) uint8 at the world's resolution."""
+    try:
+        return read_image(path, resolution)
+    except WorldsimError as e:
+        raise WorldsimError(f"--start {e}") from None
 
 
 def _start(start: np.ndarray | str | Path | None, resolution: tuple[int, int]) -> np.ndarray | None:
