@@ -25,6 +25,7 @@ import zmq
 from engine_bridge import protocol as P
 from worldsim import __version__
 from worldsim.actions import Action, ActionError
+from worldsim.runtime.clock import StepGovernor
 from worldsim.runtime.session import Session, Snapshot, World
 
 log = logging.getLogger("worldsim.bridge")
@@ -78,12 +79,13 @@ class BridgeServer:
         self._ids = itertools.count(1)
         self._lockstep: list[tuple[_Sess, int | None, Action]] = []
         self.stats = {"messages": 0, "errors_sent": 0, "bad_requests": 0, "ticks": 0, "frames_sent": 0,
-                      "frames_dropped": 0, "internal_errors": 0, "send_failures": 0}
+                      "frames_dropped": 0, "internal_errors": 0, "send_failures": 0, "degraded_ticks": 0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self.error: BaseException | None = None
         self.period = 1.0 / world.tick_rate
+        self.governor = StepGovernor(world.model.sampler.cfg.steps, self.period)
         self.endpoint: str | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -375,33 +377,45 @@ class BridgeServer:
         return any(s.mode == "realtime" and not self.clients[s.token].detached for s in self.sessions.values())
 
     def _tick(self, realtime: bool) -> None:
-        batch: dict[Session, Action | None] = {}
+        lockstep: dict[Session, Action | None] = {}
         replies: dict[Session, tuple[_Sess, int | None]] = {}
         rest = []
         for s, rid, act in self._lockstep:
-            if s.sid not in self.sessions or s.session in batch:
+            if s.sid not in self.sessions or s.session in lockstep:
                 if s.sid in self.sessions:
                     rest.append((s, rid, act))  # a second STEP for the same session: next batch
                 continue
-            batch[s.session] = act
+            lockstep[s.session] = act
             replies[s.session] = (s, rid)
         self._lockstep = rest
+        live: dict[Session, Action | None] = {}
         if realtime:
             for s in self.sessions.values():
                 if s.mode == "realtime" and not self.clients[s.token].detached:
-                    batch[s.session] = s.action
+                    live[s.session] = s.action
                     replies[s.session] = (s, None)
-        if not batch:
-            return
+        if lockstep:  # full sampling steps: a lockstep replay must not depend on the server's load
+            self._run(lockstep, replies, None)
+        if live:  # realtime sessions keep their rate by shedding sampling steps (declared, counted)
+            gov = self.governor
+            t0 = time.perf_counter()
+            ok = self._run(live, replies, gov.steps)
+            if ok:
+                self.stats["degraded_ticks"] += gov.degraded
+                gov.update((time.perf_counter() - t0) * 1e3)
+
+    def _run(self, batch: dict[Session, Action | None], replies: dict[Session, tuple[_Sess, int | None]],
+             steps: int | None) -> bool:
         try:
-            chunks = self.world.step_many(batch)
+            chunks = self.world.step_many(batch, sampling_steps=steps)
         except Exception as e:
             self.stats["internal_errors"] += 1
             self._event("tick_error", error=repr(e))
-            for sess, (s, rid) in replies.items():
+            for sess in batch:
+                s, rid = replies[sess]
                 if s.mode == "lockstep":
                     self._send_error(self.clients[s.token].identity, "INTERNAL", f"tick failed: {e}", rid, s.sid)
-            return
+            return False
         self.stats["ticks"] += 1
         spec = self.world.audio_spec
         for sess, chunk in chunks.items():
@@ -424,6 +438,7 @@ class BridgeServer:
                     s.dropped += 1
                     self.stats["frames_dropped"] += 1
                 s.pending = msg
+        return True
 
     # ---- liveness ---------------------------------------------------------------------
     def _liveness(self, now: float) -> None:

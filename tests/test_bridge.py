@@ -14,6 +14,7 @@ from engine_bridge.client import BridgeClient, BridgeError
 from engine_bridge.server import BridgeServer, ServerConfig, generate_keys
 from tests.helpers import random_world
 from worldsim.runtime import World
+from worldsim.runtime.clock import StepGovernor
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,22 @@ def test_realtime_latest_action_and_credit(server):
     late = c.recv_obs(1000)
     assert late is not None and late.dropped >= 3 and late.tick >= got[-1].tick + 5
     c.close()
+
+
+def test_realtime_sheds_sampling_steps_lockstep_keeps_them(server):
+    full = server.world.model.sampler.cfg.steps
+    assert full >= 2
+    server.governor = StepGovernor(full, period_s=1e-6)  # every realtime tick is over its budget
+    c, d = BridgeClient(server.endpoint), BridgeClient(server.endpoint)
+    sid = c.open(mode="realtime", credit=2)
+    steps = [c.recv_obs(2000).timings["sampling_steps"] for _ in range(4)]
+    assert steps[0] == full and steps[-1] == 1  # declared in every OBS
+    lock = d.open(seed=1)
+    assert d.step(lock).timings["sampling_steps"] == full  # lockstep replays never depend on the load
+    assert c.ping()["stats"]["degraded_ticks"] >= 1
+    c.close_session(sid)
+    c.close()
+    d.close()
 
 
 def test_version_mismatch_and_not_ready(server):

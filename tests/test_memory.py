@@ -122,4 +122,11 @@ def test_loop_recording_and_loop_closure_eval(default_world, tmp_path):
     assert cands and all(eps[e].meta["loops"][0]["returned"] for e, *_ in cands)
     r = loop_closure(default_world.model, eps[:1], 0, False, max_loops=1)
     assert r["loops"] == 1 and r["on"] > r["off"] and r["tf"] is not None
+    # pure recall: the best real context frame for each return view, computed by hand here
+    from worldsim.eval.metrics import psnr
+    _, t1, t2, _ = cands[0]
+    f, c = np.asarray(eps[0].frames), default_world.model.context_steps
+    want = np.mean([max(float(psnr(f[j][None], f[t][None]).mean()) for j in range(t1 - c + 1, t1 + 1))
+                    for t in range(t2 - 2, t2 + 1)])
+    assert r["recall"] == pytest.approx(want, abs=1e-6) and r["patterns"]["spin"]["recall"]
     assert r["strip"].shape == (64, 192, 3)

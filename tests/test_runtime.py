@@ -68,6 +68,32 @@ def test_step_many_batches_and_sessions_join_and_leave(world):
         assert np.abs(x.frames.astype(int) - y.frames).max() <= 8
 
 
+def test_kept_batch_equals_regrouping_every_tick(world):
+    """A steady group keeps one batched state between ticks; reading, snapshotting, stepping a
+    member alone, reordering or changing the group must give exactly what fresh per-tick
+    batches give."""
+    def script(w, ss, regroup):
+        a, b, c = ss
+        plan = [{a: ACTS[0], b: None, c: ACTS[1]}, {c: ACTS[2], a: None, b: ACTS[3]}, {a: ACTS[1], b: ACTS[2]},
+                {a: ACTS[3]}, {a: None, b: None, c: ACTS[0]}, "snap", {b: ACTS[1], c: None, a: ACTS[2]}]
+        out = []
+        for step in plan:
+            if regroup:
+                w.ungroup()
+            if step == "snap":
+                out.append(b.snapshot().state["prev"].numpy().copy())
+                continue
+            r = w.step_many(step)
+            out += [r[s].frames for s in ss if s in r]
+        return out
+    ss = [world.open(seed=i) for i in (4, 5, 6)]
+    ref = [s.fork() for s in ss]
+    got, want = script(world, ss, False), script(world, ref, True)
+    assert len(got) == len(want) and all(np.array_equal(x, y) for x, y in zip(got, want))
+    ss[0].close()
+    assert world.step_many({ss[1]: None, ss[2]: None})[ss[1]].tick == 6
+
+
 def test_start_options(world):
     img = np.full((64, 64, 3), 30, np.uint8)
     assert world.open(start=img).step().frames.shape == (1, 64, 64, 3)
@@ -114,7 +140,7 @@ def test_realtime_degrades_instead_of_stalling(world):
     d = RealtimeDriver(world, rate=1000.0)  # impossible deadline: must shed sampling steps, then skip
     d.add(s)
     d.run_for(0.3)
-    assert d.steps == d.min_steps and d.stats.degraded > 0 and d.stats.skipped > 0
+    assert d.governor.steps == d.governor.min_steps and d.stats.degraded > 0 and d.stats.skipped > 0
 
 
 def test_gymnasium_env_passes_check_env(world):

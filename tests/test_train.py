@@ -65,6 +65,31 @@ def test_tiny_trains_evaluates_and_resumes(toy, tmp_path, capsys):
     from worldsim.model.world_model import WorldModel
     assert WorldModel.load(out).context_steps == model.context_steps
 
+    # a lighter sub-pixel decoder trained against the frozen encoder: latents (and dynamics) stay valid
+    from safetensors.torch import load_file
+    before = load_file(str(run / "frame_codec.safetensors"))
+    stamp = (run / "latents" / "frames.npy").stat().st_mtime_ns
+    dec = tmp_path / "dec.yaml"
+    dec.write_text(cfg.read_text().replace("latent_channels: 4}", "latent_channels: 4, decoder_channels: [16, 16, 8]}", 1)
+                   + "frame_decoder_train: {steps: 12, batch: 8, lr: 0.003, warmup: 2, save_every: 6, log_every: 2}\n")
+    assert main(["train", "--config", str(dec), "--data", str(toy), "--out", str(run), "--quiet",
+                 "--stage", "frame_decoder", "--stage", "latents"]) == 0
+    fc = json.loads((run / "frame_codec.json").read_text())
+    assert fc["config"]["decoder_channels"] == [16, 16, 8] and fc["meta"]["decoder_train_steps"] == 12
+    after = load_file(str(run / "frame_codec.safetensors"))
+    kept = [k for k in before if k.startswith("encoder.") or k.startswith("latent_")]
+    assert kept and all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in kept)
+    assert any(k.startswith("decoder.") and k not in before for k in after)  # a different decoder
+    assert (run / "latents" / "frames.npy").stat().st_mtime_ns == stamp  # latents not rebuilt
+    dl = _log(run, "frame_decoder")
+    assert dl[-1]["step"] == 12 and dl[-1]["loss"] < dl[0]["loss"]
+    frames, _ = WorldModel.load(run).open(ctx, seed=5).step(e.buttons[10], e.axes[10])
+    assert frames.shape == (64, 64, 3)
+    # asked again: nothing to do (the trained decoder is the one the config names)
+    assert main(["train", "--config", str(dec), "--data", str(toy), "--out", str(run), "--quiet",
+                 "--stage", "frame_decoder"]) == 0
+    assert _log(run, "frame_decoder")[-1]["step"] == 12
+
 
 def test_ddp_two_cpu_processes(toy, tmp_path):
     run = tmp_path / "ddp"

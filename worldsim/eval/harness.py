@@ -14,6 +14,7 @@ The result (also written as JSON) has these keys, horizons as strings:
     audio_logmel_dist                     log-mel distance (dB); audio_logmel_dist_silence beside it
     loop_closure_psnr_memory_on / _off    null unless the model has set_memory() and data has loops
     loop_closure_psnr_tf                  the model's teacher-forced PSNR on the same return views
+    loop_closure_psnr_recall              the best-matching real context frame's PSNR on them (what pure recall scores)
     action_acc_reason, audio_reason, loop_closure_reason   why a metric is null (else null)
     ms_per_step                           mean wall time of session.step
     meta                                  data dir, episodes, horizons, seed, model spec, timings
@@ -168,6 +169,7 @@ def _run_eval(model, data_dir, horizons, episodes, seed, json_out, plots_dir, dr
     result["loop_closure_psnr_memory_on"] = loops["on"]
     result["loop_closure_psnr_memory_off"] = loops["off"]
     result["loop_closure_psnr_tf"] = loops["tf"]
+    result["loop_closure_psnr_recall"] = loops["recall"]
     result["loop_closure_reason"] = loops["reason"]
     details: dict[str, Any] = {
         "psnr_cap_db": 100.0,

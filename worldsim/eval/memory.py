@@ -14,8 +14,11 @@ free-runs under the recorded actions to ``t2``; the score is the mean PSNR of it
 three generated frames against the real ``t2−2 .. t2``. It is run twice, after
 ``model.set_memory(True)`` and ``model.set_memory(False)``: a long-term memory should
 score higher "on". The model's teacher-forced PSNR on the same three views (one step from
-real context) is the ceiling a perfect memory could reach. Models without ``set_memory``
-get ``null`` and a reason.
+real context) is the ceiling a perfect memory could reach. A second reference, the *recall
+ceiling*: the PSNR of the best-matching real context frame for each return view — what a
+memory that only brings back what it saw could score; above it, the model must *generate*
+the approach to the remembered view from the memory (a network trained with retrieved
+memories), not retrieve it. Models without ``set_memory`` get ``null`` and a reason.
 """
 
 from __future__ import annotations
@@ -86,8 +89,8 @@ def loop_closure(model: Any, episodes: Sequence[Any], seed: int, audio_ok: bool,
     """``{"on", "off", "tf", "loops", "patterns", "strip", "reason"}``: mean PSNR of the last three
     frames of each return with memory on / off, the model's teacher-forced PSNR on the same
     three views, and a strip (real | on | off) of each return's last frame."""
-    out: dict[str, Any] = {"on": None, "off": None, "tf": None, "loops": 0, "patterns": {}, "strip": None,
-                           "reason": None}
+    out: dict[str, Any] = {"on": None, "off": None, "tf": None, "recall": None, "loops": 0, "patterns": {},
+                           "strip": None, "reason": None}
     if not callable(getattr(model, "set_memory", None)):
         out["reason"] = "the model has no memory switch (set_memory)"
         return out
@@ -97,7 +100,7 @@ def loop_closure(model: Any, episodes: Sequence[Any], seed: int, audio_ok: bool,
                          "or data with pose.npy that returns to a visited place)")
         return out
     cands = _pick(cands, max_loops)
-    scores: dict[str, list[float]] = {"on": [], "off": [], "tf": []}
+    scores: dict[str, list[float]] = {"on": [], "off": [], "tf": [], "recall": []}
     last: dict[str, list[np.ndarray]] = {"real": [], "on": [], "off": []}
     try:
         for flag in ("on", "off"):
@@ -117,14 +120,17 @@ def loop_closure(model: Any, episodes: Sequence[Any], seed: int, audio_ok: bool,
                 r = run_rollouts(model, episodes, [(ei, t2 - k - 1)], 1, seed, audio_ok, bar)
                 tf.append(float(psnr(r.frames[0, :1], real_frames(episodes, [(ei, t2 - k - 1)], 1, 1)[0]).mean()))
             scores["tf"].append(float(np.mean(tf)))
+            c = model.context_steps
+            ctx = real_frames(episodes, [(ei, t1)], 1 - c, c)[0]  # the real context t1-c+1 .. t1
+            ret = real_frames(episodes, [(ei, t2)], -2, 3)[0]     # the scored views t2-2 .. t2
+            scores["recall"].append(float(np.mean([max(float(psnr(c[None], r[None]).mean()) for c in ctx) for r in ret])))
     finally:
         model.set_memory(True)
-    out.update(on=float(np.mean(scores["on"])), off=float(np.mean(scores["off"])), tf=float(np.mean(scores["tf"])),
-               loops=len(cands))
+    out.update({k: float(np.mean(v)) for k, v in scores.items()}, loops=len(cands))
     for i, (_, _, _, pat) in enumerate(cands):
-        d = out["patterns"].setdefault(pat, {"loops": 0, "on": [], "off": [], "tf": []})
+        d = out["patterns"].setdefault(pat, {"loops": 0, "on": [], "off": [], "tf": [], "recall": []})
         d["loops"] += 1
-        for k in ("on", "off", "tf"):
+        for k in ("on", "off", "tf", "recall"):
             d[k].append(round(scores[k][i], 2))
     out["strip"] = np.concatenate([np.concatenate([last[k][i] for k in ("real", "on", "off")], 1)
                                    for i in range(len(cands))], 0)  # (loops·64, 3·64, 3)

@@ -163,7 +163,8 @@ def summary_markdown(result: dict[str, Any]) -> str:
                   + f"; frozen: {d.get('frozen')}."]
     lc_on, lc_off = result.get("loop_closure_psnr_memory_on"), result.get("loop_closure_psnr_memory_off")
     lines.append(f"Loop closure PSNR memory on/off: {_fmt(lc_on)} / {_fmt(lc_off)}, teacher-forced on the same views "
-                 f"{_fmt(result.get('loop_closure_psnr_tf'))}"
+                 f"{_fmt(result.get('loop_closure_psnr_tf'))}, best real context frame (pure recall) "
+                 f"{_fmt(result.get('loop_closure_psnr_recall'))}"
                  + (f" ({result['loop_closure_reason']})" if result.get("loop_closure_reason") else ""))
     lines += ["", "Plots: `psnr_vs_horizon.png`, `strip.png`, `drift.png`"
               + (", `loop_strip.png` (rows: returns; real | memory on | memory off)" if lc_on is not None else "")
@@ -186,7 +187,8 @@ def console_summary(result: dict[str, Any]) -> str:
     if result.get("loop_closure_psnr_memory_on") is not None:
         out.append(f"loop closure ({result['details'].get('loops')} returns): PSNR memory on "
                    f"{_fmt(result['loop_closure_psnr_memory_on'], 2)} / off {_fmt(result['loop_closure_psnr_memory_off'], 2)}"
-                   f" dB, teacher-forced on the same views {_fmt(result.get('loop_closure_psnr_tf'), 2)} dB")
+                   f" dB, teacher-forced on the same views {_fmt(result.get('loop_closure_psnr_tf'), 2)} dB, "
+                   f"pure recall of the real context {_fmt(result.get('loop_closure_psnr_recall'), 2)} dB")
     else:
         out.append(f"loop closure: n/a ({result.get('loop_closure_reason')})")
     return "\n".join(out)

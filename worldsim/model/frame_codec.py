@@ -1,7 +1,12 @@
 """Frame codec: a small convolutional autoencoder, RGB frame <-> latent grid.
 
 64×64×3 uint8 → (C=16, 8, 8) float latent (a /8 grid; 128×128 gives 16×16 with one more
-level). No normalisation layers: GroupNorm in bf16 is slow on CPU and the net is shallow.
+level). Two decoders: the *mirror* of the encoder (nearest upsampling + 3×3 convs up to full
+resolution), or, with ``decoder_channels``, a lighter *sub-pixel* decoder whose last conv runs
+at half resolution and emits each 2×2 pixel block (``PixelShuffle``, as in ESPCN): ~3.5×
+fewer FLOPs, because full-resolution convs are most of a decoder's cost. A sub-pixel decoder is
+trained against a frozen encoder (``worldsim train --stage frame_decoder``), so the latents —
+and the dynamics model trained on them — stay valid. No normalisation layers: GroupNorm in bf16 is slow on CPU and the net is shallow.
 Latents are standardised with per-channel statistics measured after training
 (``latent_mean``/``latent_std`` buffers) so that the dynamics model sees ~unit variance.
 """
@@ -21,6 +26,9 @@ class FrameCodecConfig:
     channels: tuple[int, ...] = (64, 96, 128)  # one /2 level each
     latent_channels: int = 16
     res_blocks: int = 1           # residual blocks per level (decoder gets one more)
+    decoder_channels: tuple[int, ...] = ()  # () = mirror decoder; else the sub-pixel decoder's widths,
+                                  # one per level from the latent grid up (len == len(channels))
+    decoder_res_blocks: int = 1   # sub-pixel decoder: residual blocks after each level's conv
     latent_noise: float = 0.1     # σ of noise added to latents in training: keeps the decoder
                                   # tolerant of the small errors the dynamics model makes
 
@@ -55,6 +63,13 @@ class FrameCodec(nn.Module):
         enc += [ResBlock(prev), nn.SiLU(), nn.Conv2d(prev, cfg.latent_channels, 1)]
         self.encoder = nn.Sequential(*enc)
 
+        self.decoder = self._subpixel_decoder(cfg) if cfg.decoder_channels else self._mirror_decoder(cfg)
+        self.register_buffer("latent_mean", torch.zeros(cfg.latent_channels))
+        self.register_buffer("latent_std", torch.ones(cfg.latent_channels))
+
+    @staticmethod
+    def _mirror_decoder(cfg: FrameCodecConfig) -> nn.Sequential:
+        ch = cfg.channels
         dec: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, ch[-1], 3, padding=1), ResBlock(ch[-1])]
         prev = ch[-1]
         for c in reversed(ch):
@@ -62,9 +77,20 @@ class FrameCodec(nn.Module):
             dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(prev, c, 3, padding=1)]
             prev = c
         dec += [ResBlock(prev), nn.SiLU(), nn.Conv2d(prev, 3, 3, padding=1)]
-        self.decoder = nn.Sequential(*dec)
-        self.register_buffer("latent_mean", torch.zeros(cfg.latent_channels))
-        self.register_buffer("latent_std", torch.ones(cfg.latent_channels))
+        return nn.Sequential(*dec)
+
+    @staticmethod
+    def _subpixel_decoder(cfg: FrameCodecConfig) -> nn.Sequential:
+        ch = tuple(cfg.decoder_channels)
+        if len(ch) != len(cfg.channels):
+            raise ValueError(f"decoder_channels needs one width per level ({len(cfg.channels)}), got {len(ch)}")
+        dec: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1), ResBlock(ch[0])]
+        for a, b in zip(ch[:-1], ch[1:]):  # latent grid → half resolution
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(a, b, 3, padding=1)]
+            dec += [ResBlock(b) for _ in range(cfg.decoder_res_blocks)]
+        # (B, 12, H/2, W/2) → (B, 3, H, W): each half-resolution position paints a 2×2 block
+        dec += [nn.SiLU(), nn.Conv2d(ch[-1], 3 * 4, 3, padding=1), nn.PixelShuffle(2)]
+        return nn.Sequential(*dec)
 
     # uint8 (B, H, W, 3) <-> float (B, 3, H, W) in [-1, 1]
     @staticmethod

@@ -26,6 +26,28 @@ import numpy as np
 from worldsim.runtime.session import ActionLike, Chunk, Session, World
 
 
+class StepGovernor:
+    """The declared degradation, shared by :class:`RealtimeDriver` and the bridge server: a tick
+    whose compute exceeded ``budget`` × period makes the next ticks use one sampling step fewer
+    (down to ``min_steps``); compute under half the budget climbs back one step."""
+
+    def __init__(self, max_steps: int, period_s: float, min_steps: int = 1, budget: float = 0.9):
+        self.max_steps = max(1, int(max_steps))
+        self.min_steps = max(1, min(int(min_steps), self.max_steps))
+        self.limit_ms = budget * period_s * 1e3
+        self.steps = self.max_steps
+
+    @property
+    def degraded(self) -> bool:
+        return self.steps < self.max_steps
+
+    def update(self, compute_ms: float) -> None:
+        if compute_ms > self.limit_ms and self.steps > self.min_steps:
+            self.steps -= 1
+        elif compute_ms < 0.5 * self.limit_ms and self.steps < self.max_steps:
+            self.steps += 1
+
+
 class LockstepDriver:
     def __init__(self, world: World):
         self.world = world
@@ -60,10 +82,7 @@ class RealtimeDriver:
             raise ValueError(f"tick rate must be > 0, got {rate}")
         self.period = 1.0 / self.rate
         self.on_chunk = on_chunk
-        self.max_steps = world.model.sampler.cfg.steps
-        self.min_steps = max(1, min(min_steps, self.max_steps))
-        self.steps = self.max_steps
-        self.budget = budget
+        self.governor = StepGovernor(world.model.sampler.cfg.steps, self.period, min_steps, budget)
         self.stats = TickStats()
         self._lock = threading.Lock()
         self._actions: dict[Session, ActionLike] = {}
@@ -102,16 +121,13 @@ class RealtimeDriver:
         if not actions:
             return {}
         t0 = time.perf_counter()
-        chunks = self.world.step_many(actions, sampling_steps=self.steps)
+        gov = self.governor
+        chunks = self.world.step_many(actions, sampling_steps=gov.steps)
         ms = (time.perf_counter() - t0) * 1e3
         self.stats.ticks += 1
         self.stats.compute_ms.append(ms)
-        if self.steps < self.max_steps:
-            self.stats.degraded += 1
-        if ms > self.budget * self.period * 1e3 and self.steps > self.min_steps:
-            self.steps -= 1
-        elif ms < 0.5 * self.budget * self.period * 1e3 and self.steps < self.max_steps:
-            self.steps += 1
+        self.stats.degraded += gov.degraded
+        gov.update(ms)
         with self._lock:
             self._latest.update(chunks)
         if self.on_chunk is not None:

@@ -66,6 +66,9 @@ class World:
         self.starts = starts or StartContexts.load(getattr(model, "path", None), model)
         self._ids = itertools.count(1)
         self.sessions: dict[int, Session] = {}
+        # the batched state of the sessions last stepped together: kept between ticks so that a
+        # steady group (a server's clients, a vector env) is not concatenated and split every tick
+        self._group: tuple[list[Session], StreamState] | None = None
 
     @classmethod
     def load(cls, path: str = "default", device: str | None = None, sampling_steps: int | None = None,
@@ -162,27 +165,55 @@ class World:
         acts = [self.action(actions[s]) for s in sessions]  # validate all before stepping any
         b = np.stack([a.buttons for a in acts])
         ax = np.stack([a.axes for a in acts])
+        steps = sampling_steps or self.model.sampler.cfg.steps
         t0 = time.perf_counter()
-        batch = StreamState.cat([s.state for s in sessions])
-        frames, audio = self.model.step_batch(batch, b, ax, steps=sampling_steps)
-        if len(sessions) > 1:
-            for s, st in zip(sessions, batch.split([1] * len(sessions))):
-                s.state = st
+        if len(sessions) == 1:
+            batch = sessions[0].state  # (leaves any group it was in)
+        elif self._group is not None and set(self._group[0]) == set(sessions) and len(self._group[0]) == len(sessions):
+            order = self._group[0]  # the same group as last tick: its batched state is ready
+            pos = {s: i for i, s in enumerate(sessions)}
+            rows = [pos[s] for s in order]
+            b, ax, sessions, batch = b[rows], ax[rows], order, self._group[1]
+        else:
+            self.ungroup()
+            batch = StreamState.cat([s.state for s in sessions])
+            self._group = (sessions, batch)
+            for s in sessions:
+                s._grouped = True
+        frames, audio = self.model.step_batch(batch, b, ax, steps=steps)
         ms = (time.perf_counter() - t0) * 1e3
         out = {}
         for i, s in enumerate(sessions):
             s.tick += 1
             out[s] = Chunk(frames[i:i + 1], None if audio is None else audio[i], s.tick,
-                           {"model_ms": ms, "batch": float(len(sessions))})
+                           {"model_ms": ms, "batch": float(len(sessions)), "sampling_steps": float(steps)})
         return out
+
+    def ungroup(self) -> None:
+        """Give every session of the kept batch its own state again (before one of them is
+        read, stepped alone, snapshotted or closed, or a different group steps)."""
+        if self._group is None:
+            return
+        sessions, batch = self._group
+        self._group = None
+        for s, st in zip(sessions, batch.split([1] * len(sessions))):
+            s._state, s._grouped = st, False
 
 
 class Session:
     """One stream of a world. Create with :meth:`World.open`, :meth:`World.restore` or :meth:`fork`."""
 
     def __init__(self, world: World, sid: int, state: StreamState, seed: int, tick: int):
-        self.world, self.id, self.state, self.seed, self.tick = world, sid, state, seed, tick
+        self.world, self.id, self._state, self.seed, self.tick = world, sid, state, seed, tick
+        self._grouped = False  # True while its state lives in the world's kept batch
         self.closed = False
+
+    @property
+    def state(self) -> StreamState:
+        """This session's streaming state (see the module docstring for the contract)."""
+        if self._grouped:
+            self.world.ungroup()
+        return self._state
 
     def __repr__(self) -> str:
         return f"Session(id={self.id}, tick={self.tick}, world={self.world.name!r})"
@@ -206,5 +237,7 @@ class Session:
         return self.world.restore(self.snapshot())
 
     def close(self) -> None:
+        if self._grouped:
+            self.world.ungroup()
         self.closed = True
         self.world.sessions.pop(self.id, None)

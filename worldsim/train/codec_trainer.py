@@ -8,6 +8,7 @@ sample and stored in the codec so that the dynamics model sees standardised late
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,11 +85,65 @@ def train_codec(kind: str, episodes: Sequence[Episode], out: str | Path, cfg: Co
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     step = resume_state(out, kind, model, opt) if resume else 0
-    total = cfg.steps if max_steps is None else min(cfg.steps, step + max_steps)
     sampler = StepSampler(episodes, seed + step)
+
+    def save(step: int) -> None:
+        set_latent_stats(model, make, sampler, device)
+        save_component(out, kind, model, model_cfg, meta={"train_steps": step, "samples_seen": step * cfg.batch})
+        save_train_state(out, kind, step, opt)
+
+    return _fit(kind, model, opt, sampler, make, step, out, cfg, save, max_steps, progress, device)
+
+
+def train_frame_decoder(episodes: Sequence[Episode], out: str | Path, cfg: CodecTrainConfig,
+                        model_cfg: FrameCodecConfig, seed: int = 0, resume: bool = False,
+                        max_steps: int | None = None, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+    """Train a new decoder (``model_cfg.decoder_channels``) for the frame codec already in ``out``,
+    its encoder and latent statistics frozen: the latents, and any dynamics trained on them,
+    stay valid. The old decoder is replaced when training ends (``frame_codec.*``); progress
+    lives in ``frame_decoder.*`` until then, so an interrupted run resumes."""
+    torch.manual_seed(seed)
+    out = Path(out)
+    old, old_meta = load_component(out, "frame_codec", FrameCodec, FrameCodecConfig)
+    if not model_cfg.decoder_channels:
+        raise ValueError("frame_decoder stage: set frame_codec.decoder_channels to the new decoder's widths")
+    keep = ("resolution", "channels", "latent_channels", "res_blocks")
+    model_cfg = dataclasses.replace(model_cfg, **{k: getattr(old.cfg, k) for k in keep})  # the encoder's
+    model = FrameCodec(model_cfg)
+    own = model.state_dict()
+    # the encoder and statistics as they are; decoder layers whose name and shape agree as a warm start
+    model.load_state_dict({k: v for k, v in old.state_dict().items() if k in own and v.shape == own[k].shape},
+                          strict=False)
+    model.to(device).to(memory_format=torch.channels_last)
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(model.decoder.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    step = resume_state(out, "frame_decoder", model, opt) if resume else 0
+    sampler = StepSampler(episodes, seed + step)
+    total = cfg.steps if max_steps is None else min(cfg.steps, step + max_steps)
+    meta = {**old_meta, "decoder_train_steps": cfg.steps, "decoder_samples_seen": cfg.steps * cfg.batch}
+
+    def save(step: int) -> None:
+        save_component(out, "frame_decoder", model, model_cfg, meta={"train_steps": step})
+        save_train_state(out, "frame_decoder", step, opt)
+        if step >= cfg.steps:  # done: this is the frame codec now
+            save_component(out, "frame_codec", model, model_cfg, meta=meta)
+
+    return _fit("frame_decoder", model, opt, sampler, _frames_batch, step, out, cfg, save, total - step, progress,
+                device, model_train=model.decoder)
+
+
+def _fit(name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sampler: StepSampler,
+         make: Callable[[StepSampler, int], torch.Tensor], step: int, out: Path, cfg: CodecTrainConfig,
+         save: Callable[[int], None], max_steps: int | None, progress: bool, device: str,
+         model_train: torch.nn.Module | None = None) -> dict[str, Any]:
+    """The shared loop: cosine LR with warmup, bf16 autocast, clipped AdamW, periodic saves."""
+    total = cfg.steps if max_steps is None else min(cfg.steps, step + max_steps)
     fetch = Prefetcher(lambda: make(sampler, cfg.batch))
-    log = ProgressLog(kind, step, total, out / f"{kind}.log.jsonl", enabled=progress, every=cfg.log_every)
-    model.train()
+    log = ProgressLog(name, step, total, out / f"{name}.log.jsonl", enabled=progress, every=cfg.log_every)
+    model.eval()  # no dropout/norm layers: train() only matters for what is trained
+    (model_train or model).train()
+    params = [p for p in model.parameters() if p.requires_grad]
     while step < total:
         lr = float(cfg.lr) * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + np.cos(np.pi * step / max(cfg.steps, 1)))
         for g in opt.param_groups:
@@ -98,14 +153,12 @@ def train_codec(kind: str, episodes: Sequence[Episode], out: str | Path, cfg: Co
             loss, stats = model.loss(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         log.update(step, cfg.batch, loss=loss.item(), **stats)
         if step % cfg.save_every == 0 or step == total:
-            set_latent_stats(model, make, sampler, device)
-            save_component(out, kind, model, model_cfg, meta={"train_steps": step, "samples_seen": step * cfg.batch})
-            save_train_state(out, kind, step, opt)
+            save(step)
     fetch.close()
     log.close()
     return {"steps": step}

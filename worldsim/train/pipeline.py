@@ -1,7 +1,9 @@
 """``worldsim train``: the whole recipe from recorded episodes to a world checkpoint.
 
 Stages, each resumable and skipped when already complete: ``frame_codec`` → ``audio_codec``
-→ ``latents`` (encode the data once) → ``dynamics``. The run directory is itself a world
+→ ``frame_decoder`` (only when ``frame_codec.decoder_channels`` asks for a decoder other than the
+trained one: a new decoder against the frozen encoder) → ``latents`` (encode the data once) →
+``dynamics``. The run directory is itself a world
 checkpoint (``world.json`` + one safetensors/JSON pair per component), loadable with
 ``WorldModel.load(run_dir)`` and evaluable with ``worldsim eval --checkpoint run_dir``;
 ``worldsim export`` writes a bf16 copy (the shipped default world is one).
@@ -9,7 +11,7 @@ checkpoint (``world.json`` + one safetensors/JSON pair per component), loadable 
 YAML configs only pick values of the dataclasses next to the code they configure:
 ``frame_codec`` (:class:`FrameCodecConfig`), ``audio_codec`` (:class:`AudioCodecConfig`),
 ``dynamics`` (:class:`DynamicsConfig`), ``sampler`` (:class:`FlowSamplerConfig`),
-``frame_codec_train``/``audio_codec_train`` (:class:`CodecTrainConfig`),
+``frame_codec_train``/``audio_codec_train``/``frame_decoder_train`` (:class:`CodecTrainConfig`),
 ``dynamics_train`` (:class:`DynamicsTrainConfig`), plus ``name``, ``data``, ``heldout``,
 ``seed``, ``audio`` (bool).
 """
@@ -33,10 +35,10 @@ from worldsim.model.checkpoint import CheckpointError, config_from_dict, config_
 from worldsim.model.dynamics import DynamicsConfig
 from worldsim.model.frame_codec import FrameCodecConfig
 from worldsim.model.sampler import FlowSamplerConfig
-from worldsim.train.codec_trainer import CodecTrainConfig, load_codec, train_codec
+from worldsim.train.codec_trainer import CodecTrainConfig, load_codec, train_codec, train_frame_decoder
 from worldsim.train.dynamics_trainer import DynamicsTrainConfig, fit_turn_weights, train_dynamics
 
-STAGES = ("frame_codec", "audio_codec", "latents", "dynamics")
+STAGES = ("frame_codec", "audio_codec", "frame_decoder", "latents", "dynamics")
 
 
 class TrainConfigError(WorldsimError, ValueError):
@@ -56,6 +58,7 @@ class RunConfig:
     sampler: FlowSamplerConfig = field(default_factory=FlowSamplerConfig)
     frame_codec_train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
     audio_codec_train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
+    frame_decoder_train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
     dynamics_train: DynamicsTrainConfig = field(default_factory=DynamicsTrainConfig)
 
 
@@ -149,6 +152,12 @@ def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None
                                        max_steps=max_steps, progress=progress, device=device)
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
+    if "frame_decoder" in stages and rank == 0 and _wants_new_decoder(out, cfg.frame_codec):
+        report["frame_decoder"] = train_frame_decoder(episodes, out, cfg.frame_decoder_train, cfg.frame_codec,
+                                                      seed=cfg.seed, resume=resume, max_steps=max_steps,
+                                                      progress=progress, device=device)
+    if dist.is_available() and dist.is_initialized() and "frame_decoder" in stages:
+        dist.barrier()
     if "latents" in stages or "dynamics" in stages:
         if not (out / "frame_codec.json").exists():
             raise TrainConfigError(f"{out}: no trained frame codec yet (run the frame_codec stage first)")
@@ -203,6 +212,18 @@ def quick_eval(out: Path, cfg: RunConfig, store_info: dict, step: int) -> dict[s
     with open(out / "evals.jsonl", "a") as f:
         f.write(json.dumps(rec) + "\n")
     return rec
+
+
+def _wants_new_decoder(out: Path, fcfg: FrameCodecConfig) -> bool:
+    """The config names a decoder other than the trained frame codec's (or one is half trained)."""
+    if not fcfg.decoder_channels:
+        return False
+    if not (out / "frame_codec.json").exists():
+        raise TrainConfigError(f"{out}: no trained frame codec yet (run the frame_codec stage first)")
+    from worldsim.model.checkpoint import read_component_json
+    trained = read_component_json(out, "frame_codec")["config"]
+    return (list(trained.get("decoder_channels") or []) != list(fcfg.decoder_channels)
+            or trained.get("decoder_res_blocks", 1) != fcfg.decoder_res_blocks)
 
 
 def _done(out: Path, kind: str, steps: int) -> bool:
