@@ -121,31 +121,38 @@ class Layer(nn.Module):
         return (x + g2 * self.mlp(h)).flatten(1, 2)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, N: int) -> torch.Tensor:
     """Plain softmax(q kᵀ + bias) v: 1.5–2x faster than SDPA in bf16 on this CPU.
-    q (B, H, Lq, Dh), k/v (B, H, Lk, Dh), bias broadcastable to (B, H, Lq, Lk) (-inf = masked)."""
-    logits = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5) + bias
-    out = torch.softmax(logits.float(), dim=-1).to(v.dtype) @ v
+    q (B, H, Mq·N, Dh), k/v (B, H, Mk·N, Dh): blocks of N tokens; ``bias`` (B|1, H, Mq, Mk) per
+    pair of blocks (-inf = masked), broadcast over the tokens of each block rather than
+    materialised per token (at batch 16 the per-token bias cost more than the softmax)."""
+    B, H, Lq, _ = q.shape
+    # fp32 before the scale and bias (the softmax runs in fp32 anyway): a broadcast add is slow in bf16
+    logits = rearrange((q @ k.transpose(-1, -2)).float(), "b h (mq n) (mk m) -> b h mq n mk m", n=N, m=N)
+    logits.mul_(q.shape[-1] ** -0.5).add_(bias[:, :, :, None, :, None])  # (B, H, Mq, N, Mk, N)
+    out = torch.softmax(logits.view(B, H, Lq, -1), dim=-1).to(v.dtype) @ v
     return rearrange(out, "b h l d -> b l (h d)")
 
 
 class Attend:
-    """How a forward attends: full window (training) or current block + KV cache (streaming)."""
+    """How a forward attends: full window (training) or current block + KV cache (streaming).
+    ``rel``/``allowed`` are per pair of blocks (query block, key block): every token of a block
+    shares its tick, so the tick-distance bias and the mask are the same for all its tokens."""
 
-    def __init__(self, rel: torch.Tensor, allowed: torch.Tensor, cache: KVCache | None = None,
+    def __init__(self, rel: torch.Tensor, allowed: torch.Tensor, block_tokens: int, cache: KVCache | None = None,
                  commit_tokens: int = 0, layers: "nn.ModuleList | None" = None):
-        self.rel, self.allowed = rel, allowed  # (B|1, Lq, Lk) tick distance, bool mask
+        self.rel, self.allowed, self.N = rel, allowed, block_tokens  # (B|1, Mq, Mk) tick distance, bool mask
         self.cache, self.commit_tokens = cache, commit_tokens  # the leading tokens to stage into the cache
         self.layers = list(layers or [])
         self.layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
         self._bias = None
 
     def bias(self, li: int, dtype) -> torch.Tensor:
-        """Attention bias of layer ``li`` (B, H, Lq, Lk); built for all layers at the first call,
+        """Attention bias of layer ``li`` (B|1, H, Mq, Mk); built for all layers at the first call,
         so the table lookup and the mask run once per forward instead of once per layer."""
         if self._bias is None:
             table = torch.stack([layer.dist_bias for layer in self.layers])  # (L, H, C)
-            b = table[:, :, self.rel.clamp(0, table.shape[-1] - 1)]  # (L, H, B, Lq, Lk)
+            b = table[:, :, self.rel.clamp(0, table.shape[-1] - 1)]  # (L, H, B, Mq, Mk)
             b = rearrange(b, "l h b q k -> l b h q k").masked_fill(~self.allowed[None, :, None], float("-inf"))
             self._bias = b.to(dtype)
         return self._bias[li]
@@ -158,7 +165,7 @@ class Attend:
                 self.cache.append(li, k[:, :, :n], v[:, :, :n])
             k = torch.cat([self.cache.k[li].to(k.dtype), k], dim=2)
             v = torch.cat([self.cache.v[li].to(v.dtype), v], dim=2)
-        return attention(q, k, v, self.bias(li, q.dtype))
+        return attention(q, k, v, self.bias(li, q.dtype), self.N)
 
 
 class Dynamics(nn.Module):
@@ -238,17 +245,15 @@ class Dynamics(nn.Module):
 
     # ---- training: clean window + noisy targets in one sequence ----------------------
     def window_mask(self, times: torch.Tensor, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token tick distance and attention mask for a packed sequence of blocks.
-        times (M,) tick of each block; noisy (M,) bool. Returns rel, allowed (1, M·N, M·N)."""
-        N, C = self.cfg.block_tokens, self.cfg.context
+        """Per-block tick distance and attention mask for a packed sequence of blocks.
+        times (M,) tick of each block; noisy (M,) bool. Returns rel, allowed (1, M, M)."""
+        C = self.cfg.context
         tq, tk = times[:, None], times[None, :]
         rel = tq - tk  # (M, M)
         same = torch.eye(len(times), dtype=torch.bool, device=times.device)
         clean_k = ~noisy[None, :]
         window = (rel >= 0) & (rel < C)
         allowed = clean_k & window & (noisy[:, None].logical_not() | (rel > 0)) | same
-        rel = rel.repeat_interleave(N, 0).repeat_interleave(N, 1)
-        allowed = allowed.repeat_interleave(N, 0).repeat_interleave(N, 1)
         return rel[None], allowed[None]
 
     def forward(self, frame, audio, prior, level, action, times, noisy):
@@ -257,7 +262,7 @@ class Dynamics(nn.Module):
         x = self.embed(frame, audio, prior)
         mods, head_mod = self.modulate(self.condition(level, action))
         rel, allowed = self.window_mask(times, noisy)
-        x = self.run(x, mods, Attend(rel, allowed, layers=self.layers))
+        x = self.run(x, mods, Attend(rel, allowed, self.cfg.block_tokens, layers=self.layers))
         return self.head(x, head_mod, frame.shape[1])
 
     # ---- streaming: one block against the cache --------------------------------------
@@ -297,9 +302,9 @@ class Dynamics(nn.Module):
         clean = torch.arange(M, device=x.device) < n_clean
         same = torch.eye(M, dtype=torch.bool, device=x.device)
         ok_w = (clean[None, None, :] & (rel_w >= 0) & (rel_w < C) & (clean[None, :, None] | (rel_w > 0))) | same
-        rel = torch.cat([rel_c, rel_w], 2).repeat_interleave(N, 1).repeat_interleave(N, 2)  # (B, M·N, (slots+M)·N)
-        allowed = torch.cat([ok_c, ok_w], 2).repeat_interleave(N, 1).repeat_interleave(N, 2)
-        attend = Attend(rel, allowed, cache=cache, commit_tokens=N * n_clean, layers=self.layers)
+        rel = torch.cat([rel_c, rel_w], 2)  # (B, M, slots + M) per pair of blocks
+        allowed = torch.cat([ok_c, ok_w], 2)
+        attend = Attend(rel, allowed, N, cache=cache, commit_tokens=N * n_clean, layers=self.layers)
         x = self.run(x, mods[0], attend)
         if n_clean:
             cache.commit(times[:, :n_clean])
