@@ -247,3 +247,23 @@ def test_mp4_writer_refuses_bad_paths_and_writes_atomically(tmp_path):
         assert abs(float(a.duration * a.time_base) - 10 / 17.5) < 0.1
     write_mp4(tmp_path / "b.mp4", frames, 17.5, scale=2)
     assert (tmp_path / "b.mp4").stat().st_size > 0
+
+
+def test_local_player_sheds_sampling_steps_only_when_paced(tmp_path):
+    from worldsim.play.sources import LocalSource
+    from worldsim.runtime.clock import StepGovernor
+
+    world = str(random_world(tmp_path / "w"))
+    src = LocalSource(world, seed=1)
+    full = src.governor.max_steps
+    assert full >= 2
+    src.governor = StepGovernor(full, period_s=1e-6)  # this machine is "too slow" for any tick
+    src.set_paced(False)  # unpaced (scripted headless): reproducible, never degraded
+    assert [src.step({}).steps for _ in range(3)] == [full] * 3
+    src.adaptive = True
+    assert [src.step({}).steps for _ in range(3)][-1] == 1  # paced: falls to one step instead of lagging
+    src.close()
+    fixed = LocalSource(world, seed=1, sampling_steps=full)  # an explicit --sampling-steps is kept
+    fixed.governor = StepGovernor(full, period_s=1e-6)
+    assert [fixed.step({}).steps for _ in range(3)] == [full] * 3
+    fixed.close()

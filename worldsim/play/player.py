@@ -56,6 +56,7 @@ class Stats:
     frames_changed: int = 0             # ticks whose frame differs from the one before
     fps: float = 0.0
     model_ms: float = 0.0
+    steps: int = 0                      # sampling steps of the last tick (fewer when the machine is behind)
     latency_ms: float = 0.0             # input sampled → frame on screen, last tick
     latencies: list[float] = field(default_factory=list)
 
@@ -155,6 +156,8 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
     try:
         pygame.init()
         realtime = (not cfg.headless) if cfg.realtime is None else cfg.realtime
+        if hasattr(source, "set_paced"):
+            source.set_paced(realtime)  # unpaced scripted runs stay reproducible: full sampling steps
         H, W = source.resolution
         audio = AudioOut(source.audio_spec, cfg.mute)
         if audio.error:
@@ -222,7 +225,7 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
                 if st.ticks < len(script):
                     action = script[st.ticks]
                 nxt = source.step(action)
-                st.model_ms = nxt.model_ms
+                st.model_ms, st.steps = nxt.model_ms, nxt.steps
                 if episodes:
                     episodes.add(cur.frame, action, cur.audio)
                 if video:
@@ -243,7 +246,8 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
                 if audio.on:
                     sound += f" · queued {audio.queued} · dropped {audio.dropped}"
                 lines = [f"{source.name} · tick {cur.tick} · {st.fps:4.1f} fps" + ("  PAUSED" if paused else ""),
-                         f"tick {st.model_ms:5.1f} ms · input to frame {st.latency_ms:5.1f} ms · "
+                         f"tick {st.model_ms:5.1f} ms" + (f" ({st.steps} steps)" if st.steps else "")
+                         + f" · input to frame {st.latency_ms:5.1f} ms · "
                          f"late {st.late} · dropped {st.dropped}",
                          sound + f" · {source.memory_status()}" + (" · REC" if video or episodes else ""),
                          HUD_KEYS + (" (saved)" if saved else "")]

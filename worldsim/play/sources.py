@@ -27,6 +27,7 @@ class Tick:
     audio: np.ndarray | None   # (S, C) int16
     tick: int
     model_ms: float
+    steps: int = 0             # sampling steps that made it (0: unknown)
 
 
 def read_image(path: str | Path, resolution: tuple[int, int] | None = None) -> np.ndarray:
@@ -64,16 +65,29 @@ class LocalSource:
                  device: str | None = None, sampling_steps: int | None = None, memory: bool | None = None):
         from worldsim.runtime import World
 
+        from worldsim.runtime.clock import StepGovernor
+
         self.world = World.load(world, device=device, sampling_steps=sampling_steps, memory=memory)
+        # paced play keeps the tick rate by shedding sampling steps (as the bridge server does);
+        # fixed --sampling-steps, or unpaced runs (set_paced(False)), always use the full count
+        self.governor = StepGovernor(self.world.model.sampler.cfg.steps, 1.0 / self.world.tick_rate)
+        self.adaptive = sampling_steps is None
         self.schema: ActionSchema = self.world.schema
         self.name, self.resolution = self.world.name, tuple(self.world.resolution)
         self.session = self.world.open(seed=seed, start=_start(start, self.resolution))
         self.tick_rate, self.audio_spec = float(self.world.tick_rate), self.world.audio_spec
         self.where = f"in process ({self.world.model.device})"
 
+    def set_paced(self, paced: bool) -> None:
+        self.adaptive = self.adaptive and paced
+
     def step(self, action: dict[str, Any]) -> Tick:
-        c = self.session.step(action)
-        return Tick(c.frames[-1], c.audio, c.tick, c.timings.get("model_ms", 0.0))
+        steps = self.governor.steps if self.adaptive else None
+        c = self.session.step(action, sampling_steps=steps)
+        ms = c.timings.get("model_ms", 0.0)
+        if self.adaptive:
+            self.governor.update(ms)
+        return Tick(c.frames[-1], c.audio, c.tick, ms, int(c.timings.get("sampling_steps", 0)))
 
     def snapshot(self) -> Any:
         return self.session.snapshot()
@@ -127,7 +141,8 @@ class RemoteSource:
             o = self.client.step(self.sid, action)
         except BridgeError as e:
             raise WorldsimError(f"lost the bridge server {self.client.addr}: {e}") from None
-        return Tick(o.frame, o.audio, o.tick, float(o.timings.get("model_ms", 0.0)))
+        return Tick(o.frame, o.audio, o.tick, float(o.timings.get("model_ms", 0.0)),
+                    int(o.timings.get("sampling_steps", 0)))
 
     def snapshot(self) -> Any:
         return self.client.snapshot(self.sid)
