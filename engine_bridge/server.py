@@ -394,13 +394,14 @@ class BridgeServer:
                 if s.mode == "realtime" and not self.clients[s.token].detached:
                     live[s.session] = s.action
                     replies[s.session] = (s, None)
-        if lockstep:  # full sampling steps: a lockstep replay must not depend on the server's load
+        gov = self.governor
+        if lockstep and (not live or gov.degraded):  # full steps: a lockstep replay never depends on the load
             self._run(lockstep, replies, None)
+        elif lockstep:  # nobody degraded: one batch for all
+            live.update(lockstep)
         if live:  # realtime sessions keep their rate by shedding sampling steps (declared, counted)
-            gov = self.governor
             t0 = time.perf_counter()
-            ok = self._run(live, replies, gov.steps)
-            if ok:
+            if self._run(live, replies, gov.steps):
                 self.stats["degraded_ticks"] += gov.degraded
                 gov.update((time.perf_counter() - t0) * 1e3)
 

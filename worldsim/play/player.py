@@ -156,8 +156,7 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
     try:
         pygame.init()
         realtime = (not cfg.headless) if cfg.realtime is None else cfg.realtime
-        if hasattr(source, "set_paced"):
-            source.set_paced(realtime)  # unpaced scripted runs stay reproducible: full sampling steps
+        source.set_paced(realtime)
         H, W = source.resolution
         audio = AudioOut(source.audio_spec, cfg.mute)
         if audio.error:

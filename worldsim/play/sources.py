@@ -79,6 +79,7 @@ class LocalSource:
         self.where = f"in process ({self.world.model.device})"
 
     def set_paced(self, paced: bool) -> None:
+        """Unpaced (scripted, as fast as possible) runs keep the full steps: reproducible frames."""
         self.adaptive = self.adaptive and paced
 
     def step(self, action: dict[str, Any]) -> Tick:
@@ -133,6 +134,9 @@ class RemoteSource:
 
     def memory_status(self) -> str:
         return "memory: the server's"
+
+    def set_paced(self, paced: bool) -> None:
+        """Lockstep steps on a server always use the world's full sampling steps."""
 
     def step(self, action: dict[str, Any]) -> Tick:
         from engine_bridge.client import BridgeError
