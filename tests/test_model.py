@@ -200,3 +200,66 @@ def test_checkpoint_errors_are_clear(tmp_path):
     (tmp_path / "dynamics.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="JSON"):
         load_component(tmp_path, "dynamics", Dynamics, DynamicsConfig)
+
+
+def test_memory_input_starts_silent_and_streams_like_full_recompute():
+    """A world gains the memory input without changing its outputs (zero layer), and once the
+    layer is trained a noisy block with a memory streams exactly as in the packed sequence."""
+    base, mem = _random_dynamics(), _random_dynamics(memory_input=True)
+    mem.load_state_dict(base.state_dict(), strict=False)
+    with torch.no_grad():
+        mem.memory_in.weight.zero_()
+        mem.memory_in.bias.zero_()
+    B, T = 2, 5
+    fr, au, pr, lv, act = _blocks(base, B, T)
+    times, noisy = torch.arange(T), torch.tensor([False] * (T - 1) + [True])
+    zm = torch.randn(B, T, base.cfg.latent_channels, base.cfg.latent_size, base.cfg.latent_size)
+    w = torch.tensor([[0.0] * (T - 1) + [0.8]] * B)
+    with torch.no_grad():
+        f0, _ = base(fr, au, pr, lv, act, times, noisy)
+        f1, _ = mem(fr, au, pr, lv, act, times, noisy, mem.memory_tokens(zm, w))
+        torch.testing.assert_close(f0, f1)
+        mem.memory_in.weight.normal_(0, 0.1)
+        mem.memory_in.bias.normal_(0, 0.1)
+        tok = mem.memory_tokens(zm, w)
+        full, _ = mem(fr, au, pr, lv, act, times, noisy, tok)
+        unused, _ = mem(fr, au, pr, lv, act, times, noisy, mem.memory_tokens(zm, torch.zeros_like(w)))
+        assert not torch.allclose(full[:, -1], unused[:, -1], atol=1e-4)  # the memory reaches the noisy block
+        torch.testing.assert_close(full[:, :-1], unused[:, :-1])          # ... and nothing else
+        cache = mem.new_cache(B, dtype=torch.float32)
+        for t in range(T - 1):  # clean blocks: no memory (None = zero weight)
+            mem.step(cache, fr[:, t:t + 1], au[:, t:t + 1], pr[:, t:t + 1], lv[:, t:t + 1], act[:, t:t + 1],
+                     torch.full((B,), t), commit=True)
+        sf, _ = mem.step(cache, fr[:, -1:], au[:, -1:], pr[:, -1:], lv[:, -1:], act[:, -1:], torch.full((B,), T - 1),
+                         commit=False, memory=tok[:, -1:])
+    torch.testing.assert_close(sf[:, 0], full[:, -1], atol=1e-5, rtol=1e-4)
+
+
+def test_a_checkpoint_without_the_memory_layer_loads_into_a_model_with_it(tmp_path):
+    m = _random_dynamics()
+    save_component(tmp_path, "dynamics", m, m.cfg)
+    d = json.loads((tmp_path / "dynamics.json").read_text())
+    d["config"]["memory_input"] = True
+    (tmp_path / "dynamics.json").write_text(json.dumps(d))
+    loaded, _ = load_component(tmp_path, "dynamics", Dynamics, DynamicsConfig)
+    assert loaded.memory_in is not None and not loaded.memory_in.weight.any()
+    torch.testing.assert_close(loaded.frame_in.weight, m.frame_in.weight)
+
+
+def test_the_2d_audio_decoder_path_decodes_like_the_1d_one():
+    torch.manual_seed(0)
+    ac = AudioCodec(AudioCodecConfig(widths=(8, 8, 16), latent_channels=4)).eval()
+    with torch.no_grad():
+        for p in ac.parameters():  # the res blocks' second convs start at zero: make every path count
+            p.add_(0.1 * torch.randn_like(p))
+        z = torch.randn(3, 4, 4)
+        ref = ac.decode_raw(z)
+        ac.freeze_for_inference()
+        fast = ac.decode_raw(z)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-4)
+    assert "_decoder_2d" not in dict(ac.named_modules()) and not any("2d" in k for k in ac.state_dict())
+    ac.train()
+    with torch.enable_grad():  # training still runs (and differentiates) the 1-D decoder
+        y = ac.decode_raw(z.requires_grad_())
+        y.sum().backward()
+    assert ac.decoder[0].weight.grad is not None

@@ -90,6 +90,29 @@ def test_tiny_trains_evaluates_and_resumes(toy, tmp_path, capsys):
                  "--stage", "frame_decoder"]) == 0
     assert _log(run, "frame_decoder")[-1]["step"] == 12
 
+    # the memory input added to the trained dynamics, trained on the prebuilt latent store alone
+    # (as on a lent GPU that has no recordings): new zero layer, fresh optimizer, deadline honoured
+    mem = tmp_path / "mem.yaml"
+    mem.write_text(cfg.read_text().replace("dynamics_train: {steps: 30, batch: 4",
+                                           "dynamics_train: {steps: 60, schedule_start: 40, rollout_frac: 0.5, rollout_ticks: 1, batch: 4")
+                   .replace("dynamics: {", "dynamics: {memory_input: true, ", 1))
+    assert main(["train", "--config", str(mem), "--latents", str(run / "latents"), "--out", str(run), "--resume",
+                 "--quiet", "--stage", "dynamics", "--max-steps", "3"]) == 0
+    d = json.loads((run / "dynamics.json").read_text())
+    assert d["config"]["memory_input"] is True and d["meta"]["train_steps"] == 43
+    w = load_file(str(run / "dynamics.safetensors"))
+    assert w["memory_in.weight"].abs().sum() > 0  # trained away from zero
+    assert main(["train", "--config", str(mem), "--latents", str(run / "latents"), "--out", str(run), "--resume",
+                 "--quiet", "--stage", "dynamics", "--max-minutes", "0.0001"]) == 0
+    assert json.loads((run / "dynamics.json").read_text())["meta"]["train_steps"] == 44  # one step, then the deadline
+    model = WorldModel.load(run)
+    model.set_memory(True)
+    s = model.open(ctx, seed=1)
+    for _ in range(3):
+        frames, _ = s.step(e.buttons[10], e.axes[10])
+    assert frames.shape == (64, 64, 3)
+    assert main(["train", "--config", str(mem), "--latents", str(run / "latents"), "--out", str(run), "--quiet"]) == 2
+
 
 def test_ddp_two_cpu_processes(toy, tmp_path):
     run = tmp_path / "ddp"
@@ -110,6 +133,9 @@ def test_ddp_two_cpu_processes(toy, tmp_path):
     (["--config", "nope.yaml"], "no such config"),
     (["--config", "tiny", "--data", "/nonexistent/data"], "no such data directory"),
     (["--config", "tiny", "--max-steps", "0"], "--max-steps"),
+    (["--config", "tiny", "--max-minutes", "-1"], "--max-minutes"),
+    (["--config", "tiny", "--latents", "/nonexistent/lat", "--stage", "dynamics"], "not a latent store"),
+    (["--config", "tiny", "--latents", "/nonexistent/lat"], "--stage dynamics"),
 ])
 def test_train_bad_input_is_one_clear_line(args, message, capsys, tmp_path):
     assert main(["train", *args, "--out", str(tmp_path / "r")]) == 2
@@ -135,3 +161,36 @@ def test_load_bad_checkpoint_dir(tmp_path):
     (tmp_path / "w").mkdir()
     with pytest.raises(CheckpointError, match="world.json"):
         WorldModel.load(tmp_path / "w")
+
+
+def test_self_rollout_generates_only_the_chosen_context_ticks():
+    import torch
+
+    from worldsim.model.dynamics import Dynamics, DynamicsConfig
+    from worldsim.train.dynamics_trainer import DynamicsTrainConfig, dynamics_loss, self_rollout
+
+    torch.manual_seed(0)
+    m = Dynamics(DynamicsConfig(d_model=32, n_layers=2, n_heads=2, context=6, audio_channels=4, audio_positions=4,
+                                turn_weights=(6.0, 4.5, 1.0), memory_input=True))
+    B, T = 6, 6
+    batch = {"frames": torch.randn(B, T, 16, 8, 8), "audio": torch.randn(B, T, 4, 4),
+             "buttons": torch.randint(0, 2, (B, T, 9), dtype=torch.uint8), "axes": torch.randn(B, T, 2)}
+    names = (["forward", "back", "strafe_left", "strafe_right", "turn_left", "turn_right", "attack", "use", "run"],
+             ["mouse_dx", "mouse_dy"])
+    tcfg = DynamicsTrainConfig(rollout_frac=1.0, rollout_ticks=3)
+    ctx = self_rollout(m, batch, tcfg, names, "cpu")
+    z = batch["frames"]
+    assert torch.equal(ctx[:, 0], z[:, 0]) and torch.equal(ctx[:, 4:], z[:, 4:])  # real before and after
+    assert all(not torch.allclose(ctx[:, i], z[:, i]) for i in (1, 2, 3))          # generated in between
+    assert torch.equal(self_rollout(m, batch, DynamicsTrainConfig(rollout_frac=0.0), names, "cpu"), z)
+    loss, _ = dynamics_loss(m, batch, tcfg, names, "cpu")  # targets stay the real ticks; gradients flow
+    loss.backward()
+    assert torch.isfinite(loss) and m.frame_out.weight.grad is not None
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_loads(name):
+    from worldsim.train.pipeline import load_run_config
+
+    cfg = load_run_config(name)
+    assert cfg.dynamics.context >= 2 and cfg.dynamics_train.steps > cfg.dynamics_train.schedule_start

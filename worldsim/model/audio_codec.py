@@ -10,6 +10,8 @@ Each tick is coded on its own, so the dynamics model can generate it on the fram
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 import math
 
@@ -35,6 +37,34 @@ class AudioCodecConfig:
         if self.samples % math.prod(self.strides):
             raise ValueError(f"audio codec: samples per tick {self.samples} is not a multiple of "
                              f"prod(strides)={math.prod(self.strides)}")
+
+
+def as_2d(module: nn.Module) -> nn.Module:
+    """A copy of a 1-D conv stack as 2-D convs over (B, C, 1, L), same weights and outputs:
+    oneDNN runs channels-last 2-D convolutions 2-3x faster than 1-D ones in bf16 on this CPU
+    (a 48-channel res block at batch 16 × 1,260 samples: 3.2 vs 11.7 ms)."""
+    m = copy.deepcopy(module)
+
+    def swap(parent: nn.Module) -> None:
+        for name, c in parent.named_children():
+            if isinstance(c, nn.Conv1d):
+                n = nn.Conv2d(c.in_channels, c.out_channels, (1, c.kernel_size[0]), stride=(1, c.stride[0]),
+                              padding=(0, c.padding[0]), dilation=(1, c.dilation[0]), bias=c.bias is not None)
+            elif isinstance(c, nn.ConvTranspose1d):
+                n = nn.ConvTranspose2d(c.in_channels, c.out_channels, (1, c.kernel_size[0]), stride=(1, c.stride[0]),
+                                       padding=(0, c.padding[0]), output_padding=(0, c.output_padding[0]),
+                                       dilation=(1, c.dilation[0]), bias=c.bias is not None)
+            else:
+                swap(c)
+                continue
+            n = n.to(c.weight.device, c.weight.dtype)
+            with torch.no_grad():
+                n.weight.copy_(c.weight[:, :, None])  # (out|in, in|out, 1, k)
+                if c.bias is not None:
+                    n.bias.copy_(c.bias)
+            setattr(parent, name, n)
+    swap(m)
+    return m.to(memory_format=torch.channels_last)
 
 
 class ResBlock1d(nn.Module):
@@ -90,7 +120,17 @@ class AudioCodec(nn.Module):
         z = self.encoder(x)  # (B, latent_channels, positions)
         return z[..., : self.cfg.positions]
 
+    def freeze_for_inference(self) -> None:
+        """Decode through a 2-D channels-last copy of the decoder (see :func:`as_2d`) whenever no
+        gradient is wanted. Call it after the last ``.to()`` and after any change of weights:
+        the copy is not a submodule (not saved, not moved)."""
+        object.__setattr__(self, "_decoder_2d", as_2d(self.decoder).eval())
+
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
+        fast = self.__dict__.get("_decoder_2d")
+        if fast is not None and not torch.is_grad_enabled():
+            x = z[:, :, None].contiguous(memory_format=torch.channels_last)  # (B, C, 1, L)
+            return self._fit(fast(x)[:, :, 0])
         return self._fit(self.decoder(z))
 
     def encode(self, audio: torch.Tensor) -> torch.Tensor:

@@ -106,7 +106,8 @@ def load_component(root: str | os.PathLike, name: str, cls: type[torch.nn.Module
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
         raise CheckpointError(f"{f}: unreadable safetensors file ({e})") from None
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
+    # layers a class adds at zero to a trained model (e.g. the dynamics' memory input) may be absent
+    missing = sorted(set(own) - set(state) - set(getattr(cls, "OPTIONAL_WEIGHTS", ())))
     extra = sorted(set(state) - set(own))
     bad = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
     if missing or extra or bad:
@@ -118,5 +119,5 @@ def load_component(root: str | os.PathLike, name: str, cls: type[torch.nn.Module
         if bad:
             parts.append(f"shape mismatch for {bad[0]}: file {tuple(state[bad[0]].shape)} vs config {tuple(own[bad[0]].shape)}")
         raise CheckpointError(f"{f}: weights do not match {name}.json's config: " + "; ".join(parts))
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
     return module, d.get("meta", {})

@@ -23,6 +23,12 @@ absolute positions, so the cache can roll forever.
 Turn prior: a mouse/keyboard turn mostly slides the image sideways, so each frame token
 also receives the previous frame's latent shifted by the commanded yaw (``turn_prior``);
 the network only has to predict what the slide does not explain.
+
+Memory input (``memory_input``): a noisy block may also receive a *remembered* latent of the
+place the viewer is at (retrieved by :mod:`worldsim.model.memory` from beyond the context
+window, already slid to the current heading) with its match weight ``w`` in [0, 1]; each frame
+token adds ``memory_in([w · memory patch, w])``. The layer starts at zero, so a trained world
+gains the input without changing its outputs until it is trained with retrieved memories.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class DynamicsConfig:
     turn_weights: tuple[float, ...] = ()
     px_per_degree: float = 0.6
     frame_size: int = 64
+    memory_input: bool = False        # noisy blocks take a retrieved long-term memory (see above)
 
     @property
     def frame_tokens(self) -> int:
@@ -103,7 +110,9 @@ class Layer(nn.Module):
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
         hidden = int(cfg.mlp_ratio * d)
-        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+        # exact (erf) GELU: 3x faster than the tanh form in bf16 on this CPU; weights trained with
+        # the tanh form (the shipped world's) see a difference below bf16's resolution
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
         self.ada = nn.Linear(d, 6 * d)
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
@@ -175,6 +184,10 @@ class Dynamics(nn.Module):
         d = cfg.d_model
         self.frame_in = nn.Linear(cfg.token_dim, d)
         self.prior_in = nn.Linear(cfg.token_dim, d)
+        self.memory_in = nn.Linear(cfg.token_dim + 1, d) if cfg.memory_input else None
+        if self.memory_in is not None:  # zero: a world gains the input without changing its outputs
+            nn.init.zeros_(self.memory_in.weight)
+            nn.init.zeros_(self.memory_in.bias)
         self.audio_in = nn.Linear(cfg.audio_dim, d) if cfg.audio_channels else None
         self.pos = nn.Parameter(torch.randn(cfg.block_tokens, d) * 0.02)
         self.action_emb = nn.Sequential(nn.Linear(cfg.action_dim, d), nn.SiLU(), nn.Linear(d, d))
@@ -198,10 +211,28 @@ class Dynamics(nn.Module):
         p, g = self.cfg.patch, self.cfg.latent_size // self.cfg.patch
         return rearrange(tok, "... (h w) (c p1 p2) -> ... c (h p1) (w p2)", h=g, w=g, p1=p, p2=p)
 
-    def embed(self, frame: torch.Tensor, audio: torch.Tensor | None, prior: torch.Tensor) -> torch.Tensor:
-        """Blocks → token sequence. frame/prior (B, M, P, Dt) tokens; audio (B, M, Da) or None.
+    # weights a checkpoint may lack: layers added to a trained world at zero (resume fills them in)
+    OPTIONAL_WEIGHTS = ("memory_in.weight", "memory_in.bias")
+
+    def memory_tokens(self, z: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor:
+        """Memory input of blocks: remembered latents z (B, M, C, h, w) (None = nothing remembered)
+        and match weights w (B, M) → (B, M, P, Dt + 1) tokens [w · patch, w]."""
+        B, M = w.shape
+        w = w.float()[..., None, None]  # (B, M, 1, 1)
+        if z is None:
+            tok = torch.zeros(B, M, self.cfg.frame_tokens, self.cfg.token_dim, device=w.device)
+        else:
+            tok = self.to_tokens(z.float()) * w  # (B, M, P, Dt)
+        return torch.cat([tok, w.expand(B, M, self.cfg.frame_tokens, 1)], dim=-1)
+
+    def embed(self, frame: torch.Tensor, audio: torch.Tensor | None, prior: torch.Tensor,
+              memory: torch.Tensor | None = None) -> torch.Tensor:
+        """Blocks → token sequence. frame/prior (B, M, P, Dt) tokens; audio (B, M, Da) or None;
+        memory (B, M, P, Dt + 1) from :meth:`memory_tokens` or None (= nothing remembered).
         Returns x (B, M·N, D)."""
         x = self.frame_in(frame) + self.prior_in(prior)  # (B, M, P, D)
+        if self.memory_in is not None:
+            x = x + (self.memory_in(memory) if memory is not None else self.memory_in.bias)
         if self.audio_in is not None:
             x = torch.cat([x, self.audio_in(audio)[:, :, None]], dim=2)  # (B, M, N, D)
         x = x + self.pos
@@ -256,10 +287,10 @@ class Dynamics(nn.Module):
         allowed = clean_k & window & (noisy[:, None].logical_not() | (rel > 0)) | same
         return rel[None], allowed[None]
 
-    def forward(self, frame, audio, prior, level, action, times, noisy):
+    def forward(self, frame, audio, prior, level, action, times, noisy, memory=None):
         """Packed-sequence forward (training and full recompute). Shapes as in :meth:`embed`;
         times/noisy (M,). Returns velocity predictions for every block."""
-        x = self.embed(frame, audio, prior)
+        x = self.embed(frame, audio, prior, memory)
         mods, head_mod = self.modulate(self.condition(level, action))
         rel, allowed = self.window_mask(times, noisy)
         x = self.run(x, mods, Attend(rel, allowed, self.cfg.block_tokens, layers=self.layers))
@@ -272,29 +303,31 @@ class Dynamics(nn.Module):
         return KVCache(cfg.n_layers, batch, cfg.n_heads, cfg.d_model // cfg.n_heads, cfg.context - 1,
                        cfg.block_tokens, device=device, dtype=dtype)
 
-    def step(self, cache: KVCache, frame, audio, prior, level, action, time: torch.Tensor, commit: bool):
+    def step(self, cache: KVCache, frame, audio, prior, level, action, time: torch.Tensor, commit: bool,
+             memory: torch.Tensor | None = None):
         """One block per row (M = 1) attending to the cache. With ``commit`` its keys/values
         are written to the cache under tick ``time`` (B,) — done for clean blocks only."""
         return self.stream(cache, frame, audio, prior, self.modulate(self.condition(level, action)), time[:, None],
-                           commit)
+                           commit, memory)
 
     def commit_and_step(self, cache: KVCache, frame, audio, prior, level, action, time: torch.Tensor,
-                        mods: tuple[list[torch.Tensor], torch.Tensor] | None = None):
+                        mods: tuple[list[torch.Tensor], torch.Tensor] | None = None, memory: torch.Tensor | None = None):
         """Two blocks per row in one forward: block 0 is the clean block of tick ``time - 1``
         (committed to the cache), block 1 the noisy block of tick ``time`` being generated, which
         sees block 0 exactly as it would see it in the cache. Saves the separate commit forward
         of every tick; returns the velocities of both blocks (callers keep block 1's)."""
         mods = mods if mods is not None else self.modulate(self.condition(level, action))
-        return self.stream(cache, frame, audio, prior, mods, torch.stack([time - 1, time], 1), True)
+        return self.stream(cache, frame, audio, prior, mods, torch.stack([time - 1, time], 1), True, memory)
 
     def stream(self, cache: KVCache, frame, audio, prior, mods: tuple[list[torch.Tensor], torch.Tensor],
-               times: torch.Tensor, commit_first: bool | int):
+               times: torch.Tensor, commit_first: bool | int, memory: torch.Tensor | None = None):
         """M blocks per row against the cache; ``times`` (B, M); ``mods`` from :meth:`modulate`.
         The first ``commit_first`` blocks (True = 1) are clean and written to the cache; the
-        rest are noisy. Priming commits a whole real context in one such forward."""
+        rest are noisy. Priming commits a whole real context in one such forward. ``memory``
+        (B, M, P, Dt + 1) or None: clean blocks take none (zero weight), as in training."""
         N, C = self.cfg.block_tokens, self.cfg.context
         B, M = times.shape
-        x = self.embed(frame, audio, prior)  # (B, M·N, D)
+        x = self.embed(frame, audio, prior, memory)  # (B, M·N, D)
         rel_c = times[:, :, None] - cache.time[:, None, :]  # (B, M, slots)
         ok_c = (cache.time >= 0)[:, None] & (rel_c > 0) & (rel_c < C)
         rel_w = times[:, :, None] - times[:, None, :]  # (B, M, M) within the new blocks

@@ -17,8 +17,11 @@ On every tick the session asks the memory whether the viewer is back at a rememb
 remembered latent, slid sideways by the small heading difference (the same yaw warp as the
 dynamics' turn prior), is blended into the generated latent with a weight that grows as the
 match gets closer; the blended latent is what is shown and what enters the context, so the
-world continues from the remembered place. This is inference-time retrieval: the dynamics
-network itself was not trained with retrieved memories.
+world continues from the remembered place. A dynamics network trained with a memory input
+(``DynamicsConfig.memory_input``, trained on the same retrieval over recorded poses) also
+receives the remembered latent and its weight while it generates the tick, and ``blend`` sets
+how much of the match weight is still blended in afterwards (1 = all, 0 = leave it to the
+network).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ class MemoryConfig:
     pos_tol: float = 32.0            # a return: this close (map units) ...
     yaw_tol: float = 20.0            # ... and facing this close (degrees) ...
     min_age: int = 24                # ... to a view at least this many ticks old (3× the KV window)
-    strength: float = 1.0            # blend weight of a perfect match
+    strength: float = 1.0            # weight of a perfect match
+    blend: float = 1.0               # fraction of the weight blended into the generated latent
     decay: float = 0.97              # confidence lost per generated tick
     # movement: DOOM's player physics per game tic (thrust in map units/tic², friction per
     # tic), ``tics`` tics per tick; checked against the recorded poses of scripted loop walks
@@ -181,18 +185,24 @@ class SceneMemory:
         self.where[i] = (self.pose.x, self.pose.y, self.pose.yaw)
         self.tick[i], self.conf[i] = tick, conf
 
-    def blend(self, z: torch.Tensor, tick: int, min_age: int) -> torch.Tensor:
-        """One generated tick: bring back a remembered view if we are at one, then remember this one."""
-        hit = self.recall(tick, min_age)
+    def settle(self, z: torch.Tensor, tick: int, hit: tuple[torch.Tensor, float, float] | None) -> torch.Tensor:
+        """One generated tick, given this tick's :meth:`recall`: blend the remembered view in
+        (``cfg.blend`` of its weight), then remember the result."""
         if hit is None:
             self.conf_now *= self.cfg.decay
         else:
             zm, w, cm = hit
-            z = (1 - w) * z + w * zm.to(z.dtype)
+            b = self.cfg.blend * w
+            if b > 0:
+                z = (1 - b) * z + b * zm.to(z.dtype)
             self.conf_now = max(self.conf_now * self.cfg.decay, w * cm)
             self.hits += 1
         self.store(z, tick, self.conf_now)
         return z
+
+    def blend(self, z: torch.Tensor, tick: int, min_age: int) -> torch.Tensor:
+        """One generated tick: bring back a remembered view if we are at one, then remember this one."""
+        return self.settle(z, tick, self.recall(tick, min_age))
 
     def copy(self) -> "SceneMemory":
         m = copy.copy(self)

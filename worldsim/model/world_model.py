@@ -123,6 +123,8 @@ class WorldModel:
         wd = torch.bfloat16
         self.frame_codec = frame_codec.to(device, wd).eval()
         self.audio_codec = audio_codec.to(device, wd).eval() if audio_codec is not None else None
+        if self.audio_codec is not None:
+            self.audio_codec.freeze_for_inference()
         self.dynamics = dynamics.to(device, wd).eval()
         self.world = world
         self.sampler = FlowSampler(sampler or config_from_dict(FlowSamplerConfig, world.get("sampler", {}), "world.json sampler"))
@@ -272,6 +274,18 @@ class WorldModel:
             noise.append(torch.stack([torch.randn(cfg.audio_dim, generator=g, device=self.device)
                                       for g in state.generators])[:, None])  # (B, 1, Da)
         t_next = state.time + 1
+        # long-term memory: where the viewer is now, and what it remembers of that place
+        hits: list = [None] * B
+        for b, m in enumerate(state.memories):
+            if m is not None:
+                m.observe(buttons[b], axes[b])
+                hits[b] = m.recall(int(t_next[b]), self.context_steps + 1)
+        mem_tok = None
+        if dyn.memory_in is not None:  # a network trained to take the remembered view as input
+            w = torch.tensor([[0.0 if h is None else h[1]] for h in hits], device=self.device)  # (B, 1)
+            zm = torch.stack([torch.zeros_like(state.prev[0]) if h is None else h[0].to(state.prev.dtype)
+                              for h in hits])[:, None]  # (B, 1, C, h, w)
+            mem_tok = dyn.memory_tokens(zm, w)  # (B, 1, P, Dt+1)
 
         # every condition of this tick (the pending commit + each sampling step) at once
         p = state.pending
@@ -292,13 +306,16 @@ class WorldModel:
             with self.autocast:
                 if i == 0 and p is not None:  # first pass: commit the previous tick in the same forward
                     state.pending = None
+                    mem2 = None  # the committed clean block takes no memory, as in training
+                    if mem_tok is not None:
+                        mem2 = torch.cat([dyn.memory_tokens(None, torch.zeros(B, 1, device=self.device)), mem_tok], 1)
                     vf, va = dyn.commit_and_step(
                         state.cache, torch.cat([p.frame, xs[0]], 1), None if au is None else torch.cat([p.audio, au], 1),
-                        torch.cat([p.prior, prior_tok], 1), None, None, t_next, mods=pick(slice(0, 2)))
+                        torch.cat([p.prior, prior_tok], 1), None, None, t_next, mods=pick(slice(0, 2)), memory=mem2)
                     vf, va = vf[:, 1:], None if va is None else va[:, 1:]
                 else:
                     vf, va = dyn.stream(state.cache, xs[0], au, prior_tok, pick(slice(off + i, off + i + 1)),
-                                        t_next[:, None], False)
+                                        t_next[:, None], False, mem_tok)
             return [vf] + ([va] if va is not None else [])
 
         out = self.sampler.sample(velocity, noise, steps)
@@ -306,8 +323,7 @@ class WorldModel:
         za = out[1][:, 0] if len(out) > 1 else None  # (B, Da)
         for b, m in enumerate(state.memories):  # back at a remembered place: bring it back
             if m is not None:
-                m.observe(buttons[b], axes[b])
-                z[b] = m.blend(z[b], int(t_next[b]), self.context_steps + 1)
+                z[b] = m.settle(z[b], int(t_next[b]), hits[b])
         lvl = self.sampler.cfg.context_level
         zc, zac = z, za
         if lvl > 0:  # commit the generated tick at the same noise level it is labelled with

@@ -6,11 +6,18 @@ flow time ``t``) are packed into one sequence (see :mod:`worldsim.model.dynamics
 one forward trains ``context - 1`` next-tick predictions, each with clean context, as at
 inference. Loss: MSE between predicted and true velocity ``eps - x0`` on frame and audio
 tokens.
+
+With ``memory_input`` the noisy blocks also receive what the scene memory would retrieve
+for them (:mod:`worldsim.train.recall`: the best-matching view of the same episode beyond the
+context window, by recorded pose, slid to the current heading), lightly noised, its weight
+scaled down at random as the runtime's confidence in generated views is, and sometimes
+dropped; ``memory_windows`` of the windows are drawn among those that have such a memory.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,8 +28,10 @@ import torch.nn.functional as F
 
 from worldsim.data.episode import Episode
 from worldsim.model.checkpoint import save_component
-from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, turn_features, turn_prior
+from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, shift_latent, turn_features, turn_prior
+from worldsim.model.memory import MemoryConfig
 from worldsim.train.latents import LatentStore
+from worldsim.train.recall import RecallTargets, recall_targets
 from worldsim.train.loop import Prefetcher, ProgressLog, autocast, resume_state, save_train_state
 
 
@@ -39,6 +48,17 @@ class DynamicsTrainConfig:
     save_every: int = 500
     log_every: int = 25
     eval_every: int = 0         # 0 = no periodic quick eval
+    schedule_start: int = 0     # the cosine runs from this step to ``steps`` (a fine-tune's own schedule)
+    # memory input (DynamicsConfig.memory_input): see the module docstring
+    memory_windows: float = 0.5  # fraction of windows drawn among those with a retrieved memory
+    memory_drop: float = 0.1     # a retrieved memory is withheld this often
+    memory_min_age: int = 0      # retrieve views at least this old (0 = context + 1: just outside the window)
+    # exposure bias: in this fraction of windows, context ticks 1..rollout_ticks are the model's
+    # own generations (no gradient, ``rollout_steps`` Euler steps) while the targets stay real, so
+    # the network learns to pull a drifting context back to the real world (scheduled sampling)
+    rollout_frac: float = 0.0
+    rollout_ticks: int = 3
+    rollout_steps: int = 2
 
 
 def fit_turn_weights(episodes: Sequence[Episode]) -> tuple[float, ...]:
@@ -60,21 +80,43 @@ def fit_turn_weights(episodes: Sequence[Episode]) -> tuple[float, ...]:
 
 
 class WindowSampler:
-    def __init__(self, store: LatentStore, length: int, seed: int):
-        self.store, self.length = store, length
+    """Random windows of ``length`` ticks; with ``recall``, also each tick's remembered latent
+    (``memory`` (B, T, C, h, w), ``memory_w`` (B, T), ``memory_dyaw`` (B, T)), and a fraction
+    ``memory_windows`` of the windows drawn among those where a target tick has one."""
+
+    def __init__(self, store: LatentStore, length: int, seed: int, recall: RecallTargets | None = None,
+                 memory_windows: float = 0.0):
+        self.store, self.length, self.recall = store, length, recall
         self.starts = store.window_starts(length)
         if len(self.starts) == 0:
             raise ValueError(f"no episode is at least {length} ticks long")
         self.rng = np.random.default_rng(seed)
+        self.memory_windows, self.hit_starts = 0.0, self.starts[:0]
+        if recall is not None:
+            hit = recall.index >= 0
+            any_hit = np.zeros(len(self.starts), bool)
+            for j in range(1, length):  # targets are ticks 1..T-1 of a window
+                any_hit |= hit[self.starts + j]
+            self.hit_starts = self.starts[any_hit]
+            self.memory_windows = memory_windows if len(self.hit_starts) else 0.0
 
     def batch(self, n: int) -> dict[str, torch.Tensor]:
         s = self.rng.choice(self.starts, n)
+        k = self.rng.random(n) < self.memory_windows
+        if k.any():
+            s[k] = self.rng.choice(self.hit_starts, int(k.sum()))
         idx = s[:, None] + np.arange(self.length)[None]  # (B, T)
         st = self.store
-        out = {"frames": torch.from_numpy(st.frames[idx].astype(np.float32)),
+        # float16 here: half the bytes through the loader thread; the trainer casts on its device
+        out = {"frames": torch.from_numpy(np.ascontiguousarray(st.frames[idx], np.float16)),
                "buttons": torch.from_numpy(st.buttons[idx]), "axes": torch.from_numpy(st.axes[idx])}
         if st.audio is not None:
-            out["audio"] = torch.from_numpy(st.audio[idx].astype(np.float32))
+            out["audio"] = torch.from_numpy(np.ascontiguousarray(st.audio[idx], np.float16))
+        if self.recall is not None:
+            mi = self.recall.index[idx]  # (B, T)
+            out["memory"] = torch.from_numpy(np.ascontiguousarray(st.frames[np.maximum(mi, 0)], np.float16))
+            out["memory_w"] = torch.from_numpy(np.where(mi >= 0, self.recall.weight[idx], 0.0).astype(np.float32))
+            out["memory_dyaw"] = torch.from_numpy(self.recall.dyaw[idx].astype(np.float32))
         return out
 
 
@@ -82,16 +124,17 @@ def pack_inputs(model: Dynamics, batch: dict[str, torch.Tensor], tcfg: DynamicsT
                 gen: torch.Generator | None = None) -> dict[str, Any]:
     """Build the packed clean+noisy sequence and velocity targets for one batch of windows."""
     cfg = model.cfg
-    z = batch["frames"]  # (B, T, C, h, w)
+    z = batch["frames"].float()  # (B, T, C, h, w) real ticks: the targets
+    zctx = batch["context"].float() if "context" in batch else z  # what the clean blocks show
     B, T = z.shape[:2]
     dev = z.device
     rnd = lambda *s: torch.randn(*s, generator=gen, device=dev)  # noqa: E731
     uni = lambda *s: torch.rand(*s, generator=gen, device=dev)  # noqa: E731
     a = batch.get("audio")
-    a = a.flatten(2) if a is not None else None  # (B, T, Ca·Pa)
+    a = a.float().flatten(2) if a is not None else None  # (B, T, Ca·Pa)
     # clean context, lightly noised
     tau = uni(B, T) * tcfg.tau_max * (uni(B, T) > tcfg.tau_zero_prob)
-    zc = (1 - tau[..., None, None, None]) * z + tau[..., None, None, None] * rnd(*z.shape)
+    zc = (1 - tau[..., None, None, None]) * zctx + tau[..., None, None, None] * rnd(*z.shape)
     ac = None if a is None else (1 - tau[..., None]) * a + tau[..., None] * rnd(*a.shape)
     # actions: block i is conditioned on the action taken after tick i-1
     act = action_vector(batch["buttons"], batch["axes"], cfg)  # (B, T, Dact)
@@ -117,12 +160,74 @@ def pack_inputs(model: Dynamics, batch: dict[str, torch.Tensor], tcfg: DynamicsT
     action = torch.cat([act, act[:, 1:]], dim=1)
     times = torch.cat([torch.arange(T), torch.arange(1, T)]).to(dev)
     noisy = torch.cat([torch.zeros(T, dtype=torch.bool), torch.ones(T - 1, dtype=torch.bool)]).to(dev)
-    return {"inputs": (frame, audio, prior, level, action, times, noisy), "v_frame": v_frame, "v_audio": v_audio, "T": T}
+    memory = None
+    if model.memory_in is not None:
+        w = torch.zeros(B, 2 * T - 1, device=dev)
+        zm = None
+        if "memory" in batch:  # noisy blocks take their remembered view; clean blocks none, as at inference
+            m = batch["memory"][:, 1:].float()  # (B, T-1, C, h, w)
+            cells = batch["memory_dyaw"][:, 1:].flatten() * cfg.px_per_degree * cfg.latent_size / cfg.frame_size
+            m = shift_latent(m.flatten(0, 1), cells).view_as(m)
+            tau_m = uni(B, T - 1) * tcfg.tau_max
+            m = (1 - tau_m[..., None, None, None]) * m + tau_m[..., None, None, None] * rnd(*m.shape)
+            # the runtime's weight is score × confidence, and generated views are trusted less
+            conf = torch.where(uni(B, T - 1) < 0.5, torch.ones(B, T - 1, device=dev), 0.2 + 0.8 * uni(B, T - 1))
+            wm = batch["memory_w"][:, 1:] * conf * (uni(B, T - 1) >= tcfg.memory_drop)
+            w[:, T:] = wm
+            zm = torch.cat([torch.zeros_like(z), m], dim=1)  # (B, 2T-1, C, h, w)
+        memory = model.memory_tokens(zm, w)  # (B, 2T-1, P, Dt+1)
+    return {"inputs": (frame, audio, prior, level, action, times, noisy, memory), "v_frame": v_frame,
+            "v_audio": v_audio, "T": T}
+
+
+@torch.no_grad()
+def self_rollout(model: Dynamics, batch: dict[str, torch.Tensor], tcfg: DynamicsTrainConfig, names: tuple[list, list],
+                 device: str) -> torch.Tensor:
+    """Context latents (B, T, C, h, w): real, except ticks 1..rollout_ticks of a ``rollout_frac``
+    share of the windows, generated one by one from the real tick 0 with the real actions."""
+    cfg = model.cfg
+    z = batch["frames"].float()
+    B, T = z.shape[:2]
+    G = min(tcfg.rollout_ticks, T - 2)  # keep at least one real tick after the generated ones
+    pick = torch.rand(B, device=z.device) < tcfg.rollout_frac
+    if G < 1 or not pick.any():
+        return z
+    zb = z[pick].clone()  # (b, T, C, h, w)
+    b = zb.shape[0]
+    act = action_vector(batch["buttons"][pick], batch["axes"][pick], cfg)
+    act = torch.cat([torch.zeros_like(act[:, :1]), act[:, :-1]], dim=1)  # (b, T, Dact)
+    feats = turn_features(batch["buttons"][pick].cpu(), batch["axes"][pick].cpu(), *names).to(z.device)
+    a = batch.get("audio")
+    a = a[pick].float().flatten(2) if a is not None and model.audio_in is not None else None
+    ts = [1.0 - k / tcfg.rollout_steps for k in range(tcfg.rollout_steps + 1)]
+    for i in range(1, G + 1):
+        pri = [torch.zeros_like(zb[:, 0])] + [turn_prior(zb[:, j - 1], feats[:, j - 1], cfg) for j in range(1, i + 1)]
+        prior = model.to_tokens(torch.stack(pri, 1))  # (b, i+1, P, Dt): clean 0..i-1, then the noisy block i
+        x = torch.randn(b, 1, cfg.frame_tokens, cfg.token_dim, device=z.device)
+        xa = None if a is None else torch.randn(b, 1, a.shape[-1], device=z.device)
+        times = torch.arange(i + 1, device=z.device)
+        noisy = times == i
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            frame = torch.cat([model.to_tokens(zb[:, :i]), x], 1)
+            audio = None if a is None else torch.cat([a[:, :i], xa], 1)
+            level = torch.cat([torch.zeros(b, i, device=z.device), torch.full((b, 1), t, device=z.device)], 1)
+            memory = model.memory_tokens(None, torch.zeros(b, i + 1, device=z.device)) if model.memory_in is not None else None
+            with autocast(device):
+                vf, va = model(frame, audio, prior, level, act[:, :i + 1], times, noisy, memory)
+            x = x + (t_next - t) * vf[:, -1:].float()
+            if xa is not None and va is not None:
+                xa = xa + (t_next - t) * va[:, -1:].float()
+        zb[:, i] = model.from_tokens(x[:, 0])
+    out = z.clone()
+    out[pick] = zb
+    return out
 
 
 def dynamics_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tcfg: DynamicsTrainConfig,
                   names: tuple[list, list], device: str) -> tuple[torch.Tensor, dict[str, float]]:
     core = model.module if hasattr(model, "module") else model
+    if tcfg.rollout_frac > 0:
+        batch = {**batch, "context": self_rollout(core, batch, tcfg, names, device)}
     p = pack_inputs(core, batch, tcfg, names)
     T = p["T"]
     with autocast(device):
@@ -139,7 +244,8 @@ def dynamics_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tcfg: 
 
 def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcfg: DynamicsTrainConfig,
                    seed: int = 0, resume: bool = False, max_steps: int | None = None, progress: bool = True,
-                   device: str = "cpu", on_eval: Callable[[int], None] | None = None) -> dict[str, Any]:
+                   device: str = "cpu", on_eval: Callable[[int], None] | None = None,
+                   max_seconds: float | None = None) -> dict[str, Any]:
     import torch.distributed as dist
     out = Path(out)
     ddp = dist.is_available() and dist.is_initialized()
@@ -160,14 +266,27 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
     total = tcfg.steps if max_steps is None else min(tcfg.steps, step + max_steps)
     schema = store.info["schema"]
     names = (list(schema["buttons"]), list(schema["axes"]))
-    sampler = WindowSampler(store, cfg.context, seed * 1000 + rank + 7919 * step)
+    recall = None
+    if cfg.memory_input:
+        if store.pose is None:
+            raise ValueError("dynamics.memory_input needs recorded poses in the data (pose.npy) to train the memory")
+        recall = recall_targets(store.pose, store.bounds, MemoryConfig(), tcfg.memory_min_age or cfg.context + 1)
+        if rank == 0 and progress:
+            print(f"memory input: {recall.hit_fraction:.0%} of ticks have a view to recall")
+    sampler = WindowSampler(store, cfg.context, seed * 1000 + rank + 7919 * step, recall, tcfg.memory_windows)
     fetch = Prefetcher(lambda: sampler.batch(tcfg.batch))
     log = ProgressLog("dynamics", step, total, out / "dynamics.log.jsonl" if rank == 0 else None,
                       enabled=progress and rank == 0, every=tcfg.log_every)
     meta_base = {"data": {k: store.info.get(k) for k in ("wad", "maps", "tick_rate", "resolution", "audio", "schema")}}
     net.train()
+    t_start = time.time()
+    s0 = min(tcfg.schedule_start, max(tcfg.steps - 1, 0))
     while step < total:
-        lr = tcfg.lr * min(1.0, (step + 1) / tcfg.warmup) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(step / max(tcfg.steps, 1), 1.0))))
+        prog = min(max(step - s0, 0) / max(tcfg.steps - s0, 1), 1.0)
+        if max_seconds is not None:  # a run bounded by wall time anneals by its deadline at the latest
+            prog = max(prog, min((time.time() - t_start) / max_seconds, 1.0))
+        warm = min(1.0, (step - s0 + 1) / tcfg.warmup) if step >= s0 else 1.0
+        lr = tcfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * prog)))
         for g in opt.param_groups:
             g["lr"] = float(lr)
         batch = {k: v.to(device) for k, v in fetch.next().items()}
@@ -178,6 +297,13 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
         opt.step()
         step += 1
         log.update(step, tcfg.batch * world * (cfg.context - 1), loss=loss.item(), lr=float(lr), **stats)
+        out_of_time = max_seconds is not None and time.time() - t_start > max_seconds
+        if ddp and max_seconds is not None:  # every rank stops at the same step
+            flag = torch.tensor([float(out_of_time)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        if out_of_time:
+            total = step
         if rank == 0 and (step % tcfg.save_every == 0 or step == total):
             samples = seen0 + (step - step0) * tcfg.batch * world * (cfg.context - 1)
             save_component(out, "dynamics", model, cfg, meta={**meta_base, "train_steps": step, "predictions_seen": samples})

@@ -32,6 +32,7 @@ class LatentStore:
     axes: np.ndarray        # (T, NA) float32
     bounds: np.ndarray      # (E + 1,) episode start offsets
     info: dict
+    pose: np.ndarray | None = None  # (T, 5) recorded x, y, z, yaw, pitch (when every episode has one)
 
     def window_starts(self, length: int) -> np.ndarray:
         """Every start index whose window of ``length`` ticks stays inside one episode."""
@@ -56,10 +57,12 @@ def build_latents(episodes: Sequence[Episode], frame_codec, audio_codec, codec_d
         try:
             info = json.loads(idx_file.read_text())
             if info.get("key") == key:
+                _write_pose(episodes, out)  # stores built before poses were kept gain them here
                 return load_latents(out)
         except (json.JSONDecodeError, OSError):
             pass
     out.mkdir(parents=True, exist_ok=True)
+    (out / "pose.npy").unlink(missing_ok=True)  # belongs to the store being replaced
     lengths = [len(e) for e in episodes]
     total = int(sum(lengths))
     e0 = episodes[0]
@@ -100,6 +103,7 @@ def build_latents(episodes: Sequence[Episode], frame_codec, audio_codec, codec_d
         os.replace(out / "audio.npy.partial", out / "audio.npy")
     np.save(out / "buttons.npy", buttons)
     np.save(out / "axes.npy", axes)
+    _write_pose(episodes, out)
     info = {"key": key, "bounds": np.concatenate([[0], np.cumsum(lengths)]).tolist(),
             "schema": e0.schema.to_dict(), "wad": e0.meta.get("wad"),
             "maps": sorted({e.map_id for e in episodes}), "tick_rate": e0.tick_rate,
@@ -110,9 +114,22 @@ def build_latents(episodes: Sequence[Episode], frame_codec, audio_codec, codec_d
     return load_latents(out)
 
 
+def _write_pose(episodes: Sequence[Episode], out: Path) -> None:
+    """``pose.npy`` (T, 5) when every episode recorded one (the memory input's training targets)."""
+    if (out / "pose.npy").exists() or any(e.pose is None for e in episodes):
+        return
+    pose = np.concatenate([np.asarray(e.pose, np.float32) for e in episodes])
+    np.save(out / "pose.partial.npy", pose)
+    os.replace(out / "pose.partial.npy", out / "pose.npy")
+
+
 def load_latents(out: Path) -> LatentStore:
     out = Path(out)
     info = json.loads((out / "index.json").read_text())
     audio = np.load(out / "audio.npy") if (out / "audio.npy").exists() else None
-    return LatentStore(np.load(out / "frames.npy"), audio, np.load(out / "buttons.npy"), np.load(out / "axes.npy"),
-                       np.asarray(info["bounds"], np.int64), info)
+    pose = np.load(out / "pose.npy") if (out / "pose.npy").exists() else None
+    store = LatentStore(np.load(out / "frames.npy"), audio, np.load(out / "buttons.npy"), np.load(out / "axes.npy"),
+                        np.asarray(info["bounds"], np.int64), info, pose)
+    if pose is not None and len(pose) != len(store.frames):
+        raise ValueError(f"{out}: pose.npy has {len(pose)} rows, frames.npy {len(store.frames)}")
+    return store

@@ -122,14 +122,21 @@ def resume_state(out: Path, name: str, model: torch.nn.Module, opt: torch.optim.
     from safetensors.torch import load_file
     state = load_file(str(out / f"{name}.safetensors"))
     own = model.state_dict()
+    optional = set(getattr(type(model), "OPTIONAL_WEIGHTS", ()))
+    added = sorted(optional & (set(own) - set(state)))  # zero-initialised layers new to this run
     try:
-        model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+        res = model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+        if res.unexpected_keys or set(res.missing_keys) - optional:
+            raise RuntimeError(f"missing {res.missing_keys}, unexpected {res.unexpected_keys}")
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"{out / name}: cannot resume, weights do not fit this config ({e})") from None
     step = int(d.get("meta", {}).get("train_steps", 0))
     ts = out / f"{name}.train.pt"
     if opt is not None and ts.exists():
         st = torch.load(ts, map_location="cpu", weights_only=True)
-        opt.load_state_dict(st["optimizer"])
+        if added:  # the saved optimizer state has no slots for the new layers: start it afresh
+            print(f"{out / name}: new layer(s) {', '.join(added)} start at zero; optimizer state starts afresh")
+        else:
+            opt.load_state_dict(st["optimizer"])
         step = int(st["step"])
     return step

@@ -17,6 +17,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="run directory (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's weights and optimizer state")
     p.add_argument("--max-steps", type=int, help="train at most this many steps per stage in this invocation")
+    p.add_argument("--max-minutes", type=float, help="stop the dynamics stage after this much wall time (saved)")
+    p.add_argument("--latents", type=Path, help="train the dynamics on this prebuilt latent store (e.g. unpacked "
+                   "with `python -m worldsim.train.latent_pack`) instead of encoding --data")
     p.add_argument("--stage", action="append", choices=STAGES, help="run only these stages (repeatable)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process on CPU (default 1: "
@@ -27,6 +30,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 def main_train(args: argparse.Namespace) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise TrainConfigError(f"--max-steps must be ≥ 1, got {args.max_steps}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise TrainConfigError(f"--max-minutes must be > 0, got {args.max_minutes}")
     cfg = load_run_config(args.config)
     out = args.out or Path("runs") / cfg.name
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -45,7 +50,9 @@ def main_train(args: argparse.Namespace) -> int:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     try:
         report = run_training(cfg, out, data=args.data, resume=args.resume, max_steps=args.max_steps,
-                              stages=tuple(args.stage or STAGES), device=device, progress=not args.quiet)
+                              stages=tuple(args.stage or STAGES), device=device, progress=not args.quiet,
+                              latents=args.latents,
+                              max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes)
     finally:
         if world > 1:
             import torch.distributed as dist

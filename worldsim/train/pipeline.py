@@ -114,7 +114,8 @@ def write_world_json(out: Path, cfg: RunConfig, store_info: dict, extra: dict | 
 
 def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None, resume: bool = False,
                  max_steps: int | None = None, stages: tuple[str, ...] = STAGES, device: str = "cpu",
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, latents: str | os.PathLike | None = None,
+                 max_seconds: float | None = None) -> dict[str, Any]:
     import torch.distributed as dist
 
     from worldsim.data.episode import open_episodes
@@ -122,6 +123,8 @@ def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None
 
     out = Path(out)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    if latents is not None:
+        return _train_on_latents(cfg, out, Path(latents), resume, max_steps, stages, device, progress, max_seconds)
     data_dir = Path(data or cfg.data)
     if not data_dir.is_dir():
         raise TrainConfigError(f"{data_dir}: no such data directory (record one with `worldsim record vizdoom`)")
@@ -188,11 +191,45 @@ def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None
             if cfg.heldout and Path(cfg.heldout).is_dir() and cfg.dynamics_train.eval_every:
                 on_eval = lambda step: quick_eval(out, cfg, store.info, step)  # noqa: E731
             report["dynamics"] = train_dynamics(store, out, dcfg, cfg.dynamics_train, seed=cfg.seed, resume=resume,
-                                                max_steps=max_steps, progress=progress, device=device, on_eval=on_eval)
+                                                max_steps=max_steps, progress=progress, device=device, on_eval=on_eval,
+                                                max_seconds=max_seconds)
             if rank == 0:
                 write_world_json(out, cfg, store.info, {"training": {"wall_s_this_run": round(time.time() - t0, 1)}})
                 from worldsim.runtime.starts import write_starts
                 write_starts(episodes, out, dcfg.context - 1)
+    return report
+
+
+def _train_on_latents(cfg: RunConfig, out: Path, latents: Path, resume: bool, max_steps: int | None,
+                      stages: tuple[str, ...], device: str, progress: bool, max_seconds: float | None) -> dict[str, Any]:
+    """The dynamics stage alone, on a prebuilt latent store (a machine that has the store but not
+    the recordings, e.g. a lent GPU). The run directory must already hold the codecs the store
+    was encoded with, and the dynamics' turn weights (its dynamics.json)."""
+    import torch.distributed as dist
+
+    from worldsim.model.checkpoint import read_component_json
+    from worldsim.train.latents import load_latents
+
+    if tuple(stages) != ("dynamics",):
+        raise TrainConfigError("--latents trains the dynamics stage only: add --stage dynamics")
+    if not (latents / "index.json").exists():
+        raise TrainConfigError(f"{latents}: not a latent store (no index.json)")
+    for name in ("frame_codec", "dynamics"):
+        if not (out / f"{name}.json").exists():
+            raise TrainConfigError(f"{out}: --latents needs the run's {name}.json (resume a run that has one)")
+    store = load_latents(latents)
+    fc = config_from_dict(FrameCodecConfig, read_component_json(out, "frame_codec")["config"], f"{out}/frame_codec.json")
+    if tuple(store.frames.shape[1:]) != (fc.latent_channels, fc.latent_size, fc.latent_size):
+        raise TrainConfigError(f"{latents}: latents {tuple(store.frames.shape[1:])} do not fit {out}'s frame codec")
+    # the architecture is the run's; the config may only switch the memory input on
+    prev = read_component_json(out, "dynamics")["config"]
+    prev["memory_input"] = bool(prev.get("memory_input")) or cfg.dynamics.memory_input
+    dcfg = config_from_dict(DynamicsConfig, prev, where=f"{out}/dynamics.json")
+    report = {"dynamics": train_dynamics(store, out, dcfg, cfg.dynamics_train, seed=cfg.seed, resume=resume,
+                                         max_steps=max_steps, progress=progress, device=device, max_seconds=max_seconds)}
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        kept = json.loads((out / "world.json").read_text()) if (out / "world.json").exists() else {}
+        write_world_json(out, cfg, store.info, {k: v for k, v in kept.items() if k in ("memory", "training")})
     return report
 
 
