@@ -73,3 +73,27 @@ def test_training_on_latents_needs_a_run_to_resume(tmp_path, capsys):
                  "--out", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert "frame_codec.json" in err and "Traceback" not in err
+
+
+def test_train_only_the_memory_layer_leaves_the_rest_of_the_world_untouched(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from worldsim.model.dynamics import Dynamics, DynamicsConfig
+    from worldsim.train.dynamics_trainer import DynamicsTrainConfig, train_dynamics
+
+    st = _store(tmp_path / "store")
+    cfg = DynamicsConfig(latent_channels=4, latent_size=2, audio_channels=4, audio_positions=4, n_buttons=9,
+                         n_axes=2, d_model=16, n_layers=1, n_heads=2, context=4, memory_input=True)
+    tcfg = DynamicsTrainConfig(steps=4, batch=2, lr=1e-2, warmup=1, save_every=4, log_every=1, memory_windows=1.0,
+                               memory_drop=0.0, train_only=("memory_in.weight",))
+    train_dynamics(st, tmp_path / "run", cfg, tcfg, seed=3, progress=False)
+    torch.manual_seed(3)
+    init = Dynamics(cfg).state_dict()  # the trainer's initial weights (same seed)
+    after = load_file(str(tmp_path / "run" / "dynamics.safetensors"))
+    assert after["memory_in.weight"].abs().sum() > 0 and after["memory_in.bias"].abs().sum() == 0
+    changed = [k for k in init if not torch.equal(init[k], after[k])]
+    assert changed == ["memory_in.weight"]
+    with pytest.raises(ValueError, match="names no parameter"):
+        train_dynamics(st, tmp_path / "run2", cfg, DynamicsTrainConfig(steps=1, batch=2, train_only=("nope",)),
+                       progress=False)

@@ -59,6 +59,10 @@ class DynamicsTrainConfig:
     rollout_frac: float = 0.0
     rollout_ticks: int = 3
     rollout_steps: int = 2
+    # train only the parameters whose names start with one of these (empty = all); e.g.
+    # ["memory_in.weight"] teaches a trained world to use memories while leaving every tick
+    # without one bit-identical (the layer's bias stays at zero)
+    train_only: tuple[str, ...] = ()
 
 
 def fit_turn_weights(episodes: Sequence[Episode]) -> tuple[float, ...]:
@@ -253,7 +257,13 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
     world = dist.get_world_size() if ddp else 1
     torch.manual_seed(seed)
     model = Dynamics(cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.98))
+    if tcfg.train_only:
+        for name, p in model.named_parameters():
+            p.requires_grad_(any(name.startswith(k) for k in tcfg.train_only))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"dynamics_train.train_only {list(tcfg.train_only)} names no parameter of the model")
+    opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.98))
     step = resume_state(out, "dynamics", model, opt) if resume else 0
     # predictions seen so far: a resumed run may have used another batch size or world size
     seen0, step0 = 0, step

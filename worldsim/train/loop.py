@@ -137,6 +137,9 @@ def resume_state(out: Path, name: str, model: torch.nn.Module, opt: torch.optim.
         if added:  # the saved optimizer state has no slots for the new layers: start it afresh
             print(f"{out / name}: new layer(s) {', '.join(added)} start at zero; optimizer state starts afresh")
         else:
-            opt.load_state_dict(st["optimizer"])
+            try:
+                opt.load_state_dict(st["optimizer"])
+            except ValueError as e:  # e.g. another set of trained parameters (train_only)
+                print(f"{out / name}: optimizer state does not fit this run ({e}); it starts afresh")
         step = int(st["step"])
     return step
