@@ -30,6 +30,7 @@ from worldsim.data.episode import Episode
 from worldsim.model.checkpoint import save_component
 from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, shift_latent, turn_features, turn_prior
 from worldsim.model.memory import MemoryConfig
+from worldsim.model.sampler import FlowSampler, FlowSamplerConfig
 from worldsim.train.latents import LatentStore
 from worldsim.train.recall import RecallTargets, recall_targets
 from worldsim.train.loop import Prefetcher, ProgressLog, autocast, resume_state, save_train_state
@@ -203,24 +204,25 @@ def self_rollout(model: Dynamics, batch: dict[str, torch.Tensor], tcfg: Dynamics
     feats = turn_features(batch["buttons"][pick].cpu(), batch["axes"][pick].cpu(), *names).to(z.device)
     a = batch.get("audio")
     a = a[pick].float().flatten(2) if a is not None and model.audio_in is not None else None
-    ts = [1.0 - k / tcfg.rollout_steps for k in range(tcfg.rollout_steps + 1)]
+    sampler = FlowSampler(FlowSamplerConfig(steps=tcfg.rollout_steps))  # the runtime's sampler, unshifted
+    pri = [torch.zeros_like(zb[:, 0])]  # turn prior of each block, appended as ticks are generated
     for i in range(1, G + 1):
-        pri = [torch.zeros_like(zb[:, 0])] + [turn_prior(zb[:, j - 1], feats[:, j - 1], cfg) for j in range(1, i + 1)]
+        pri.append(turn_prior(zb[:, i - 1], feats[:, i - 1], cfg))
         prior = model.to_tokens(torch.stack(pri, 1))  # (b, i+1, P, Dt): clean 0..i-1, then the noisy block i
-        x = torch.randn(b, 1, cfg.frame_tokens, cfg.token_dim, device=z.device)
-        xa = None if a is None else torch.randn(b, 1, a.shape[-1], device=z.device)
         times = torch.arange(i + 1, device=z.device)
-        noisy = times == i
-        for t, t_next in zip(ts[:-1], ts[1:]):
-            frame = torch.cat([model.to_tokens(zb[:, :i]), x], 1)
-            audio = None if a is None else torch.cat([a[:, :i], xa], 1)
+        clean = model.to_tokens(zb[:, :i])
+
+        def velocity(xs, t):
+            audio = None if a is None else torch.cat([a[:, :i], xs[1]], 1)
             level = torch.cat([torch.zeros(b, i, device=z.device), torch.full((b, 1), t, device=z.device)], 1)
-            memory = model.memory_tokens(None, torch.zeros(b, i + 1, device=z.device)) if model.memory_in is not None else None
             with autocast(device):
-                vf, va = model(frame, audio, prior, level, act[:, :i + 1], times, noisy, memory)
-            x = x + (t_next - t) * vf[:, -1:].float()
-            if xa is not None and va is not None:
-                xa = xa + (t_next - t) * va[:, -1:].float()
+                vf, va = model(torch.cat([clean, xs[0]], 1), audio, prior, level, act[:, :i + 1], times, times == i)
+            return [vf[:, -1:]] + ([va[:, -1:]] if a is not None else [])
+
+        noise = [torch.randn(b, 1, cfg.frame_tokens, cfg.token_dim, device=z.device)]
+        if a is not None:
+            noise.append(torch.randn(b, 1, a.shape[-1], device=z.device))
+        x = sampler.sample(velocity, noise)[0]
         zb[:, i] = model.from_tokens(x[:, 0])
     out = z.clone()
     out[pick] = zb
