@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from worldsim.actions import VIZDOOM_SCHEMA
-from worldsim.model.memory import MemoryConfig, PoseTracker, SceneMemory
+from worldsim.model.memory import Hit, MemoryConfig, PoseTracker, SceneMemory
 from worldsim.runtime import World
 
 B, A = list(VIZDOOM_SCHEMA.buttons), list(VIZDOOM_SCHEMA.axes)
@@ -35,35 +35,45 @@ def test_pose_tracker_turns_exactly_and_walks_back_to_where_it_started():
     assert out > 100 and np.hypot(p.x, p.y) < 0.05 * out
 
 
+def _frame(rng, value=None):
+    return np.full((8, 8, 3), value, np.uint8) if value is not None else rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+
+
 def test_store_is_bounded_and_keeps_the_most_trusted_view():
     cfg = MemoryConfig(cap=64)
-    m = SceneMemory(cfg, (4, 8, 8), PoseTracker(cfg, B, A))
+    m = SceneMemory(cfg, (8, 8, 3), PoseTracker(cfg, B, A))
     rng = np.random.default_rng(0)
     size = m.nbytes
     for t in range(5000):
         m.pose.x, m.pose.y, m.pose.yaw = rng.uniform(-2000, 2000, 2).tolist() + [float(rng.uniform(0, 360))]
-        m.store(torch.randn(4, 8, 8), t, float(rng.uniform(0.1, 1.0)))
+        m.store(_frame(rng), t, float(rng.uniform(0.1, 1.0)))
     assert len(m) == 64 and m.nbytes == size and len(set(m.keys.values())) == 64
     assert (m.conf > 0.5).mean() > 0.8           # eviction drops the least trusted first
-    m2 = SceneMemory(cfg, (4, 8, 8), PoseTracker(cfg, B, A))
-    real, gen = torch.ones(4, 8, 8), torch.zeros(4, 8, 8)
-    m2.store(real, 0, 1.0)
-    m2.store(gen, 50, 0.3)                       # a blurrier view of the same place does not replace it
-    assert torch.equal(m2.z[m2.keys[m2._key()]].float(), real)
+    m2 = SceneMemory(cfg, (8, 8, 3), PoseTracker(cfg, B, A))
+    m2.store(_frame(rng, 200), 0, 1.0)
+    m2.store(_frame(rng, 10), 50, 0.3)           # a blurrier view of the same place does not replace it
+    assert (m2.frames[m2.keys[m2._key()]] == 200).all()
 
 
 def test_recall_only_on_return_and_only_beyond_the_kv_window():
     cfg = MemoryConfig()
-    m = SceneMemory(cfg, (4, 8, 8), PoseTracker(cfg, B, A))
-    z0 = torch.randn(4, 8, 8)
-    m.store(z0, 0, 1.0)
+    m = SceneMemory(cfg, (8, 8, 3), PoseTracker(cfg, B, A))
+    f0 = _frame(np.random.default_rng(1))
+    m.store(f0, 0, 1.0)
     assert m.recall(10, min_age=8) is None       # too recent: the KV cache still has it
-    z, w, conf = m.recall(100, min_age=8)
-    assert w == pytest.approx(1.0) and conf == 1.0 and torch.allclose(z, z0, atol=0.02, rtol=0.01)  # stored in bf16
-    m.pose.x = 100.0
+    hit = m.recall(100, min_age=8)
+    assert hit.weight == pytest.approx(1.0) and hit.conf == 1.0 and np.array_equal(hit.frame.numpy(), f0)
+    m.pose.yaw = 10.0                            # turned a little: the view comes back re-aimed
+    hit = m.recall(100, min_age=8)
+    assert 0 < hit.weight < 1 and not np.array_equal(hit.frame.numpy(), f0)
+    m.pose.x, m.pose.yaw = 100.0, 0.0
     assert m.recall(100, min_age=8) is None      # somewhere else
     m.pose.x, m.pose.yaw = 0.0, 90.0
     assert m.recall(100, min_age=8) is None      # same place, looking elsewhere
+    z = torch.ones(4, 2, 2)
+    assert m.settle(z, None, None) is z and m.conf_now == pytest.approx(cfg.decay)
+    out = m.settle(z, torch.zeros(4, 2, 2), Hit(torch.zeros(8, 8, 3, dtype=torch.uint8), 0.25, 1.0))
+    assert torch.allclose(out, torch.full((4, 2, 2), 0.75)) and m.hits == 1
 
 
 @pytest.fixture(scope="module")

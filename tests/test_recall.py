@@ -22,7 +22,7 @@ def test_recall_finds_the_view_left_beyond_the_window_and_its_heading_difference
     assert (r.index[:9] == -1).all()  # nothing old enough yet
     assert r.index[36] == 0 and r.weight[36] == pytest.approx(1.0)  # back at 0° after a full turn: tick 0
     assert r.index[35] == 0 and r.dyaw[35] == pytest.approx(10.0)   # 350°: tick 0 is 10° to the left
-    assert r.weight[35] == pytest.approx(1 - (10 / 20) ** 2)
+    assert r.weight[35] == pytest.approx(1 - (10 / MemoryConfig().yaw_tol) ** 2)
     assert (r.index[-5:] == -1).all()
     assert (r.index[r.index >= 0] <= np.flatnonzero(r.index >= 0) - 9).all()
     # two episodes never recall each other's views

@@ -14,10 +14,12 @@ preallocated) however long a session runs.
 
 On every tick the session asks the memory whether the viewer is back at a remembered place
 (within ``pos_tol`` units and ``yaw_tol`` degrees, and older than the KV window). If so, the
-remembered latent, slid sideways by the small heading difference (the same yaw warp as the
-dynamics' turn prior), is blended into the generated latent with a weight that grows as the
-match gets closer; the blended latent is what is shown and what enters the context, so the
-world continues from the remembered place. A dynamics network trained with a memory input
+remembered view, re-aimed by the small heading difference (:func:`yaw_warp`: a turn in place
+is an exact image warp, screen-fixed pixels such as the weapon kept), is encoded and blended
+into the generated latent with a weight that grows as the match gets closer; the blended
+latent is what is shown and what enters the context, so the world continues from the
+remembered place. The store keeps views as pixels (what was shown, or the real frame),
+because re-aiming a latent grid blurs it (measured in :mod:`worldsim.model.view_warp`). A dynamics network trained with a memory input
 (``DynamicsConfig.memory_input``, trained on the same retrieval over recorded poses) also
 receives the remembered latent and its weight while it generates the tick, and ``blend`` sets
 how much of the match weight is still blended in afterwards (1 = all, 0 = leave it to the
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from worldsim.model.dynamics import shift_latent
+from worldsim.model.view_warp import runs_to_mask, yaw_warp
 
 
 @dataclass
@@ -43,7 +45,7 @@ class MemoryConfig:
     cell: float = 64.0               # map units per grid cell of the store
     yaw_bin: float = 15.0            # degrees per heading bin of the store
     pos_tol: float = 32.0            # a return: this close (map units) ...
-    yaw_tol: float = 20.0            # ... and facing this close (degrees) ...
+    yaw_tol: float = 30.0            # ... and facing this close (degrees; the view is re-aimed) ...
     min_age: int = 24                # ... to a view at least this many ticks old (3× the KV window)
     strength: float = 1.0            # weight of a perfect match
     blend: float = 1.0               # fraction of the weight blended into the generated latent
@@ -61,7 +63,11 @@ class MemoryConfig:
     yaw_key_slow: float = 1.7578125  # ... and during its first ``slow_tics`` tics (320)
     slow_tics: int = 6
     yaw_mouse: float = 1.0           # degrees per unit of mouse_dx
-    px_per_degree: float = 0.6       # image pixels per degree of yaw at 64×64 (as the turn prior)
+    # re-aiming a remembered view: the camera's horizontal field of view, and the screen-fixed
+    # pixels that do not turn with the world (runs [y, x0, x1] at the world's resolution;
+    # estimated from the training recordings by view_warp.estimate_overlay)
+    fov: float = 90.0
+    overlay: tuple = ()
 
 
 @dataclass
@@ -106,16 +112,26 @@ def _wrap(deg: np.ndarray | float) -> np.ndarray | float:
 
 
 @dataclass
+class Hit:
+    """A remembered view for the current pose: ``frame`` (H, W, 3) uint8, already re-aimed to the
+    current heading; ``weight`` of the match (0..``strength``); ``conf`` the view's trust."""
+
+    frame: torch.Tensor
+    weight: float
+    conf: float
+
+
+@dataclass
 class SceneMemory:
-    """One stream's memory. ``observe`` → ``recall`` → ``store``, once per tick."""
+    """One stream's memory. Per tick: ``observe`` → ``recall`` → (encode the hit) → ``settle``
+    → (decode) → ``remember``."""
 
     cfg: MemoryConfig
-    latent_shape: tuple[int, ...]
+    frame_shape: tuple[int, int, int]        # (H, W, 3)
     pose: PoseTracker
-    device: str = "cpu"
     conf_now: float = 1.0            # trust in the stream's current frame
     hits: int = 0                    # ticks on which a memory was blended in
-    z: torch.Tensor = field(init=False)
+    frames: np.ndarray = field(init=False)  # (cap, H, W, 3) uint8
     where: np.ndarray = field(init=False)   # (cap, 3) x, y, yaw of each entry
     tick: np.ndarray = field(init=False)    # (cap,)
     conf: np.ndarray = field(init=False)    # (cap,) -1 = free slot
@@ -123,21 +139,22 @@ class SceneMemory:
     slot_key: list = field(init=False)      # slot → its key
 
     def __post_init__(self) -> None:
-        # bf16: half the bytes; the rounding is far below what generated latents' blur loses anyway
-        self.z = torch.zeros((self.cfg.cap, *self.latent_shape), device=self.device,
-                             dtype=torch.bfloat16)  # (cap, C, h, w)
+        # written through now, so the process's memory is all there from the start (flat RSS)
+        self.frames = np.full((self.cfg.cap, *self.frame_shape), 0, np.uint8)
         self.where = np.zeros((self.cfg.cap, 3))
         self.tick = np.zeros(self.cfg.cap, np.int64)
         self.conf = np.full(self.cfg.cap, -1.0)
         self.keys = {}
         self.slot_key = [None] * self.cfg.cap
+        H, W = self.frame_shape[:2]
+        self.keep = torch.from_numpy(runs_to_mask(self.cfg.overlay, H, W)) if self.cfg.overlay else None
 
     def __len__(self) -> int:
         return len(self.keys)
 
     @property
     def nbytes(self) -> int:
-        return self.z.numel() * self.z.element_size() + self.where.nbytes + self.tick.nbytes + self.conf.nbytes
+        return self.frames.nbytes + self.where.nbytes + self.tick.nbytes + self.conf.nbytes
 
     def observe(self, buttons: np.ndarray, axes: np.ndarray) -> None:
         self.pose.update(buttons, axes)
@@ -147,27 +164,27 @@ class SceneMemory:
         return (int(math.floor(p.x / c.cell)), int(math.floor(p.y / c.cell)),
                 int(((p.yaw + c.yaw_bin / 2) % 360.0) // c.yaw_bin))
 
-    def recall(self, tick: int, min_age: int) -> tuple[torch.Tensor, float, float] | None:
-        """The remembered latent for the current pose, aligned to the current heading: (z, weight,
-        its confidence), or None when the viewer is nowhere it remembers (outside the KV window)."""
+    def recall(self, tick: int, min_age: int) -> Hit | None:
+        """The remembered view for the current pose, re-aimed to the current heading, or None
+        when the viewer is nowhere it remembers (outside the KV window)."""
         c, p = self.cfg, self.pose
         ok = (self.conf >= 0) & (tick - self.tick >= max(min_age, c.min_age))
         if not ok.any():
             return None
         d = np.hypot(self.where[:, 0] - p.x, self.where[:, 1] - p.y)
-        dyaw = _wrap(self.where[:, 2] - p.yaw)
+        dyaw = _wrap(self.where[:, 2] - p.yaw)  # remembered − current heading: > 0 = we now face further right
         # flat near a perfect match, falling to 0 at the tolerances
         score = self.conf * np.clip(1 - (d / c.pos_tol) ** 2, 0, None) * np.clip(1 - (dyaw / c.yaw_tol) ** 2, 0, None)
         score = np.where(ok, score, 0.0)
         i = int(np.argmax(score))
         if score[i] <= 0:
             return None
-        # remembered heading − current heading = how far right we now face: the scene slides left
-        cells = float(dyaw[i]) * c.px_per_degree * self.latent_shape[-1] / 64.0
-        z = shift_latent(self.z[i:i + 1].float(), torch.tensor([cells], device=self.z.device))[0]
-        return z, float(c.strength * score[i]), float(self.conf[i])
+        frame = torch.from_numpy(self.frames[i:i + 1])  # (1, H, W, 3)
+        frame = yaw_warp(frame, torch.tensor([-float(dyaw[i])]), c.fov, self.keep)[0]
+        return Hit(frame, float(c.strength * score[i]), float(self.conf[i]))
 
-    def store(self, z: torch.Tensor, tick: int, conf: float) -> None:
+    def store(self, frame: np.ndarray | torch.Tensor, tick: int, conf: float) -> None:
+        """Remember ``frame`` (H, W, 3) uint8 as the view from the current pose."""
         key = self._key()
         i = self.keys.get(key)
         if i is not None and self.conf[i] > conf:
@@ -181,31 +198,30 @@ class SceneMemory:
                 del self.keys[self.slot_key[i]]
             self.keys[key] = i
             self.slot_key[i] = key
-        self.z[i] = z.to(self.z.dtype)
+        self.frames[i] = frame.cpu().numpy() if isinstance(frame, torch.Tensor) else frame
         self.where[i] = (self.pose.x, self.pose.y, self.pose.yaw)
         self.tick[i], self.conf[i] = tick, conf
 
-    def settle(self, z: torch.Tensor, tick: int, hit: tuple[torch.Tensor, float, float] | None) -> torch.Tensor:
-        """One generated tick, given this tick's :meth:`recall`: blend the remembered view in
-        (``cfg.blend`` of its weight), then remember the result."""
-        if hit is None:
+    def settle(self, z: torch.Tensor, zm: torch.Tensor | None, hit: Hit | None) -> torch.Tensor:
+        """One generated latent ``z``, given this tick's :meth:`recall` and the hit's latent ``zm``:
+        blend the remembered view in (``cfg.blend`` of its weight) and update the trust in what
+        the stream now shows."""
+        if hit is None or zm is None:
             self.conf_now *= self.cfg.decay
-        else:
-            zm, w, cm = hit
-            b = self.cfg.blend * w
-            if b > 0:
-                z = (1 - b) * z + b * zm.to(z.dtype)
-            self.conf_now = max(self.conf_now * self.cfg.decay, w * cm)
-            self.hits += 1
-        self.store(z, tick, self.conf_now)
+            return z
+        b = self.cfg.blend * hit.weight
+        if b > 0:
+            z = (1 - b) * z + b * zm.to(z.dtype)
+        self.conf_now = max(self.conf_now * self.cfg.decay, hit.weight * hit.conf)
+        self.hits += 1
         return z
 
-    def blend(self, z: torch.Tensor, tick: int, min_age: int) -> torch.Tensor:
-        """One generated tick: bring back a remembered view if we are at one, then remember this one."""
-        return self.settle(z, tick, self.recall(tick, min_age))
+    def remember(self, frame: np.ndarray | torch.Tensor, tick: int) -> None:
+        """Store what the stream showed this tick, with the stream's current trust."""
+        self.store(frame, tick, self.conf_now)
 
     def copy(self) -> "SceneMemory":
         m = copy.copy(self)
-        m.z, m.where, m.tick, m.conf = self.z.clone(), self.where.copy(), self.tick.copy(), self.conf.copy()
+        m.frames, m.where, m.tick, m.conf = self.frames.copy(), self.where.copy(), self.tick.copy(), self.conf.copy()
         m.keys, m.slot_key, m.pose = dict(self.keys), list(self.slot_key), copy.copy(self.pose)
         return m

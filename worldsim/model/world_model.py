@@ -30,6 +30,7 @@ from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, tur
 from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
 from worldsim.model.kv_cache import KVCache, KVCacheSnapshot
 from worldsim.model.memory import MemoryConfig, PoseTracker, SceneMemory
+from worldsim.model.view_warp import runs_to_mask
 from worldsim.model.sampler import FlowSampler, FlowSamplerConfig
 
 DEFAULT_WORLD_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_world"
@@ -137,8 +138,11 @@ class WorldModel:
         self._names = (list(self.schema.buttons), list(self.schema.axes))
         self.autocast = torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
         mem = dict(world.get("memory") or {})
-        mem.setdefault("px_per_degree", dynamics.cfg.px_per_degree * 64.0 / dynamics.cfg.frame_size)
         self.memory_cfg = config_from_dict(MemoryConfig, mem, "world.json memory")
+        try:  # a bad overlay fails at load, not when the first session opens
+            runs_to_mask(self.memory_cfg.overlay, *self.resolution)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"world.json memory.overlay: {e}") from None
 
     def set_memory(self, on: bool) -> None:
         """Long-term scene memory for streams opened from now on (the eval's on/off switch)."""
@@ -185,7 +189,7 @@ class WorldModel:
             g.manual_seed(int(s))
             gens.append(g)
         shape = (fc.latent_channels, fc.latent_size, fc.latent_size)
-        mems = [SceneMemory(self.memory_cfg, shape, PoseTracker(self.memory_cfg, *self._names), self.device)
+        mems = [SceneMemory(self.memory_cfg, (*self.resolution, 3), PoseTracker(self.memory_cfg, *self._names))
                 if self.memory_cfg.enabled else None for _ in seeds]
         return StreamState(self.dynamics.new_cache(B, device=self.device), torch.zeros(B, *shape, device=self.device),
                            torch.full((B,), -1, dtype=torch.long, device=self.device), gens, memories=mems)
@@ -256,7 +260,7 @@ class WorldModel:
                 for j in range(c):
                     if j > 0:
                         mem.observe(buttons[b, j - 1], axes[b, j - 1])
-                    mem.store(z[b, j], int(state.time[b]) - (c - 1 - j), 1.0)
+                    mem.store(frames[b, j], int(state.time[b]) - (c - 1 - j), 1.0)
 
     @torch.no_grad()
     def step_batch(self, state: StreamState, buttons: np.ndarray, axes: np.ndarray, steps: int | None = None
@@ -280,11 +284,17 @@ class WorldModel:
             if m is not None:
                 m.observe(buttons[b], axes[b])
                 hits[b] = m.recall(int(t_next[b]), self.context_steps + 1)
+        zms: list = [None] * B  # the remembered views as latents: one encode for every row that has one
+        rows = [b for b, h in enumerate(hits) if h is not None]
+        if rows:
+            with self.autocast:
+                zr = self.frame_codec.encode(torch.stack([hits[b].frame for b in rows]).to(self.device)).float()
+            for k, b in enumerate(rows):
+                zms[b] = zr[k]
         mem_tok = None
         if dyn.memory_in is not None:  # a network trained to take the remembered view as input
-            w = torch.tensor([[0.0 if h is None else h[1]] for h in hits], device=self.device)  # (B, 1)
-            zm = torch.stack([torch.zeros_like(state.prev[0]) if h is None else h[0].to(state.prev.dtype)
-                              for h in hits])[:, None]  # (B, 1, C, h, w)
+            w = torch.tensor([[0.0 if h is None else h.weight] for h in hits], device=self.device)  # (B, 1)
+            zm = torch.stack([torch.zeros_like(state.prev[0]) if x is None else x for x in zms])[:, None]  # (B, 1, C, h, w)
             mem_tok = dyn.memory_tokens(zm, w)  # (B, 1, P, Dt+1)
 
         # every condition of this tick (the pending commit + each sampling step) at once
@@ -323,7 +333,7 @@ class WorldModel:
         za = out[1][:, 0] if len(out) > 1 else None  # (B, Da)
         for b, m in enumerate(state.memories):  # back at a remembered place: bring it back
             if m is not None:
-                z[b] = m.settle(z[b], int(t_next[b]), hits[b])
+                z[b] = m.settle(z[b], zms[b], hits[b])
         lvl = self.sampler.cfg.context_level
         zc, zac = z, za
         if lvl > 0:  # commit the generated tick at the same noise level it is labelled with
@@ -334,6 +344,9 @@ class WorldModel:
             audio = None
             if self.audio_codec is not None and za is not None:
                 audio = self.audio_codec.decode(za.view(B, self.audio_codec.cfg.latent_channels, -1)).cpu().numpy()
+        for b, m in enumerate(state.memories):  # what was shown is what a return will bring back
+            if m is not None:
+                m.remember(frames[b], int(t_next[b]))
         return frames, audio
 
     # ---- the evaluation contract --------------------------------------------------------

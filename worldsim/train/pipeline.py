@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -102,7 +102,27 @@ def load_run_config(path: str | os.PathLike) -> RunConfig:
     return cfg
 
 
+def memory_section(episodes: Sequence[Any], kept: dict | None = None) -> dict[str, Any]:
+    """world.json's ``memory``: what the run had (``kept``), with the screen-fixed pixels (the
+    weapon) that re-aimed memories keep in place, estimated from recordings with poses."""
+    from worldsim.model.view_warp import estimate_overlay, mask_to_runs
+    mem = dict(kept or {})
+    mask = estimate_overlay(episodes, float(mem.get("fov", 90.0)))
+    if mask is not None:
+        mem["overlay"] = mask_to_runs(mask)
+    return mem
+
+
 def write_world_json(out: Path, cfg: RunConfig, store_info: dict, extra: dict | None = None) -> None:
+    """Write the run's world.json; a ``memory`` section already there is kept unless ``extra`` has one."""
+    extra = dict(extra or {})
+    if "memory" not in extra and (out / "world.json").exists():
+        try:
+            old = json.loads((out / "world.json").read_text()).get("memory")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            old = None
+        if old:
+            extra["memory"] = old
     world = {"format": "worldsim-world", "version": 1, "name": cfg.name, "wad": store_info.get("wad"),
              "maps": store_info.get("maps"), "tick_rate": store_info.get("tick_rate"),
              "resolution": store_info.get("resolution"), "audio": store_info.get("audio") if cfg.audio else None,
@@ -194,7 +214,8 @@ def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None
                                                 max_steps=max_steps, progress=progress, device=device, on_eval=on_eval,
                                                 max_seconds=max_seconds)
             if rank == 0:
-                write_world_json(out, cfg, store.info, {"training": {"wall_s_this_run": round(time.time() - t0, 1)}})
+                write_world_json(out, cfg, store.info, {"training": {"wall_s_this_run": round(time.time() - t0, 1)},
+                                                        "memory": memory_section(episodes)})
                 from worldsim.runtime.starts import write_starts
                 write_starts(episodes, out, dcfg.context - 1)
     return report
@@ -294,7 +315,11 @@ def export_world(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: torc
     from worldsim.runtime.starts import STARTS_FILE, write_starts
     if starts_data is not None:
         from worldsim.data.episode import open_episodes
-        write_starts(open_episodes(starts_data), tmp, model.context_steps, n=n_starts)
+        eps = open_episodes(starts_data)
+        write_starts(eps, tmp, model.context_steps, n=n_starts)
+        world = json.loads((tmp / "world.json").read_text())
+        world["memory"] = memory_section(eps, world.get("memory"))
+        (tmp / "world.json").write_text(json.dumps(world, indent=1))
     elif (run_dir / STARTS_FILE).exists():
         shutil.copy(run_dir / STARTS_FILE, tmp / STARTS_FILE)
     if out.exists():
