@@ -31,6 +31,7 @@ def test_tiny_trains_evaluates_and_resumes(toy, tmp_path, capsys):
         assert (run / f).exists(), f
     world = json.loads((run / "world.json").read_text())
     assert world["wad"] == "freedoom2" and world["maps"] == ["MAP01"] and world["resolution"] == [64, 64]
+    assert isinstance(world["memory"], dict)  # the scene memory's settings (overlay: none to find in 2 toy episodes)
     fl = _log(run, "frame_codec")
     assert fl[-1]["loss"] < fl[0]["loss"]
     dl = _log(run, "dynamics")
@@ -64,6 +65,8 @@ def test_tiny_trains_evaluates_and_resumes(toy, tmp_path, capsys):
     assert main(["export", str(run), "--out", str(out)]) == 0
     from worldsim.model.world_model import WorldModel
     assert WorldModel.load(out).context_steps == model.context_steps
+    assert main(["export", str(run), "--out", str(out), "--starts", str(toy)]) == 0
+    assert "memory" in json.loads((out / "world.json").read_text())
 
     # a lighter sub-pixel decoder trained against the frozen encoder: latents (and dynamics) stay valid
     from safetensors.torch import load_file
