@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+import mmap
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,6 +112,15 @@ def _wrap(deg: np.ndarray | float) -> np.ndarray | float:
     return (np.asarray(deg) + 180.0) % 360.0 - 180.0
 
 
+def _resident(shape: tuple[int, ...], like: np.ndarray | None = None) -> np.ndarray:
+    """A uint8 array in its own anonymous mapping, written through now (zeros, or ``like``):
+    resident from the start, so a session's RSS stays flat as the store fills, and handed back
+    to the OS when the session goes (from the heap it would stay with the process)."""
+    a = np.frombuffer(mmap.mmap(-1, int(np.prod(shape))), np.uint8).reshape(shape)
+    a[...] = 0 if like is None else like
+    return a
+
+
 @dataclass
 class Hit:
     """A remembered view for the current pose: ``frame`` (H, W, 3) uint8, already re-aimed to the
@@ -139,8 +149,7 @@ class SceneMemory:
     slot_key: list = field(init=False)      # slot → its key
 
     def __post_init__(self) -> None:
-        # written through now, so the process's memory is all there from the start (flat RSS)
-        self.frames = np.full((self.cfg.cap, *self.frame_shape), 0, np.uint8)
+        self.frames = _resident((self.cfg.cap, *self.frame_shape))
         self.where = np.zeros((self.cfg.cap, 3))
         self.tick = np.zeros(self.cfg.cap, np.int64)
         self.conf = np.full(self.cfg.cap, -1.0)
@@ -222,6 +231,7 @@ class SceneMemory:
 
     def copy(self) -> "SceneMemory":
         m = copy.copy(self)
-        m.frames, m.where, m.tick, m.conf = self.frames.copy(), self.where.copy(), self.tick.copy(), self.conf.copy()
+        m.frames = _resident(self.frames.shape, self.frames)
+        m.where, m.tick, m.conf = self.where.copy(), self.tick.copy(), self.conf.copy()
         m.keys, m.slot_key, m.pose = dict(self.keys), list(self.slot_key), copy.copy(self.pose)
         return m

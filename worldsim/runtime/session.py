@@ -211,6 +211,8 @@ class Session:
     @property
     def state(self) -> StreamState:
         """This session's streaming state (see the module docstring for the contract)."""
+        if self.closed:
+            raise SessionClosed(f"session {self.id} is closed")
         if self._grouped:
             self.world.ungroup()
         return self._state
@@ -240,4 +242,5 @@ class Session:
         if self._grouped:
             self.world.ungroup()
         self.closed = True
+        self._state = None  # type: ignore[assignment]  # its KV cache and scene memory go with it
         self.world.sessions.pop(self.id, None)
