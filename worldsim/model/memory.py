@@ -1,15 +1,15 @@
 """Long-term scene memory: what leaves the rolling KV window is kept, and brought back on return.
 
 The KV cache holds the last ``context`` ticks; anything older is forgotten by the network.
-:class:`SceneMemory` keeps a bounded store of frame latents beside it, each tagged with the
+:class:`SceneMemory` keeps a bounded store of the frames shown beside it, each tagged with the
 tick and with where the viewer was: a pose (x, y, yaw) *estimated from the actions alone*
 by :class:`PoseTracker` (DOOM's movement is a momentum model: we integrate
 DOOM's own player physics, checked against recorded ViZDoom poses; a mouse turn of d degrees
 is exactly d degrees). The store is a map
-``(grid cell, heading bin) → latent``: a place seen again replaces its entry only with a view
+``(grid cell, heading bin) → frame``: a place seen again replaces its entry only with a view
 at least as trustworthy (real frames have confidence 1; generated ones lose a little
 confidence every tick since the last real or remembered view), and when the store is full
-the least trusted entry is evicted — so the memory is bounded (``cap`` latents,
+the least trusted entry is evicted — so the memory is bounded (``cap`` frames,
 preallocated) however long a session runs.
 
 On every tick the session asks the memory whether the viewer is back at a remembered place
