@@ -108,6 +108,12 @@ class PoseTracker:
             self.vx, self.vy = self.vx * c.friction, self.vy * c.friction
 
 
+def match_score(dist: np.ndarray, dyaw: np.ndarray, cfg: MemoryConfig) -> np.ndarray:
+    """How well a remembered view matches the viewer (the runtime's recall and the training
+    targets share it): flat near a perfect match, falling to 0 at ``pos_tol`` / ``yaw_tol``."""
+    return np.clip(1 - (dist / cfg.pos_tol) ** 2, 0, None) * np.clip(1 - (dyaw / cfg.yaw_tol) ** 2, 0, None)
+
+
 def _wrap(deg: np.ndarray | float) -> np.ndarray | float:
     return (np.asarray(deg) + 180.0) % 360.0 - 180.0
 
@@ -182,8 +188,7 @@ class SceneMemory:
             return None
         d = np.hypot(self.where[:, 0] - p.x, self.where[:, 1] - p.y)
         dyaw = _wrap(self.where[:, 2] - p.yaw)  # remembered − current heading: > 0 = we now face further right
-        # flat near a perfect match, falling to 0 at the tolerances
-        score = self.conf * np.clip(1 - (d / c.pos_tol) ** 2, 0, None) * np.clip(1 - (dyaw / c.yaw_tol) ** 2, 0, None)
+        score = self.conf * match_score(d, dyaw, c)
         score = np.where(ok, score, 0.0)
         i = int(np.argmax(score))
         if score[i] <= 0:

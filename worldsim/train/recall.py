@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worldsim.model.memory import MemoryConfig
+from worldsim.model.memory import MemoryConfig, match_score
 
 
 @dataclass
@@ -47,7 +47,7 @@ def recall_targets(pose: np.ndarray, bounds: np.ndarray, cfg: MemoryConfig, min_
             rows = np.arange(s, min(n, s + 512))
             d = np.hypot(p[None, :, 0] - p[rows, None, 0], p[None, :, 1] - p[rows, None, 1])  # (R, n)
             dy = (p[None, :, 3] - p[rows, None, 3] + 180.0) % 360.0 - 180.0
-            score = np.clip(1 - (d / cfg.pos_tol) ** 2, 0, None) * np.clip(1 - (dy / cfg.yaw_tol) ** 2, 0, None)
+            score = match_score(d, dy, cfg)
             score[np.arange(n)[None, :] > rows[:, None] - min_age] = 0.0  # only views old enough
             best = score.argmax(1)
             ok = score[np.arange(len(rows)), best] > 0
