@@ -32,6 +32,7 @@ from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, shi
 from worldsim.model.memory import MemoryConfig
 from worldsim.model.sampler import FlowSampler, FlowSamplerConfig
 from worldsim.train.latents import LatentStore
+from worldsim.train.distill import couple, load_teacher, student_times, teacher_sample
 from worldsim.train.recall import RecallTargets, recall_targets
 from worldsim.train.loop import Prefetcher, ProgressLog, autocast, resume_state, save_train_state
 
@@ -64,6 +65,24 @@ class DynamicsTrainConfig:
     # ["memory_in.weight"] teaches a trained world to use memories while leaving every tick
     # without one bit-identical (the layer's bias stays at zero)
     train_only: tuple[str, ...] = ()
+    # few-step distillation (worldsim.train.distill): targets sampled by a frozen teacher world with
+    # ``distill_steps`` Euler steps from the training noise, so that the runtime's few steps land
+    # where the teacher's many do (sharper frames); 0 = off
+    distill_steps: int = 0
+    distill_teacher: str = ""      # a world or run directory holding the teacher's dynamics
+    distill_frac: float = 1.0      # windows with teacher targets (the rest keep the real tick)
+    distill_student_steps: int = 2  # the sampler steps the student is distilled for
+    distill_at_steps: float = 0.5  # targets placed exactly at that sampler's flow times
+
+    def validate(self) -> None:
+        """Clear errors for values no run could use (checked when a config file is read)."""
+        for k in ("rollout_frac", "memory_windows", "memory_drop", "distill_frac", "distill_at_steps", "tau_zero_prob"):
+            if not 0.0 <= getattr(self, k) <= 1.0:
+                raise ValueError(f"dynamics_train.{k} must be in [0, 1], got {getattr(self, k)}")
+        if self.distill_steps < 0 or self.distill_student_steps < 1:
+            raise ValueError("dynamics_train.distill_steps must be >= 0 and distill_student_steps >= 1")
+        if self.distill_steps and not self.distill_teacher:
+            raise ValueError("dynamics_train.distill_steps > 0 needs distill_teacher (a world or run directory)")
 
 
 def fit_turn_weights(episodes: Sequence[Episode]) -> tuple[float, ...]:
@@ -182,7 +201,8 @@ def pack_inputs(model: Dynamics, batch: dict[str, torch.Tensor], tcfg: DynamicsT
             zm = torch.cat([torch.zeros_like(z), m], dim=1)  # (B, 2T-1, C, h, w)
         memory = model.memory_tokens(zm, w)  # (B, 2T-1, P, Dt+1)
     return {"inputs": (frame, audio, prior, level, action, times, noisy, memory), "v_frame": v_frame,
-            "v_audio": v_audio, "T": T}
+            "v_audio": v_audio, "T": T, "t": t, "eps_frame": model.to_tokens(eps),
+            "eps_audio": None if a is None else eps_a}
 
 
 @torch.no_grad()
@@ -230,12 +250,24 @@ def self_rollout(model: Dynamics, batch: dict[str, torch.Tensor], tcfg: Dynamics
 
 
 def dynamics_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tcfg: DynamicsTrainConfig,
-                  names: tuple[list, list], device: str) -> tuple[torch.Tensor, dict[str, float]]:
+                  names: tuple[list, list], device: str, teacher: Dynamics | None = None
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
     core = model.module if hasattr(model, "module") else model
     if tcfg.rollout_frac > 0:
         batch = {**batch, "context": self_rollout(core, batch, tcfg, names, device)}
     p = pack_inputs(core, batch, tcfg, names)
     T = p["T"]
+    if teacher is not None and tcfg.distill_steps > 0:
+        pick = torch.rand(p["t"].shape[0], device=p["t"].device) < tcfg.distill_frac
+        if pick.any():
+            xs, xa = teacher_sample(teacher, p, tcfg.distill_steps, device, pick)
+            x0 = p["eps_frame"].clone()  # rows not picked keep their real targets (couple leaves them)
+            x0[pick] = xs
+            x0a = None
+            if xa is not None:
+                x0a = p["eps_audio"].clone()
+                x0a[pick] = xa
+            couple(p, x0, x0a, pick, student_times(p["t"], tcfg.distill_student_steps, tcfg.distill_at_steps))
     with autocast(device):
         pf, pa = model(*p["inputs"])
     lf = F.mse_loss(pf[:, T:].float(), p["v_frame"])
@@ -285,6 +317,10 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
         recall = recall_targets(store.pose, store.bounds, MemoryConfig(), tcfg.memory_min_age or cfg.context + 1)
         if rank == 0 and progress:
             print(f"memory input: {recall.hit_fraction:.0%} of ticks have a view to recall")
+    teacher = None
+    if tcfg.distill_steps > 0:
+        tcfg.validate()
+        teacher = load_teacher(tcfg.distill_teacher, cfg, device)
     sampler = WindowSampler(store, cfg.context, seed * 1000 + rank + 7919 * step, recall, tcfg.memory_windows)
     fetch = Prefetcher(lambda: sampler.batch(tcfg.batch))
     log = ProgressLog("dynamics", step, total, out / "dynamics.log.jsonl" if rank == 0 else None,
@@ -302,7 +338,7 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
         for g in opt.param_groups:
             g["lr"] = float(lr)
         batch = {k: v.to(device) for k, v in fetch.next().items()}
-        loss, stats = dynamics_loss(net, batch, tcfg, names, device)
+        loss, stats = dynamics_loss(net, batch, tcfg, names, device, teacher)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

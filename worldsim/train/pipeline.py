@@ -97,6 +97,7 @@ def load_run_config(path: str | os.PathLike) -> RunConfig:
     cfg = RunConfig(**kw)
     try:
         cfg.audio_codec.validate()
+        cfg.dynamics_train.validate()
     except ValueError as e:
         raise TrainConfigError(f"{p}: {e}") from None
     return cfg
