@@ -99,10 +99,14 @@ def test_tiny_trains_evaluates_and_resumes(toy, tmp_path, capsys):
     mem.write_text(cfg.read_text().replace("dynamics_train: {steps: 30, batch: 4",
                                            "dynamics_train: {steps: 60, schedule_start: 40, rollout_frac: 0.5, rollout_ticks: 1, batch: 4")
                    .replace("dynamics: {", "dynamics: {memory_input: true, ", 1))
+    d = json.loads((run / "dynamics.json").read_text())
+    d["meta"]["history"] = [{"steps": "0-40", "note": "how these weights came to be"}]
+    (run / "dynamics.json").write_text(json.dumps(d))
     assert main(["train", "--config", str(mem), "--latents", str(run / "latents"), "--out", str(run), "--resume",
                  "--quiet", "--stage", "dynamics", "--max-steps", "3"]) == 0
     d = json.loads((run / "dynamics.json").read_text())
     assert d["config"]["memory_input"] is True and d["meta"]["train_steps"] == 43
+    assert d["meta"]["history"] == [{"steps": "0-40", "note": "how these weights came to be"}]  # kept on resume
     w = load_file(str(run / "dynamics.safetensors"))
     assert w["memory_in.weight"].abs().sum() > 0  # trained away from zero
     assert main(["train", "--config", str(mem), "--latents", str(run / "latents"), "--out", str(run), "--resume",

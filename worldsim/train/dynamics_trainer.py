@@ -300,10 +300,12 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
     opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.98))
     step = resume_state(out, "dynamics", model, opt) if resume else 0
     # predictions seen so far: a resumed run may have used another batch size or world size
-    seen0, step0 = 0, step
+    seen0, step0, history = 0, step, None
     if step and (out / "dynamics.json").exists():
         from worldsim.model.checkpoint import read_component_json
-        seen0 = int(read_component_json(out, "dynamics").get("meta", {}).get("predictions_seen", 0))
+        prev_meta = read_component_json(out, "dynamics").get("meta", {})
+        seen0 = int(prev_meta.get("predictions_seen", 0))
+        history = prev_meta.get("history")  # how the weights came to be: a resumed run keeps it
     net: torch.nn.Module = model
     if ddp:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if device == "cpu" else [torch.device(device).index])
@@ -326,6 +328,8 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
     log = ProgressLog("dynamics", step, total, out / "dynamics.log.jsonl" if rank == 0 else None,
                       enabled=progress and rank == 0, every=tcfg.log_every)
     meta_base = {"data": {k: store.info.get(k) for k in ("wad", "maps", "tick_rate", "resolution", "audio", "schema")}}
+    if history is not None:
+        meta_base["history"] = history
     net.train()
     t_start = time.time()
     s0 = min(tcfg.schedule_start, max(tcfg.steps - 1, 0))
