@@ -154,3 +154,27 @@ def test_importing_the_harness_is_light():
     code = "import sys, worldsim.eval, worldsim.eval.harness; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.split() == ["False", "False"]
+
+
+def test_a_probe_that_cannot_learn_is_reported_unavailable_not_read_at_chance():
+    """Frames of pure noise say nothing about the actions: the probe stays at chance on its
+    held-out blocks from every seed it tries, and the harness is told why instead of scoring."""
+    from types import SimpleNamespace
+
+    from worldsim.eval import probe as P
+
+    r = np.random.default_rng(3)
+    n = 400
+    buttons = np.zeros((n, len(VIZDOOM_SCHEMA.buttons)), np.uint8)
+    for i, k in enumerate(r.integers(0, 3, n)):  # forward / turn_left / none, varied
+        if k < 2:
+            buttons[i, VIZDOOM_SCHEMA.buttons.index(("forward", "turn_left")[k])] = 1
+
+    class Ep(SimpleNamespace):
+        def __len__(self):
+            return n
+
+    ep = Ep(schema=VIZDOOM_SCHEMA, buttons=buttons, axes=np.zeros((n, len(VIZDOOM_SCHEMA.axes)), np.float32),
+            frames=r.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8))
+    with pytest.raises(ProbeUnavailable, match=f"after {P.PROBE_ATTEMPTS} seeds"):
+        P.train_probe([ep], ProbeConfig(max_pairs=300, epochs=1, width=4))

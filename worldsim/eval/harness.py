@@ -128,7 +128,7 @@ def _run_eval(model, data_dir, horizons, episodes, seed, json_out, plots_dir, dr
             bl.ShiftModel(e0.schema, e0.resolution, data_audio, bl.calibrate_shift(eps, seed=seed))
 
     # where to evaluate (before the probe trains, so impossible settings fail fast)
-    pcfg = probe_config or ProbeConfig(seed=seed)
+    pcfg = probe_config or ProbeConfig()  # the probe is the instrument: not re-drawn with the eval's seed
     context = max(m.context_steps for m in models.values())
     plan = make_plan(eps, context, horizons, tf_points, free_starts, seed, pcfg)
     # the action probe
@@ -318,7 +318,7 @@ def main_eval(args: argparse.Namespace) -> int:
         result = run_eval(model, data, horizons=horizons, episodes=episodes, seed=seed, json_out=g("json"),
                           plots_dir=g("plots"), drift_steps=drift_steps, cache_dir=g("cache_dir"),
                           progress=not g("no_progress", False), tf_points=tf_points, free_starts=free_starts,
-                          model_spec=spec, probe_config=ProbeConfig(seed=seed, max_pairs=probe_pairs),
+                          model_spec=spec, probe_config=ProbeConfig(max_pairs=probe_pairs),
                           loop_data=loop_data)
     except (EvalConfigError, EpisodeFormatError) as e:  # data that cannot serve these arguments
         return _fail(str(e))

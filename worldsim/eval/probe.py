@@ -218,8 +218,31 @@ def _gather(episodes, pairs, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return prev, nxt, cls, sign
 
 
+PROBE_ATTEMPTS = 3
+LEARNED_MARGIN = 0.1  # held-out balanced accuracy must beat chance by this much to count as trained
+
+
 def train_probe(episodes: Sequence[Any], cfg: ProbeConfig, progress: bool = False) -> ActionProbe:
-    """Train on the non-held-out blocks; ``info`` holds held-out-block accuracy and timing."""
+    """Train on the non-held-out blocks; ``info`` holds held-out-block accuracy and timing.
+
+    This small net at this learning rate sometimes fails to train from a given seed (measured on
+    held-out MAP01: seeds 0/2/3 reach 0.56-0.57 balanced accuracy, seed 1 stays at chance,
+    0.23). An instrument that silently reads chance would report any world as ignoring its
+    controls, so a probe still near chance on the held-out blocks is retrained from the next
+    seed, up to ``PROBE_ATTEMPTS`` times (``info["attempts"]``); then it is reported unavailable."""
+    import dataclasses
+
+    for k in range(PROBE_ATTEMPTS):
+        probe = _train_once(episodes, dataclasses.replace(cfg, seed=cfg.seed + k), progress)
+        vc = probe.info.get("val_class") or {}
+        if vc.get("balanced_acc") is None or vc["balanced_acc"] >= vc["chance"] + LEARNED_MARGIN:
+            probe.info["attempts"] = k + 1
+            return probe
+    raise ProbeUnavailable(f"the action probe did not learn from these episodes (held-out balanced accuracy "
+                           f"{vc['balanced_acc']:.2f}, chance {vc['chance']:.2f}, after {PROBE_ATTEMPTS} seeds)")
+
+
+def _train_once(episodes: Sequence[Any], cfg: ProbeConfig, progress: bool = False) -> ActionProbe:
     import torch
     import torch.nn.functional as F
     from tqdm import tqdm
