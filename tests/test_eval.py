@@ -220,6 +220,7 @@ def _cli(argv):
     (["--checkpoint", "baseline:nope"], "unknown baseline"),
     (["--horizons", "1,400"], "long enough"),
     (["--loop-data", "/nonexistent/loops"], "worldsim record vizdoom --loops"),
+    (["--sampling-steps", "0"], "--sampling-steps"),
 ])
 def test_bad_cli_args(world, capsys, argv, message):
     opts = {"--data": str(world["scroll"]), "--checkpoint": "baseline:copy-last", "--cache-dir": str(world["cache"])}
@@ -227,6 +228,16 @@ def test_bad_cli_args(world, capsys, argv, message):
     assert _cli([x for kv in opts.items() for x in kv] + ["--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("worldsim eval: error:") and message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_sampling_steps_override_a_worlds_sampler_only(world):
+    from worldsim.model.world_model import WorldModel
+
+    shipped = WorldModel.load("default").sampler.cfg
+    m = load_model("default", world["scroll"], sampling_steps=shipped.steps + 2)
+    assert m.sampler.cfg.steps == shipped.steps + 2 and m.sampler.cfg.shift == shipped.shift
+    assert load_model("default", world["scroll"]).sampler.cfg.steps == shipped.steps
+    assert load_model("baseline:copy-last", world["scroll"], sampling_steps=3) is not None  # baselines ignore it
 
 
 def test_cli_end_to_end_writes_json(world, tmp_path):

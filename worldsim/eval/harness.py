@@ -200,6 +200,7 @@ def _run_eval(model, data_dir, horizons, episodes, seed, json_out, plots_dir, dr
         "seed": seed,
         "model": model_spec or getattr(model, "spec", None) or model_name(model),
         "context_steps": context,
+        "sampling_steps": getattr(getattr(getattr(model, "sampler", None), "cfg", None), "steps", None),
         "tf_points": len(plan.tf_points),
         "free_starts": len(plan.free_starts),
         "drift_steps": drift_steps,
@@ -237,6 +238,9 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plots", default=None, help="write PNG plots and summary.md into this directory")
     parser.add_argument("--seed", default="0", help="seed for start points and model sampling (default 0)")
     parser.add_argument("--drift-steps", default="1000", help="length of the drift rollout (default 1000; 0 skips)")
+    parser.add_argument("--sampling-steps", default=None,
+                        help="sample a world with this many Euler steps per tick instead of its world.json's "
+                             "(the sharpness/speed trade-off; baselines ignore it)")
     parser.add_argument("--tf-points", default=str(DEFAULT_TF_POINTS),
                         help=f"teacher-forced evaluation points (default {DEFAULT_TF_POINTS})")
     parser.add_argument("--free-starts", default=str(DEFAULT_FREE_STARTS),
@@ -294,6 +298,7 @@ def main_eval(args: argparse.Namespace) -> int:
         tf_points = _int_arg(g("tf_points", DEFAULT_TF_POINTS), "--tf-points", 1)
         free_starts = _int_arg(g("free_starts", DEFAULT_FREE_STARTS), "--free-starts", 1)
         probe_pairs = _int_arg(g("probe_pairs", 4000), "--probe-pairs", 16)
+        steps = None if g("sampling_steps") in (None, "") else _int_arg(g("sampling_steps"), "--sampling-steps", 1)
         data = Path(g("data") or (default_data_dir() / "heldout"))
         if not data.exists():
             raise _ArgError(f"--data {data}: no such directory (record one with `worldsim record vizdoom`)")
@@ -311,7 +316,7 @@ def main_eval(args: argparse.Namespace) -> int:
                                 "`worldsim record vizdoom --loops`)")
             list_episodes(loop_data)
         spec = str(g("checkpoint") or "default")
-        model = load_model(spec, data, episodes=episodes, seed=seed)
+        model = load_model(spec, data, episodes=episodes, seed=seed, sampling_steps=steps)
     except (_ArgError, ModelUnavailable, EpisodeFormatError) as e:
         return _fail(str(e))
     try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -388,9 +388,12 @@ def default_world_info() -> dict[str, Any] | None:
             "training": w.get("training")}
 
 
-def _eval_loader(spec: str, **_: Any) -> WorldModel:
+def _eval_loader(spec: str, sampling_steps: int | None = None, **_: Any) -> WorldModel:
     try:
-        return WorldModel.load(spec)
+        model = WorldModel.load(spec)
+        if sampling_steps is not None:  # `worldsim eval --sampling-steps`: the world's sampler, another step count
+            model.sampler = FlowSampler(replace(model.sampler.cfg, steps=sampling_steps))
+        return model
     except CheckpointError as e:
         from worldsim.eval.registry import ModelUnavailable
         raise ModelUnavailable(str(e)) from None
