@@ -38,7 +38,7 @@ def test_couple_puts_picked_targets_on_the_teacher_line_and_leaves_the_rest():
     x0a = torch.randn_like(p["eps_audio"])
     pick = torch.tensor([True, False, True, False])
     t = torch.full(p["t"].shape, 0.25)
-    couple(p, x0, x0a, pick, t)
+    couple(p, x0[pick], x0a[pick], pick, t)
     frame, audio, _, level, *_ = p["inputs"]
     eps = p["eps_frame"]
     assert torch.allclose(frame[pick, T:], 0.75 * x0[pick] + 0.25 * eps[pick])

@@ -87,25 +87,25 @@ def teacher_sample(teacher: Dynamics, p: dict[str, Any], steps: int, device: str
 
 def couple(p: dict[str, Any], x0: torch.Tensor, x0_audio: torch.Tensor | None, pick: torch.Tensor,
            t_new: torch.Tensor) -> None:
-    """Rewrite the noisy blocks and velocity targets of the windows ``pick`` (B,) bool in place:
-    target = teacher sample ``x0`` instead of the real tick, at flow times ``t_new`` (B, T-1)."""
+    """Rewrite, in place, the noisy blocks and velocity targets of the windows ``pick`` (B,) bool:
+    their targets become the teacher's samples ``x0`` (b, T-1, P, Dt) / ``x0_audio`` (b, T-1, Da)
+    of those windows (as :func:`teacher_sample` returns them) instead of the real ticks, at flow
+    times ``t_new`` (B, T-1). The other windows and every context block are left as they are."""
     frame, audio, prior, level, action, times, noisy, memory = p["inputs"]
     T = p["T"]
-    eps = p["eps_frame"]
-    tf = t_new[..., None, None]
-    zt = (1 - tf) * x0 + tf * eps  # (B, T-1, P, Dt)
-    m = pick[:, None, None, None]
-    frame = frame.clone()
-    frame[:, T:] = torch.where(m, zt, frame[:, T:])
-    p["v_frame"] = torch.where(m, eps - x0, p["v_frame"])
-    level = level.clone()
-    level[:, T:] = torch.where(pick[:, None], t_new, level[:, T:])
+    t = t_new[pick]  # (b, T-1)
+    eps = p["eps_frame"][pick]
+    frame, level, v_frame = frame.clone(), level.clone(), p["v_frame"].clone()
+    frame[pick, T:] = (1 - t[..., None, None]) * x0 + t[..., None, None] * eps
+    v_frame[pick] = eps - x0
+    level[pick, T:] = t
     if x0_audio is not None and audio is not None:
-        ea = p["eps_audio"]
-        ta = t_new[..., None]
-        audio = audio.clone()
-        audio[:, T:] = torch.where(pick[:, None, None], (1 - ta) * x0_audio + ta * ea, audio[:, T:])
-        p["v_audio"] = torch.where(pick[:, None, None], ea - x0_audio, p["v_audio"])
+        ea = p["eps_audio"][pick]
+        audio, v_audio = audio.clone(), p["v_audio"].clone()
+        audio[pick, T:] = (1 - t[..., None]) * x0_audio + t[..., None] * ea
+        v_audio[pick] = ea - x0_audio
+        p["v_audio"] = v_audio
+    p["v_frame"] = v_frame
     p["inputs"] = (frame, audio, prior, level, action, times, noisy, memory)
 
 

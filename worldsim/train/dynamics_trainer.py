@@ -261,13 +261,7 @@ def dynamics_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tcfg: 
         pick = torch.rand(p["t"].shape[0], device=p["t"].device) < tcfg.distill_frac
         if pick.any():
             xs, xa = teacher_sample(teacher, p, tcfg.distill_steps, device, pick)
-            x0 = p["eps_frame"].clone()  # rows not picked keep their real targets (couple leaves them)
-            x0[pick] = xs
-            x0a = None
-            if xa is not None:
-                x0a = p["eps_audio"].clone()
-                x0a[pick] = xa
-            couple(p, x0, x0a, pick, student_times(p["t"], tcfg.distill_student_steps, tcfg.distill_at_steps))
+            couple(p, xs, xa, pick, student_times(p["t"], tcfg.distill_student_steps, tcfg.distill_at_steps))
     with autocast(device):
         pf, pa = model(*p["inputs"])
     lf = F.mse_loss(pf[:, T:].float(), p["v_frame"])
