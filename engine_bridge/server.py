@@ -449,9 +449,9 @@ class BridgeServer:
                 c.detached = True
                 self._event("detached", token=token, sessions=len(c.sessions))
             if c.detached and idle_ms > self.cfg.heartbeat_timeout_ms + self.cfg.resume_ttl_ms:
+                self.clients.pop(token, None)  # client before its sessions: no observer sees them gone while it lingers
                 for sid in list(c.sessions):
                     self._free(self.sessions[sid])
-                self.clients.pop(token, None)
                 if self.by_identity.get(c.identity) == token:
                     self.by_identity.pop(c.identity, None)
                 self._event("freed", token=token)
