@@ -58,21 +58,32 @@ def test_student_times_sit_on_the_sampler_steps():
     assert torch.equal(ts, t)
 
 
-def test_teacher_sample_is_the_teachers_euler_integration():
-    teacher = _tiny(3)
-    p = pack_inputs(teacher, _batch(), DynamicsTrainConfig(), NAMES)
+def _one_step_packed(teacher, p, amp):
+    """x0 = eps - v(eps, t=1) from the teacher's packed (full-window) forward."""
     T = p["T"]
-    x, xa = teacher_sample(teacher, p, 1, "cpu")  # one Euler step: x0 = eps - v(eps, t=1)
     frame, audio, prior, level, action, times, noisy, memory = p["inputs"]
     lv = torch.cat([level[:, :T], torch.ones_like(level[:, T:])], 1)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         vf, va = teacher(torch.cat([frame[:, :T], p["eps_frame"]], 1), torch.cat([audio[:, :T], p["eps_audio"]], 1),
                          prior, lv, action, times, noisy, memory)
-    assert torch.allclose(x, p["eps_frame"] - vf[:, T:].float(), atol=1e-5)
-    assert torch.allclose(xa, p["eps_audio"] - va[:, T:].float(), atol=1e-5)
+    return p["eps_frame"] - vf[:, T:].float(), p["eps_audio"] - va[:, T:].float()
+
+
+def test_teacher_sample_is_the_teachers_euler_integration():
+    # the cached sampler (context committed once, noisy blocks streamed) answers as the packed forward
+    teacher = _tiny(3).eval()
+    p = pack_inputs(teacher, _batch(), DynamicsTrainConfig(), NAMES)
+    x, xa = teacher_sample(teacher, p, 1, "cpu", amp=False)  # one Euler step: x0 = eps - v(eps, t=1)
+    rf, ra = _one_step_packed(teacher, p, amp=False)
+    assert torch.allclose(x, rf, atol=1e-5) and torch.allclose(xa, ra, atol=1e-5)
+    xb, xab = teacher_sample(teacher, p, 1, "cpu")  # bf16, as in training
+    rf, ra = _one_step_packed(teacher, p, amp=True)
+    assert torch.allclose(xb, rf, atol=1e-5) and torch.allclose(xab, ra, atol=1e-5)
     rows = torch.tensor([False, True, True, False])
-    xr, _ = teacher_sample(teacher, p, 1, "cpu", rows)
-    assert torch.allclose(xr, x[rows], atol=1e-2)  # same windows, same answer (bf16 batch-size noise only)
+    xr, _ = teacher_sample(teacher, p, 1, "cpu", rows, amp=False)
+    assert torch.allclose(xr, x[rows], atol=1e-5)  # same windows, same answer
+    x4, _ = teacher_sample(teacher, p, 4, "cpu", amp=False)  # more steps: a different (integrated) answer
+    assert (x4 - x).abs().max() > 1e-3
 
 
 def test_distilling_pulls_one_step_samples_onto_the_teachers_many_step_samples():
