@@ -25,7 +25,7 @@ import zmq
 from engine_bridge import protocol as P
 from worldsim import __version__
 from worldsim.actions import Action, ActionError
-from worldsim.runtime.clock import StepGovernor
+from worldsim.runtime.clock import StepGovernor, freeze_heap
 from worldsim.runtime.session import Session, Snapshot, World
 
 log = logging.getLogger("worldsim.bridge")
@@ -129,6 +129,7 @@ class BridgeServer:
             self._ready.set()
             ctx.destroy(linger=0)
             return
+        freeze_heap()  # the world is loaded: a full collection later would stall a tick (see freeze_heap)
         self._ready.set()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)

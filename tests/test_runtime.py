@@ -1,5 +1,6 @@
 """Runtime: sessions, batching, snapshot/fork, clocks; Gymnasium and PettingZoo envs."""
 
+import gc
 import time
 
 import gymnasium as gym
@@ -123,7 +124,9 @@ def test_lockstep_and_realtime_drivers(world):
     got = []
     d = RealtimeDriver(world, rate=50.0, on_chunk=lambda sess, c: got.append(c.tick))
     d.add(s, {"keys": ["forward"]})
+    gc.unfreeze()
     d.start()
+    assert gc.get_freeze_count() > 0  # the loaded world left the collector's view (see clock.freeze_heap)
     time.sleep(0.3)
     d.set_action(s, {"keys": ["turn_left"]})
     time.sleep(0.3)

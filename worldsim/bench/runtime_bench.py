@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from worldsim.runtime.clock import freeze_heap
+
 
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
@@ -142,10 +144,11 @@ def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10
     res["ttff_ms_warm"] = float(np.median(warm))
     say(f"ttff warm {res['ttff_ms_warm']:.1f} ms")
 
-    # single session, lockstep, as fast as it goes
+    # single session, lockstep, as fast as it goes; the heap frozen as the real-time loops do
     s = world.open(seed=0)
     for a in acts[:10]:
         s.step(a)
+    freeze_heap()
     tick_ms = []
     t_all = time.perf_counter()
     for a in acts[:ticks]:

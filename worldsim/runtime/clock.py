@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections import deque
@@ -24,6 +25,16 @@ from typing import Any, Callable
 import numpy as np
 
 from worldsim.runtime.session import ActionLike, Chunk, Session, World
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (the loaded world, torch, the modules) out of the cyclic
+    collector's view, before a real-time loop starts. Measured with the default world loaded
+    (170 k tracked objects): a full collection took 78 ms — longer than a 57 ms tick — and one
+    came every few hundred ticks over the bridge; after ``gc.freeze()`` it scans only what the
+    loop itself allocated (< 1 ms). Safe to call again: later calls add the newer survivors."""
+    gc.collect()
+    gc.freeze()
 
 
 class StepGovernor:
@@ -161,6 +172,7 @@ class RealtimeDriver:
         if self._thread is not None and self._thread.is_alive():
             return self
         self._stop.clear()
+        freeze_heap()
         self._thread = threading.Thread(target=self._run, name="worldsim-clock", daemon=True)
         self._thread.start()
         return self
