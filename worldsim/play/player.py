@@ -12,7 +12,6 @@ The controls are listed in :mod:`worldsim.play.controls`.
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from dataclasses import dataclass, field
@@ -174,8 +173,6 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
         saved, paused, hud, running = None, False, cfg.hud, True
         period = 1.0 / source.tick_rate
 
-        gc.collect()  # loaded: keep full collections from stalling a tick (as runtime.clock.freeze_heap;
-        gc.freeze()   # not imported here: a --connect player runs without torch)
         # the first frame: a no-op tick, so there is a picture before the first input
         t0 = time.perf_counter()
         cur = source.step({})

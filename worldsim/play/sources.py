@@ -65,7 +65,7 @@ class LocalSource:
                  device: str | None = None, sampling_steps: int | None = None, memory: bool | None = None):
         from worldsim.runtime import World
 
-        from worldsim.runtime.clock import StepGovernor
+        from worldsim.runtime.clock import StepGovernor, freeze_heap
 
         self.world = World.load(world, device=device, sampling_steps=sampling_steps, memory=memory)
         # paced play keeps the tick rate by shedding sampling steps (as the bridge server does);
@@ -77,6 +77,7 @@ class LocalSource:
         self.session = self.world.open(seed=seed, start=_start(start, self.resolution))
         self.tick_rate, self.audio_spec = float(self.world.tick_rate), self.world.audio_spec
         self.where = f"in process ({self.world.model.device})"
+        freeze_heap()  # the loaded world out of the collector's view before play ticks (see freeze_heap)
 
     def set_paced(self, paced: bool) -> None:
         """Unpaced (scripted, as fast as possible) runs keep the full steps: reproducible frames."""
