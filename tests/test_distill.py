@@ -69,14 +69,15 @@ def _one_step_packed(teacher, p, amp):
     return p["eps_frame"] - vf[:, T:].float(), p["eps_audio"] - va[:, T:].float()
 
 
-def test_teacher_sample_is_the_teachers_euler_integration():
+def test_teacher_sample_is_the_teachers_euler_integration(monkeypatch):
     # the cached sampler (context committed once, noisy blocks streamed) answers as the packed forward
     teacher = _tiny(3).eval()
     p = pack_inputs(teacher, _batch(), DynamicsTrainConfig(), NAMES)
     x, xa = teacher_sample(teacher, p, 1, "cpu", amp=False)  # one Euler step: x0 = eps - v(eps, t=1)
     rf, ra = _one_step_packed(teacher, p, amp=False)
     assert torch.allclose(x, rf, atol=1e-5) and torch.allclose(xa, ra, atol=1e-5)
-    xb, xab = teacher_sample(teacher, p, 1, "cpu")  # bf16, as in training
+    monkeypatch.setenv("WORLDSIM_PRECISION", "bf16")  # training's autocast where bf16 is native
+    xb, xab = teacher_sample(teacher, p, 1, "cpu")
     rf, ra = _one_step_packed(teacher, p, amp=True)
     assert torch.allclose(xb, rf, atol=1e-5) and torch.allclose(xab, ra, atol=1e-5)
     rows = torch.tensor([False, True, True, False])

@@ -178,3 +178,30 @@ def test_a_probe_that_cannot_learn_is_reported_unavailable_not_read_at_chance():
             frames=r.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8))
     with pytest.raises(ProbeUnavailable, match=f"after {P.PROBE_ATTEMPTS} seeds"):
         P.train_probe([ep], ProbeConfig(max_pairs=300, epochs=1, width=4))
+
+
+def test_a_probe_cut_short_by_its_time_limit_is_not_reused_from_the_cache(tmp_path, monkeypatch):
+    """A probe stopped by ``max_train_seconds`` is another instrument: it is cached with its flag
+    but trained again (in full, given time) by the next eval rather than read back."""
+    from types import SimpleNamespace
+
+    from worldsim.eval import probe as P
+
+    n = 60
+    ep = SimpleNamespace(schema=VIZDOOM_SCHEMA, buttons=np.zeros((n, len(VIZDOOM_SCHEMA.buttons)), np.uint8),
+                         axes=np.zeros((n, len(VIZDOOM_SCHEMA.axes)), np.float32), steps=n, path=tmp_path,
+                         meta={"checksums": {"frames": "f", "buttons": "b", "axes": "a"}})
+    cfg = ProbeConfig(width=4)
+    trained = []
+
+    def fake_train(episodes, c, progress=False):
+        trained.append(c)
+        return P.ActionProbe(P._make_net(c.width), c, {"stopped_early": len(trained) == 1})
+
+    monkeypatch.setattr(P, "train_probe", fake_train)
+    first = P.load_or_train_probe([ep], cfg, tmp_path / "cache")
+    assert first.info["stopped_early"] and not first.info["cached"] and len(trained) == 1
+    second = P.load_or_train_probe([ep], cfg, tmp_path / "cache")  # the cut-short one is not read back
+    assert len(trained) == 2 and not second.info["cached"] and not second.info["stopped_early"]
+    third = P.load_or_train_probe([ep], cfg, tmp_path / "cache")  # a full one is
+    assert len(trained) == 2 and third.info["cached"]

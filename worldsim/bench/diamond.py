@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.flop_counter import FlopCounterMode
 
+from worldsim.precision import compute_dtype
+
 GROUP_SIZE = 32   # channels per GroupNorm group (DIAMOND's choice)
 HEAD_DIM = 8      # channels per attention head (DIAMOND's choice)
 SIGMA_DATA = 0.5  # EDM: std of the data, frames are scaled to [-1, 1]
@@ -198,13 +200,16 @@ class DiamondBaseline:
     """DIAMOND as a streaming world model: ``reset`` with 4 frames, then ``step`` one action at a time.
 
     Keeps the last ``context_frames`` frames of every batch row (scaled to [-1, 1], channel-stacked)
-    and rolls the generated frame into them. Runs in bf16, channels_last, under ``torch.no_grad()``.
+    and rolls the generated frame into them. Runs in ``dtype`` (default: bf16 only where native,
+    :func:`worldsim.precision.compute_dtype`; the bench passes the world's), channels_last, under
+    ``torch.no_grad()``.
     """
 
     def __init__(self, cfg: DiamondConfig | None = None, device: str | torch.device = "cpu", seed: int = 0,
-                 dtype: torch.dtype = torch.bfloat16):
+                 dtype: torch.dtype | None = None):
         self.cfg = cfg = cfg or DiamondConfig()
-        self.device, self.dtype = torch.device(device), dtype
+        self.device = torch.device(device)
+        self.dtype = dtype = compute_dtype(self.device.type) if dtype is None else dtype
         with torch.random.fork_rng(devices=[]):  # seeded weights without touching the global RNG
             torch.manual_seed(seed)
             net = DiamondUNet(cfg)

@@ -7,7 +7,9 @@ first chunk, world loaded), ``ttff_ms_cold`` (new Python process → first chunk
 ``batch_fps`` (frames/s over all sessions at batch 1/4/16), ``rss_mb_start``/``rss_mb_end``
 (resident memory around a long single-session run), ``baseline_fps`` and
 ``ratio_vs_baseline`` (a DIAMOND-Atari-configured pixel diffusion model, random weights,
-batch 1), ``matmul_gflops`` (a bf16 matmul measured here, now) and ``dynamics_gflops``
+batch 1, in the world's precision), ``precision`` (bf16 where the machine runs it natively,
+else fp32: :mod:`worldsim.precision`), ``matmul_gflops`` (a matmul in that precision, measured
+here, now) and ``dynamics_gflops``
 (FLOPs of one dynamics tick ÷ its measured time) with their ratio ``dynamics_fraction``,
 ``memory_overhead`` (tick time with long-term memory on ÷ off − 1, interleaved blocks of a
 turn in place, so that nearly every tick recalls a view — each recall costs an encode — with
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from worldsim.precision import precision_name
 from worldsim.runtime.clock import freeze_heap
 
 
@@ -46,9 +49,9 @@ def _actions(world, n: int, seed: int = 0) -> list:
     return [{"keys": keys[int(rng.integers(len(keys)))], "mouse": [float(rng.normal(0, 2)), 0.0]} for _ in range(n)]
 
 
-def matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
-    a = torch.randn(n, n, dtype=torch.bfloat16)
-    b = torch.randn(n, n, dtype=torch.bfloat16)
+def matmul_gflops(n: int = 1024, seconds: float = 1.0, dtype: torch.dtype = torch.bfloat16) -> float:
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
     a @ b
     reps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -132,6 +135,8 @@ def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10
     world = World.load(world_spec)
     res["load_ms"] = (time.perf_counter() - t0) * 1e3
     res["sampling_steps"] = world.model.sampler.cfg.steps
+    res["precision"] = precision_name(world.model.dtype)
+    say(f"precision {res['precision']} (bf16 only where native: worldsim.precision)")
     acts = _actions(world, max(ticks, batch_ticks))
 
     # warm TTFF: open → first chunk (after one throwaway to warm allocators/kernels)
@@ -198,8 +203,8 @@ def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10
         say(f"memory on vs off: {100 * res['memory_overhead']:+.1f} % tick time "
             f"(a remembered view recalled on {100 * res['memory_hit_fraction']:.0f} % of the ticks)")
 
-    # dynamics GFLOP/s vs a bf16 matmul measured now
-    res["matmul_gflops"] = matmul_gflops()
+    # dynamics GFLOP/s vs a matmul in the same precision measured now
+    res["matmul_gflops"] = matmul_gflops(dtype=world.model.dtype)
     flops = dynamics_flops(world)
     sec = time_dynamics(world)
     res["dynamics_gflop_per_tick"] = flops / 1e9
@@ -212,7 +217,8 @@ def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10
     if baseline:
         from worldsim.bench.diamond import DiamondBaseline, DiamondConfig
 
-        bl = DiamondBaseline(DiamondConfig(n_actions=world.schema.num_buttons + world.schema.num_axes))
+        bl = DiamondBaseline(DiamondConfig(n_actions=world.schema.num_buttons + world.schema.num_axes),
+                             dtype=world.model.dtype)  # side by side in the same precision
         H, W = world.resolution
         bl.reset(torch.zeros(1, 4, H, W, 3, dtype=torch.uint8))
         act = torch.zeros(1, world.schema.num_buttons + world.schema.num_axes)
@@ -265,7 +271,45 @@ def check_targets(res: dict[str, Any]) -> dict[str, bool]:
     return out
 
 
+def compare_precisions(world_spec: str = "default", ticks: int = 60, block: int = 5,
+                       progress: bool = True) -> dict[str, Any]:
+    """fp32 and bf16 side by side in one process: the same world loaded in each precision, one
+    session each, stepped in interleaved blocks of ``block`` ticks (so both see the same machine
+    load), plus a 1024² matmul in each dtype. ``bf16_over_fp32`` > 1 means bf16 is faster here;
+    ``auto`` is what :mod:`worldsim.precision` picks on this machine."""
+    from worldsim.precision import compute_dtype
+    from worldsim.runtime import World
+
+    torch.set_num_threads(1)
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    worlds = {p: World.load(world_spec, precision=p) for p in ("fp32", "bf16")}
+    acts = _actions(worlds["fp32"], ticks + 5)
+    sess = {p: w.open(seed=0) for p, w in worlds.items()}
+    for p, s in sess.items():
+        for a in acts[:3]:
+            s.step(a)
+    freeze_heap()
+    spent = {p: 0.0 for p in sess}
+    for lo in range(0, ticks, block):
+        for p, s in sess.items():
+            t = time.perf_counter()
+            for a in acts[lo:min(ticks, lo + block)]:
+                s.step(a)
+            spent[p] += time.perf_counter() - t
+    res: dict[str, Any] = {"ticks": ticks, "auto": precision_name(compute_dtype("cpu", "auto"))}
+    for p in sess:
+        res[p] = {"fps": ticks / spent[p], "tick_ms": spent[p] / ticks * 1e3,
+                  "matmul_gflops": matmul_gflops(dtype=worlds[p].model.dtype)}
+        say(f"{p}: {res[p]['fps']:.1f} fps ({res[p]['tick_ms']:.1f} ms/tick), matmul {res[p]['matmul_gflops']:.0f} GFLOP/s")
+    res["bf16_over_fp32"] = res["bf16"]["fps"] / res["fp32"]["fps"]
+    say(f"bf16 / fp32 speed: {res['bf16_over_fp32']:.2f}x; auto picks {res['auto']} on this machine")
+    return res
+
+
 def main_bench(args) -> int:
+    if args.compare_precision:
+        return _emit({"precision_compare": compare_precisions(args.world, ticks=args.ticks, progress=not args.quiet)},
+                     args.json)
     res = run_bench(args.world, ticks=args.ticks, rss_ticks=args.rss_ticks, baseline=not args.no_baseline,
                     cold=not args.no_cold, progress=not args.quiet)
     res["targets_met"] = check_targets(res)
@@ -274,10 +318,14 @@ def main_bench(args) -> int:
 
         res["bridge"] = run_bridge_bench(args.world, ticks=args.ticks, seconds=args.bridge_seconds,
                                          progress=not args.quiet)
+    return _emit(res, args.json)
+
+
+def _emit(res: dict[str, Any], path: str | None) -> int:
     text = json.dumps(res, indent=1)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
     print(text)
     return 0
 
@@ -292,4 +340,6 @@ def add_bench_args(p) -> None:
     p.add_argument("--bridge", action="store_true",
                    help="also measure the ZeroMQ bridge: per-tick overhead vs in process, realtime sessions held")
     p.add_argument("--bridge-seconds", type=float, default=8.0, help="seconds per realtime session count")
+    p.add_argument("--compare-precision", action="store_true",
+                   help="only measure fp32 vs bf16 side by side (--ticks each, interleaved) and which one auto picks")
     p.add_argument("--quiet", action="store_true")

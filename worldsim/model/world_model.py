@@ -32,6 +32,7 @@ from worldsim.model.kv_cache import KVCache, KVCacheSnapshot
 from worldsim.model.memory import MemoryConfig, PoseTracker, SceneMemory
 from worldsim.model.view_warp import runs_to_mask
 from worldsim.model.sampler import FlowSampler, FlowSamplerConfig
+from worldsim.precision import autocast, compute_dtype
 
 DEFAULT_WORLD_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_world"
 
@@ -117,11 +118,12 @@ class StreamState:
 
 class WorldModel:
     def __init__(self, frame_codec: FrameCodec, audio_codec: AudioCodec | None, dynamics: Dynamics,
-                 world: dict[str, Any], sampler: FlowSamplerConfig | None = None, device: str = "cpu"):
+                 world: dict[str, Any], sampler: FlowSamplerConfig | None = None, device: str = "cpu",
+                 precision: str | None = None):
         self.device = device
-        # bf16 weights: under autocast, fp32 weights would be re-cast on every call (no grad
-        # means no cast cache), which costs more than the small per-tick matmuls themselves
-        wd = torch.bfloat16
+        # weights in the compute dtype: under bf16 autocast, fp32 weights would be re-cast on every
+        # call (no grad means no cast cache), which costs more than the small per-tick matmuls
+        self.dtype = wd = compute_dtype(device, precision)
         self.frame_codec = frame_codec.to(device, wd).eval()
         self.audio_codec = audio_codec.to(device, wd).eval() if audio_codec is not None else None
         if self.audio_codec is not None:
@@ -136,7 +138,7 @@ class WorldModel:
         self.tick_rate = float(world.get("tick_rate", 17.5))
         self.name = str(world.get("name", "worldsim"))
         self._names = (list(self.schema.buttons), list(self.schema.axes))
-        self.autocast = torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+        self.autocast = autocast(device, wd)
         mem = dict(world.get("memory") or {})
         self.memory_cfg = config_from_dict(MemoryConfig, mem, "world.json memory")
         try:  # a bad overlay fails at load, not when the first session opens
@@ -151,7 +153,7 @@ class WorldModel:
     # ---- loading --------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike = "default", device: str | None = None,
-             sampler: FlowSamplerConfig | None = None) -> "WorldModel":
+             sampler: FlowSamplerConfig | None = None, precision: str | None = None) -> "WorldModel":
         root = DEFAULT_WORLD_DIR if str(path) == "default" else Path(path)
         if not root.is_dir():
             raise CheckpointError(f"{root}: no such checkpoint directory")
@@ -175,7 +177,7 @@ class WorldModel:
                                   f"the frame codec makes {fc.cfg.latent_channels}×{fc.cfg.latent_size}²")
         if len(world["schema"].get("buttons", [])) != dyn.cfg.n_buttons:
             raise CheckpointError(f"{root}: world.json's action schema does not match the dynamics model")
-        m = cls(fc.to(memory_format=torch.channels_last), ac, dyn, world, sampler, pick_device(device))
+        m = cls(fc.to(memory_format=torch.channels_last), ac, dyn, world, sampler, pick_device(device), precision)
         m.path = root
         return m
 
@@ -191,7 +193,7 @@ class WorldModel:
         shape = (fc.latent_channels, fc.latent_size, fc.latent_size)
         mems = [SceneMemory(self.memory_cfg, (*self.resolution, 3), PoseTracker(self.memory_cfg, *self._names))
                 if self.memory_cfg.enabled else None for _ in seeds]
-        return StreamState(self.dynamics.new_cache(B, device=self.device), torch.zeros(B, *shape, device=self.device),
+        return StreamState(self.dynamics.new_cache(B, device=self.device, dtype=self.dtype), torch.zeros(B, *shape, device=self.device),
                            torch.full((B,), -1, dtype=torch.long, device=self.device), gens, memories=mems)
 
     def _actions(self, buttons: np.ndarray, axes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

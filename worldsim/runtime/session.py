@@ -72,9 +72,11 @@ class World:
 
     @classmethod
     def load(cls, path: str = "default", device: str | None = None, sampling_steps: int | None = None,
-             memory: bool | None = None) -> "World":
-        """``memory``: long-term scene memory for its sessions (None: the world's setting, on by default)."""
-        model = WorldModel.load(path, device=device)
+             memory: bool | None = None, precision: str | None = None) -> "World":
+        """``memory``: long-term scene memory for its sessions (None: the world's setting, on by default).
+        ``precision``: "auto" (bf16 where native, else fp32), "bf16" or "fp32" (None: $WORLDSIM_PRECISION,
+        else auto; :mod:`worldsim.precision`)."""
+        model = WorldModel.load(path, device=device, precision=precision)
         if sampling_steps is not None:
             if sampling_steps < 1:
                 raise WorldsimError(f"sampling_steps must be ≥ 1, got {sampling_steps}")

@@ -70,7 +70,7 @@ def teacher_sample(teacher: Dynamics, p: dict[str, Any], steps: int, device: str
     run once and committed to a KV cache, and each Euler step streams only the T-1 noisy
     blocks against it — the packed forward's answer for those blocks (the same mask and tick
     distances); measured 2.5x faster than packed forwards (batch 16, 8 steps, one CPU thread).
-    ``amp=False`` runs in fp32 (tests)."""
+    ``amp=False`` runs in fp32 whatever the training precision (tests)."""
     frame, audio, prior, level, action, times, noisy, memory = p["inputs"]
     eps_f, eps_a = p["eps_frame"], p["eps_audio"]
     if rows is not None:  # times/noisy are per block, shared by every window

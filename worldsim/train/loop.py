@@ -1,4 +1,4 @@
-"""Pieces every training stage shares: bf16 autocast, a batch prefetcher, progress + JSONL
+"""Pieces every training stage shares: autocast (bf16 where native), a batch prefetcher, progress + JSONL
 logs, and optimizer state for ``--resume``."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Any, Callable
 import torch
 
 from worldsim.model.checkpoint import CheckpointError, load_component  # noqa: F401  (re-export)
+from worldsim.precision import autocast as precision_autocast
 
 
 def autocast(device: str):
-    """bf16 autocast: ~4x faster matmuls on avx512_bf16 CPUs, native on recent GPUs."""
-    dev = "cuda" if str(device).startswith("cuda") else "cpu"
-    return torch.autocast(dev, dtype=torch.bfloat16)
+    """bf16 autocast where this machine runs bf16 natively, else fp32 (:mod:`worldsim.precision`)."""
+    return precision_autocast(device)
 
 
 class Prefetcher:
