@@ -191,7 +191,8 @@ def test_bench_smoke(world, tmp_path):
     from worldsim.bench.runtime_bench import check_targets, run_bench
     path = str(world.model.path)
     r = run_bench(path, ticks=5, rss_ticks=10, batches=(1, 2), batch_ticks=3, progress=False)
-    for k in ("fps", "baseline_fps", "ratio_vs_baseline", "ttff_ms_warm", "ttff_ms_cold", "tick_ms_p50", "tick_ms_p99",
+    for k in ("fps", "baseline_fps", "ratio_vs_baseline", "ttff_ms_warm", "ttff_ms_reopen", "ttff_ms_cold",
+              "tick_ms_p50", "tick_ms_p99",
               "batch_fps", "rss_mb_start", "rss_mb_end", "matmul_gflops", "dynamics_gflops", "memory_overhead",
               "memory_views", "memory_cap", "memory_mb"):
         assert k in r, k
@@ -221,3 +222,25 @@ def test_shipped_default_world_loads_steps_and_is_described():
     out = subprocess.run([sys.executable, "-m", "worldsim.cli", "info", "--json"], capture_output=True, text=True, timeout=120)
     dw = json.loads(out.stdout)["default_world"]
     assert dw["wad"] == "freedoom2" and dw["maps"] == ["MAP01"] and dw["tick_rate"] == 17.5 and dw["resolution"] == [64, 64]
+
+
+def test_reopening_a_shipped_start_reuses_its_priming_and_changes_nothing():
+    """The network's half of priming a shipped start runs once per world; later sessions on that
+    start copy it, keep their own seed's noise and fill their own scene memory."""
+    w = World.load("default")
+    acts = [{"keys": ["forward"]}, {"keys": ["turn_left"], "mouse": [3.0, 0.0]}, {"keys": ["attack"]}]
+    n = len(w.starts)
+    assert n > 1 and not w._primed
+    first = _run(w.open(seed=3), acts)  # primes start 3 and keeps its state
+    assert set(w._primed) == {3}
+    again = w.open(seed=3)  # from the kept state, after the first session stepped on
+    assert again.tick == 0 and again._state.memories[0] is not None and again._state.memories[0].hits == 0
+    second = _run(again, acts)
+    for a, b in zip(first, second):
+        assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
+    other = _run(w.open(seed=3 + n), acts)  # same start, another seed: its own noise
+    assert set(w._primed) == {3}
+    assert any(not np.array_equal(a.frames, b.frames) for a, b in zip(first, other))
+    fresh = World.load("default")  # a world that never primed start 3 answers the same
+    for a, b in zip(_run(fresh.open(seed=3 + n), acts), other):
+        assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)

@@ -109,11 +109,12 @@ class StreamState:
         self.cache.restore(snap["cache"])
         self.prev.copy_(snap["prev"])
         self.time.copy_(snap["time"])
-        for g, s in zip(self.generators, snap["rng"]):
+        for g, s in zip(self.generators, snap.get("rng", ())):  # none: keep this state's own generators
             g.set_state(s)
         p = snap.get("pending")
         self.pending = None if p is None else p.map(torch.clone)
-        self.memories = [None if m is None else m.copy() for m in snap.get("memories", [])]
+        if "memories" in snap:  # a snapshot without them (a primed start) leaves this state's own
+            self.memories = [None if m is None else m.copy() for m in snap["memories"]]
 
 
 class WorldModel:
@@ -257,7 +258,13 @@ class WorldModel:
             state.time += m
         # the last context tick stays pending: the first step commits it
         self._commit(state, z[:, -1], None if za is None else za[:, -1], act[:, -1], prior[:, -1], 0.0)
-        for b, mem in enumerate(state.memories):  # real frames: remembered with full confidence
+        self.remember_context(state, frames, buttons, axes)
+
+    def remember_context(self, state: StreamState, frames: np.ndarray, buttons: np.ndarray, axes: np.ndarray) -> None:
+        """The scene-memory half of :meth:`prime` (no network): the context's real frames,
+        remembered with full confidence at the ticks ``prime`` gave them."""
+        c = frames.shape[1]
+        for b, mem in enumerate(state.memories):
             if mem is not None:
                 for j in range(c):
                     if j > 0:

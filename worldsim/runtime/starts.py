@@ -39,6 +39,10 @@ class StartContexts:
     def __len__(self) -> int:
         return 0 if self.arrays is None else int(self.arrays["frames"].shape[0])
 
+    def index(self, start: Any, seed: int) -> int | None:
+        """Which shipped start ``context(start, seed)`` returns, or None for any other context."""
+        return seed % len(self) if start is None and self.arrays is not None else None
+
     def context(self, start: Any, seed: int) -> dict[str, np.ndarray | None]:
         m = self.model
         H, W = m.resolution
@@ -47,7 +51,7 @@ class StartContexts:
             if self.arrays is None:
                 start = np.full((H, W, 3), 96, np.uint8)
             else:
-                k = seed % len(self)
+                k = self.index(start, seed)
                 a = self.arrays
                 return {"frames": a["frames"][k], "audio": a["audio"][k] if "audio" in a else None,
                         "buttons": a["buttons"][k], "axes": a["axes"][k]}
