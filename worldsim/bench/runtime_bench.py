@@ -301,7 +301,8 @@ def compare_precisions(world_spec: str = "default", ticks: int = 60, block: int 
             for a in acts[lo:min(ticks, lo + block)]:
                 s.step(a)
             spent[p] += time.perf_counter() - t
-    res: dict[str, Any] = {"ticks": ticks, "auto": precision_name(compute_dtype("cpu", "auto"))}
+    res: dict[str, Any] = {"ticks": ticks, "device": worlds["fp32"].model.device,
+                           "auto": precision_name(compute_dtype(worlds["fp32"].model.device, "auto"))}
     for p in sess:
         res[p] = {"fps": ticks / spent[p], "tick_ms": spent[p] / ticks * 1e3,
                   "matmul_gflops": matmul_gflops(dtype=worlds[p].model.dtype)}

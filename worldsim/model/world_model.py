@@ -194,7 +194,8 @@ class WorldModel:
         shape = (fc.latent_channels, fc.latent_size, fc.latent_size)
         mems = [SceneMemory(self.memory_cfg, (*self.resolution, 3), PoseTracker(self.memory_cfg, *self._names))
                 if self.memory_cfg.enabled else None for _ in seeds]
-        return StreamState(self.dynamics.new_cache(B, device=self.device, dtype=self.dtype), torch.zeros(B, *shape, device=self.device),
+        cache = self.dynamics.new_cache(B, device=self.device, dtype=self.dtype)  # slots in the compute dtype
+        return StreamState(cache, torch.zeros(B, *shape, device=self.device),
                            torch.full((B,), -1, dtype=torch.long, device=self.device), gens, memories=mems)
 
     def _actions(self, buttons: np.ndarray, axes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
