@@ -227,8 +227,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         srv.start()
     except zmq.ZMQError as e:
         raise CLIError(f"cannot bind {args.bind}: {e} (is another server using the port? try --bind tcp://127.0.0.1:0)") from None
-    prec = "bf16" if world.model.dtype == torch.bfloat16 else "fp32"
-    print(f"serving {world.name} on {srv.endpoint} in {prec} (Ctrl-C stops)", file=sys.stderr)
+    from worldsim.precision import precision_name
+
+    print(f"serving {world.name} on {srv.endpoint} in {precision_name(world.model.dtype)} (Ctrl-C stops)",
+          file=sys.stderr)
     try:
         while srv._thread.is_alive():
             srv._thread.join(0.5)
