@@ -263,3 +263,39 @@ def test_the_2d_audio_decoder_path_decodes_like_the_1d_one():
         y = ac.decode_raw(z.requires_grad_())
         y.sum().backward()
     assert ac.decoder[0].weight.grad is not None
+
+
+def test_packed_linears_compute_what_the_layers_do():
+    """CPU fp32 inference runs the dynamics' linears through oneDNN with packed weights (GELU
+    fused): the same outputs as the plain layers; a weight changed in place or replaced by
+    ``.to()`` is packed again; with autograd on, the plain layers run."""
+    from worldsim.model import packed_linear
+    if not packed_linear.AVAILABLE:
+        pytest.skip("this torch build has no oneDNN linear")
+    lin = torch.nn.Linear(32, 48)
+    x = torch.randn(2, 5, 32)  # (B, L, D): leading dims are flattened for oneDNN and restored
+    with torch.no_grad():
+        torch.testing.assert_close(packed_linear.apply(lin, x), lin(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(packed_linear.apply(lin, x, gelu=True), torch.nn.functional.gelu(lin(x)),
+                                   rtol=1e-5, atol=1e-5)
+        lin.weight.mul_(2)  # in place: the version changes
+        torch.testing.assert_close(packed_linear.apply(lin, x), lin(x), rtol=1e-5, atol=1e-5)
+        lin.load_state_dict({"weight": torch.randn(48, 32), "bias": torch.zeros(48)})
+        torch.testing.assert_close(packed_linear.apply(lin, x), lin(x), rtol=1e-5, atol=1e-5)
+        lin.to(torch.float64).to(torch.float32)  # new storage
+        torch.testing.assert_close(packed_linear.apply(lin, x), lin(x), rtol=1e-5, atol=1e-5)
+    packed_linear.apply(lin, x, gelu=True).sum().backward()  # training: the plain, differentiable path
+    assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+
+    m = _random_dynamics()
+    frame, audio, prior, level, action = _blocks(m, 2, 4)
+    times, noisy = torch.arange(4), torch.tensor([False, False, True, True])
+    with torch.no_grad():
+        fast = m(frame, audio, prior, level, action, times, noisy)
+        packed_linear.enabled = False
+        try:
+            plain = m(frame, audio, prior, level, action, times, noisy)
+        finally:
+            packed_linear.enabled = True
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

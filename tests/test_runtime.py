@@ -244,3 +244,40 @@ def test_reopening_a_shipped_start_reuses_its_priming_and_changes_nothing():
     fresh = World.load("default")  # a world that never primed start 3 answers the same
     for a, b in zip(_run(fresh.open(seed=3 + n), acts), other):
         assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
+
+
+def test_shipped_starts_open_from_their_stored_latents(tmp_path):
+    """A world's starts file may carry its contexts' latents (``encode_starts``; ``worldsim
+    export`` writes them): opening a shipped start then runs no encoder. Latents made by other
+    codecs than the world's (digest mismatch) are ignored."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from worldsim.runtime.starts import codec_digest, encode_starts
+    root = random_world(tmp_path / "w")
+    assert World.load(root).starts.latents(0) is None
+    encode_starts(root)
+    w = World.load(root)
+    z, za = w.starts.latents(1)
+    ctx = w.starts.context(None, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.as_tensor(z), w.model.frame_codec.encode(torch.as_tensor(ctx["frames"])),
+                                   rtol=1e-4, atol=1e-4)
+        assert za.shape == (len(ctx["frames"]), w.model.dynamics.cfg.audio_dim)
+    calls = []
+    for codec in (w.model.frame_codec, w.model.audio_codec):
+        codec.encode = lambda *a, _f=codec.encode: calls.append(1) or _f(*a)
+    s = w.open(seed=1)
+    assert not calls  # the context came from the file
+    acts = [{"keys": ["forward"]}, {"keys": ["attack"]}]
+    again = _run(World.load(root).open(seed=1), acts)
+    for a, b in zip(_run(s, acts), again):
+        assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
+
+    f = root / "frame_codec.safetensors"  # another frame codec: the stored latents are stale
+    sd = load_file(str(f))
+    save_file({k: v + 0.01 for k, v in sd.items()}, str(f))
+    assert not np.array_equal(codec_digest(root), load_file(str(root / "starts.safetensors"))["codec_digest"].numpy())
+    stale = World.load(root)
+    assert stale.starts.latents(1) is None
+    assert stale.open(seed=1).step().frames.shape == (1, 64, 64, 3)

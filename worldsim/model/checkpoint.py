@@ -11,6 +11,8 @@ into the shipped files.
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import json
 import os
@@ -93,11 +95,30 @@ def read_component_json(root: str | os.PathLike, name: str) -> dict[str, Any]:
     return d
 
 
+@contextlib.contextmanager
+def _no_init():
+    """Layers built without their random initialisation (``torch.empty`` contents): every weight
+    is loaded next, and the optional ones a file lacks are zeroed. (Building on the ``meta``
+    device instead would import torch._dynamo: 2 s of a cold start.)"""
+    init = torch.nn.init
+    names = ("kaiming_uniform_", "kaiming_normal_", "uniform_", "normal_", "trunc_normal_", "xavier_uniform_",
+             "xavier_normal_", "zeros_", "ones_", "constant_", "orthogonal_")
+    saved = {n: getattr(init, n) for n in names if hasattr(init, n)}
+    try:
+        for n in saved:
+            setattr(init, n, lambda t, *a, **k: t)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(init, n, f)
+
+
 def load_component(root: str | os.PathLike, name: str, cls: type[torch.nn.Module], cfg_cls: type[C]) -> tuple[Any, dict]:
     """Build ``cls(config)`` from ``<name>.json`` and load its weights; clear errors on mismatch."""
     d = read_component_json(root, name)
     cfg = config_from_dict(cfg_cls, d.get("config", {}), where=f"{Path(root) / name}.json")
-    module = cls(cfg)
+    with _no_init():  # random initialisation of weights about to be overwritten was ~half of the load
+        module = cls(cfg)
     f = Path(root) / f"{name}.safetensors"
     if not f.exists():
         raise CheckpointError(f"{f}: missing")
@@ -119,5 +140,9 @@ def load_component(root: str | os.PathLike, name: str, cls: type[torch.nn.Module
         if bad:
             parts.append(f"shape mismatch for {bad[0]}: file {tuple(state[bad[0]].shape)} vs config {tuple(own[bad[0]].shape)}")
         raise CheckpointError(f"{f}: weights do not match {name}.json's config: " + "; ".join(parts))
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    module.load_state_dict(state, strict=False)  # copy_ converts the file's dtype in place
+    with torch.no_grad():  # optional layers absent from the file start at zero (see OPTIONAL_WEIGHTS)
+        for k, t in module.state_dict(keep_vars=True).items():
+            if k not in state:
+                t.zero_()
     return module, d.get("meta", {})

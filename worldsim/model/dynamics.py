@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from worldsim.model import packed_linear
 from worldsim.model.kv_cache import KVCache
 
 
@@ -124,10 +125,12 @@ class Layer(nn.Module):
         s1, b1, g1, s2, b2, g2 = mod.chunk(6, dim=-1)
         x = x.view(B, M, -1, x.shape[-1])  # (B, M, N, D)
         h = (self.norm1(x) * (1 + s1) + b1).flatten(1, 2)  # (B, M·N, D)
-        q, k, v = rearrange(self.qkv(h), "b l (three h d) -> three b h l d", three=3, h=self.h)
-        x = x + g1 * self.proj(attend(self, q, k, v)).view_as(x)
+        lin = packed_linear.apply  # = the layer itself, or oneDNN with a packed weight (CPU fp32 inference)
+        q, k, v = rearrange(lin(self.qkv, h), "b l (three h d) -> three b h l d", three=3, h=self.h)
+        x = x + g1 * lin(self.proj, attend(self, q, k, v)).view_as(x)
         h = self.norm2(x) * (1 + s2) + b2
-        return (x + g2 * self.mlp(h)).flatten(1, 2)
+        up, _, down = self.mlp
+        return (x + g2 * lin(down, lin(up, h, gelu=True))).flatten(1, 2)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, N: int) -> torch.Tensor:
@@ -257,7 +260,7 @@ class Dynamics(nn.Module):
             self._ada_w = torch.cat([lay.ada.weight for lay in self.layers])  # (L·6D, D)
             self._ada_b = torch.cat([lay.ada.bias for lay in self.layers])
             self._ada_key = key
-        allm = F.linear(c, self._ada_w, self._ada_b)  # (B, M, L·6D)
+        allm = packed_linear.linear(c, self._ada_w, self._ada_b, self)  # (B, M, L·6D)
         return list(allm[:, :, None].chunk(len(self.layers), dim=-1)), head
 
     def head(self, x: torch.Tensor, head_mod: torch.Tensor, blocks: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -228,8 +228,23 @@ class WorldModel:
 
     @torch.no_grad()
     def prime(self, state: StreamState, frames: np.ndarray, audio: np.ndarray | None, buttons: np.ndarray,
-              axes: np.ndarray) -> None:
-        """Feed real context to every row: frames (B, c, H, W, 3), audio (B, c, S, C), actions (B, c-1, ·)."""
+              axes: np.ndarray, latents: tuple[np.ndarray, np.ndarray | None] | None = None) -> None:
+        """Feed real context to every row: frames (B, c, H, W, 3), audio (B, c, S, C), actions (B, c-1, ·).
+        ``latents``: the context already encoded — frame (B, c, C, h, w), audio (B, c, Da) or None
+        (a shipped start's stored latents, see worldsim.runtime.starts); skips the encoders."""
+        B, c = frames.shape[:2]
+        wants_audio = self.audio_codec is not None and self.dynamics.audio_in is not None
+        if latents is not None and (latents[1] is not None or not wants_audio or audio is None):
+            z = torch.as_tensor(np.asarray(latents[0], np.float32), device=self.device)  # (B, c, C, h, w)
+            za = None
+            if wants_audio:
+                za = (torch.zeros(B, c, self.dynamics.cfg.audio_dim, device=self.device) if latents[1] is None
+                      else torch.as_tensor(np.asarray(latents[1], np.float32), device=self.device))  # (B, c, Da)
+        else:
+            z, za = self._encode_context(frames, audio, state)
+        self._prime_latents(state, z, za, frames, buttons, axes)
+
+    def _encode_context(self, frames: np.ndarray, audio: np.ndarray | None, state: StreamState):
         B, c = frames.shape[:2]
         fr = torch.as_tensor(np.ascontiguousarray(frames), device=self.device)
         with self.autocast:
@@ -241,6 +256,11 @@ class WorldModel:
                 else:
                     au = torch.as_tensor(np.ascontiguousarray(audio), device=self.device)
                     za = self.audio_codec.encode(au.flatten(0, 1)).float().view(B, c, -1)  # (B, c, Da)
+        return z, za
+
+    def _prime_latents(self, state: StreamState, z: torch.Tensor, za: torch.Tensor | None, frames: np.ndarray,
+                       buttons: np.ndarray, axes: np.ndarray) -> None:
+        B, c = z.shape[:2]
         dyn = self.dynamics
         acts, priors = [torch.zeros(B, dyn.cfg.action_dim, device=self.device)], [torch.zeros_like(z[:, 0])]
         for j in range(1, c):

@@ -127,8 +127,9 @@ class World:
             self.model.remember_context(state, ctx["frames"][None], ctx["buttons"][None], ctx["axes"][None])
             return self._adopt(state, seed, tick=0)
         au = ctx.get("audio")
+        lat = self.starts.latents(k)
         self.model.prime(state, ctx["frames"][None], None if au is None else au[None], ctx["buttons"][None],
-                         ctx["axes"][None])
+                         ctx["axes"][None], latents=None if lat is None else tuple(None if x is None else x[None] for x in lat))
         if k is not None:
             snap = state.snapshot()
             del snap["rng"], snap["memories"]

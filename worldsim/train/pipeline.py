@@ -313,7 +313,7 @@ def export_world(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: torc
         meta = json.loads((run_dir / f"{name}.json").read_text()).get("meta", {})
         save_component(tmp, name, mod, mod.cfg, meta=meta, dtype=dtype)
     shutil.copy(run_dir / "world.json", tmp / "world.json")
-    from worldsim.runtime.starts import STARTS_FILE, write_starts
+    from worldsim.runtime.starts import STARTS_FILE, encode_starts, write_starts
     if starts_data is not None:
         from worldsim.data.episode import open_episodes
         eps = open_episodes(starts_data)
@@ -323,6 +323,8 @@ def export_world(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: torc
         (tmp / "world.json").write_text(json.dumps(world, indent=1))
     elif (run_dir / STARTS_FILE).exists():
         shutil.copy(run_dir / STARTS_FILE, tmp / STARTS_FILE)
+    if (tmp / STARTS_FILE).exists():  # with their latents, by the exported (cast) codecs: no encoding at open
+        encode_starts(tmp)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
