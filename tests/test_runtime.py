@@ -199,6 +199,12 @@ def test_bench_smoke(world, tmp_path):
     assert r["fps"] > 0 and r["baseline_fps"] > 0 and r["matmul_gflops"] > 0 and r["dynamics_gflops"] > 0
     assert set(r["batch_fps"]) == {"1", "2"} and r["ttff_ms_cold"] > r["ttff_ms_warm"]
     assert set(check_targets(r)) >= {"fps", "ratio_vs_baseline", "ttff_ms_warm"}
+    # the FLOP count sees every layer's linears (oneDNN's packed ones included): at least one
+    # block's tokens through all of them for each of the tick's forwards (a commit + 2 sampling steps)
+    dyn = world.model.dynamics
+    linear = sum(p.numel() for n, p in dyn.layers.named_parameters() if n.endswith("weight") and p.dim() == 2
+                 and ".ada." not in n)
+    assert r["dynamics_gflop_per_tick"] * 1e9 >= 2 * linear * dyn.cfg.block_tokens * 2
 
 
 def test_shipped_default_world_loads_steps_and_is_described():

@@ -65,9 +65,13 @@ def dynamics_flops(world) -> float:
     """FLOPs of the dynamics part of one tick (all sampling steps + commit), counted once."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from worldsim.model import packed_linear
+
     s = world.open(seed=0)
     model = world.model
     orig = model.frame_codec.decode, getattr(model.audio_codec, "decode", None)
+    # the counter knows aten's linear, not oneDNN's packed one: count the same tick through aten
+    packed_was, packed_linear.enabled = packed_linear.enabled, False
     with FlopCounterMode(display=False) as fc:
         with torch.no_grad():
             model.frame_codec.decode = lambda z: torch.zeros(z.shape[0], *model.resolution, 3, dtype=torch.uint8)
@@ -79,6 +83,7 @@ def dynamics_flops(world) -> float:
                 model.frame_codec.decode = orig[0]
                 if model.audio_codec is not None:
                     model.audio_codec.decode = orig[1]
+                packed_linear.enabled = packed_was
     return float(fc.get_total_flops())
 
 
