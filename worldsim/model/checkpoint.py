@@ -12,7 +12,6 @@ into the shipped files.
 from __future__ import annotations
 
 import contextlib
-
 import dataclasses
 import json
 import os

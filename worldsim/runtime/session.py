@@ -127,9 +127,11 @@ class World:
             self.model.remember_context(state, ctx["frames"][None], ctx["buttons"][None], ctx["axes"][None])
             return self._adopt(state, seed, tick=0)
         au = ctx.get("audio")
-        lat = self.starts.latents(k)
+        lat = self.starts.latents(k)  # a shipped start's stored latents: no encoding
+        if lat is not None:
+            lat = tuple(None if x is None else x[None] for x in lat)  # a batch of one row
         self.model.prime(state, ctx["frames"][None], None if au is None else au[None], ctx["buttons"][None],
-                         ctx["axes"][None], latents=None if lat is None else tuple(None if x is None else x[None] for x in lat))
+                         ctx["axes"][None], latents=lat)
         if k is not None:
             snap = state.snapshot()
             del snap["rng"], snap["memories"]

@@ -55,8 +55,9 @@ class StartContexts:
             arrays = load_file(str(Path(root) / STARTS_FILE))
         except Exception as e:
             raise WorldsimError(f"{Path(root) / STARTS_FILE}: unreadable ({e})") from None
-        if "codec_digest" in arrays and not np.array_equal(arrays["codec_digest"], codec_digest(root)):
-            arrays = {k: v for k, v in arrays.items() if k not in LATENT_KEYS}  # stale: encode at open
+        if any(k in arrays for k in LATENT_KEYS) and not (
+                "codec_digest" in arrays and np.array_equal(arrays["codec_digest"], codec_digest(root))):
+            arrays = {k: v for k, v in arrays.items() if k not in LATENT_KEYS}  # stale or unchecked: encode at open
         return cls(arrays, model)
 
     def __len__(self) -> int:
