@@ -161,6 +161,10 @@ def test_perfect_model_and_keys(world, tmp_path):
     assert cl["audio_onset_within_1"] == 0.0 and cl["audio_logmel_dist"] == r["audio_logmel_dist_silence"]
     for name in ("psnr_vs_horizon.png", "strip.png", "drift.png", "summary.md"):
         assert (tmp_path / "plots" / name).stat().st_size > 0
+    au = r["details"]["audio"]  # every real onset has one cause, and the oracle reproduces each
+    assert sum(c["real_onsets"] for c in au["by_cause"].values()) == au["real_onsets"] > 0
+    assert all(c["within_1"] in (None, 1.0) for c in au["by_cause"].values())
+    assert "of those after attack" in (tmp_path / "plots" / "summary.md").read_text()
 
 
 def test_action_ignoring_model_is_at_chance(world):

@@ -119,6 +119,30 @@ def test_onsets():
     assert A.onset_matches(on, late) == (2, 1, 1, 1)
 
 
+def test_onsets_by_cause():
+    """A real onset counts as after attack / after use when that button was held in one of the
+    5 actions before its step (attack first), else as other; the tally is kept per cause."""
+    names = ("forward", "attack", "use")
+    b = np.zeros((20, 3), np.uint8)
+    b[3, 1] = 1   # attack at action 3: steps 4..8 follow it
+    b[10, 2] = 1  # use at action 10: steps 11..15
+    c = A.onset_causes(b, names, 0, 20)
+    assert [A.CAUSES[i] for i in c[[3, 4, 8, 9, 11, 15, 16]]] == ["other", "attack", "attack", "other", "use", "use", "other"]
+    b[12, 1] = 1  # attack and use both held before step 13: attack
+    assert A.CAUSES[A.onset_causes(b, names, 0, 20)[13]] == "attack"
+    assert A.onset_causes(b, ("forward",), 5, 4).tolist() == [A.CAUSES.index("other")] * 4  # no such buttons
+
+    real = np.zeros((6, 100, 1), np.int16)
+    real[2] = real[5] = 8000
+    gen = np.zeros_like(real)
+    gen[3] = 8000  # matches the onset at 2 (one late), misses the one at 5
+    sc = A.AudioScorer(22050)
+    sc.add(np.zeros((100, 1), np.int16), real, gen, causes=np.array([2, 2, 0, 2, 2, 2]))
+    r = sc.result()["by_cause"]
+    assert r["attack"] == {"real_onsets": 1, "within_1": 1.0} and r["other"] == {"real_onsets": 1, "within_1": 0.0}
+    assert r["use"] == {"real_onsets": 0, "within_1": None}
+
+
 def test_action_labels_priority():
     cfg = ProbeConfig()
     b = np.zeros((6, 9), np.uint8)

@@ -10,6 +10,11 @@
   step ``t`` is an onset when ``e[t] ≥ −45`` dBFS and ``e[t] − e[t−1] ≥ 6`` dB.
   ``audio_onset_within_1`` is the fraction of ground-truth onsets for which the generated
   audio has an onset within ±1 step.
+* onsets by cause: a real onset at step ``t`` is *after attack* when ``attack`` was held in one
+  of the ``CAUSE_STEPS`` actions before it (the action at ``t-1`` made step ``t``), else *after
+  use* likewise, else *other* (monsters, doors closing, pickups: nothing the actions announce).
+  Reported beside the total (``details.audio.by_cause``): what an action-conditioned model can
+  be asked to reproduce in free running is the first two.
 """
 
 from __future__ import annotations
@@ -20,6 +25,24 @@ N_MELS = 40
 LOGMEL_FLOOR_DB = -80.0
 ONSET_MIN_DB = -45.0
 ONSET_RISE_DB = 6.0
+CAUSE_STEPS = 5     # "an ATTACK is followed by a sound onset within 4 tics": the action at t-1 and the 4 before
+CAUSES = ("attack", "use", "other")
+
+
+def onset_causes(buttons: np.ndarray, names: "list[str] | tuple[str, ...]", first: int, length: int) -> np.ndarray:
+    """Cause index (into ``CAUSES``) of steps ``first .. first+length-1`` of an episode whose
+    actions are ``buttons`` (T, NB): the step's audio follows the actions before it."""
+    b = np.asarray(buttons)
+    out = np.full(length, CAUSES.index("other"), np.int64)
+    for cause in ("use", "attack"):  # attack wins when both were held
+        if cause not in names:
+            continue
+        col = b[:, list(names).index(cause)].astype(bool)
+        for k in range(length):
+            t = first + k
+            if col[max(0, t - CAUSE_STEPS):t].any():
+                out[k] = CAUSES.index(cause)
+    return out
 
 
 def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
@@ -104,15 +127,24 @@ class AudioScorer:
         self.n_real = self.hit_real = self.n_gen = self.hit_gen = 0
         self.dist: list[float] = []
         self.dist_silence: list[float] = []
+        self.by_cause = {c: [0, 0] for c in CAUSES}  # real onsets, of which reproduced within ±1
 
-    def add(self, context_audio: np.ndarray, real: np.ndarray, generated: np.ndarray | None) -> None:
-        """One rollout: last context step's audio ``(S, C)``, real and generated ``(L, S, C)``."""
+    def add(self, context_audio: np.ndarray, real: np.ndarray, generated: np.ndarray | None,
+            causes: np.ndarray | None = None) -> None:
+        """One rollout: last context step's audio ``(S, C)``, real and generated ``(L, S, C)``;
+        ``causes`` (L,) from :func:`onset_causes`, or None."""
         if generated is None:  # a model without sound is scored as silence
             generated = np.zeros_like(real)
         prev = float(step_energy_db(context_audio[None])[0])
         r_on = onsets(step_energy_db(real), prev)
         g_on = onsets(step_energy_db(generated), prev)
         nr, hr, ng, hg = onset_matches(r_on, g_on)
+        if causes is not None:
+            g = np.nonzero(g_on)[0]
+            for t in np.nonzero(r_on)[0]:
+                tally = self.by_cause[CAUSES[int(causes[t])]]
+                tally[0] += 1
+                tally[1] += int(np.any(np.abs(g - t) <= 1))
         self.n_real += nr
         self.hit_real += hr
         self.n_gen += ng
@@ -128,4 +160,5 @@ class AudioScorer:
             "generated_onsets": self.n_gen,
             "logmel_dist": float(np.mean(self.dist)) if self.dist else None,
             "logmel_dist_silence": float(np.mean(self.dist_silence)) if self.dist_silence else None,
+            "by_cause": {c: {"real_onsets": n, "within_1": h / n if n else None} for c, (n, h) in self.by_cause.items()},
         }

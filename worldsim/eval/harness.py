@@ -18,7 +18,8 @@ The result (also written as JSON) has these keys, horizons as strings:
     action_acc_reason, audio_reason, loop_closure_reason   why a metric is null (else null)
     ms_per_step                           mean wall time of session.step
     meta                                  data dir, episodes, horizons, seed, model spec, timings
-    details                               probe, shift calibration, curves, counts
+    details                               probe, shift calibration, curves, counts; audio.by_cause:
+                                          onsets reproduced after attack / after use / other (audio.py)
 
 ``psnr_tf`` and ``psnr_free["1"]`` measure the same thing on different points: teacher-forced
 points come from the action probe's held-out blocks (so the probe reads exactly those pairs),

@@ -149,6 +149,9 @@ def summary_markdown(result: dict[str, Any]) -> str:
         row(f"sharpness ratio @{h}", lambda r, h=h: (r.get("sharpness_ratio") or {}).get(h))
     row("action following (balanced acc.)", lambda r: r.get("action_acc_generated"))
     row("audio onsets within ±1", lambda r: r.get("audio_onset_within_1"))
+    for cause in ("attack", "use", "other"):  # what the actions announce, and what they do not
+        row(f"  of those after {cause}" if cause != "other" else "  of the other onsets",
+            lambda r, c=cause: ((((r.get("details") or {}).get("audio") or {}).get("by_cause") or {}).get(c) or {}).get("within_1"))
     row("log-mel distance (dB)", lambda r: r.get("audio_logmel_dist"))
     row("ms / step", lambda r: r.get("ms_per_step"))
     lines += ["", f"Action probe ceiling on real pairs: {_fmt(result.get('action_acc_real'))}"

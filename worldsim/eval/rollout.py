@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from worldsim.eval.audio import AudioScorer
+from worldsim.eval.audio import AudioScorer, onset_causes
 from worldsim.eval.interface import EvalConfigError, build_context, sanitize_audio, sanitize_frame
 from worldsim.eval.metrics import finite_mean, gradient_energy, psnr, ssim, to_eval_res
 from worldsim.eval.probe import ProbeConfig, balanced_accuracy, is_val_step, label_actions
@@ -159,8 +159,10 @@ def score_model(model: Any, episodes: Sequence[Any], plan: Plan, seed: int, prob
     if data_audio is not None:
         sc = AudioScorer(data_audio["sample_rate"])
         for i, (ei, s) in enumerate(plan.free_starts):
-            a = episodes[ei].audio
-            sc.add(np.asarray(a[s]), np.asarray(a[s + 1:s + 1 + h]), free.audio[i])
+            e = episodes[ei]
+            a = e.audio
+            sc.add(np.asarray(a[s]), np.asarray(a[s + 1:s + 1 + h]), free.audio[i],
+                   onset_causes(e.buttons, e.schema.buttons, s + 1, h))
         ar = sc.result()
         extras["audio"] = ar
         res["audio_onset_within_1"] = ar["onset_within_1"]
