@@ -116,6 +116,53 @@ def test_distilling_pulls_one_step_samples_onto_the_teachers_many_step_samples()
     assert gap() < 0.2 * g0  # measured: 0.0097 -> 0.0003
 
 
+def test_pooled_pairs_sample_the_teacher_once_per_reuse_steps_and_still_pull(monkeypatch):
+    """``distill_reuse``: each teacher-sampled batch trains several student steps (fresh flow
+    times, same noise and teacher sample): the teacher runs once every ``reuse`` steps, the
+    pooled pair is never altered by a step, and training on pooled pairs still pulls."""
+    from worldsim.train import dynamics_trainer
+    from worldsim.train.distill import PairPool
+    torch.manual_seed(0)
+    teacher = _tiny(5).eval()
+    student = copy.deepcopy(teacher).train()
+    batch = _batch(B=8, seed=2)
+    tcfg = DynamicsTrainConfig(distill_steps=6, distill_teacher="unused", distill_student_steps=1, distill_at_steps=1.0,
+                               tau_max=0.0, distill_reuse=3)
+    calls = []
+    real = dynamics_trainer.teacher_sample
+    monkeypatch.setattr(dynamics_trainer, "teacher_sample", lambda *a, **k: calls.append(1) or real(*a, **k))
+    pool = PairPool(tcfg.distill_reuse)
+
+    def gap() -> float:
+        p = pack_inputs(student, batch, tcfg, NAMES, torch.Generator().manual_seed(9))
+        with torch.no_grad():
+            student.eval()
+            s, _ = teacher_sample(student, p, 1, "cpu")
+            student.train()
+            t, _ = teacher_sample(teacher, p, 6, "cpu")
+        return float((s - t).pow(2).mean())
+
+    g0 = gap()
+    opt = torch.optim.Adam(student.parameters(), lr=2e-3)
+    for i in range(150):
+        loss, _ = dynamics_loss(student, batch, tcfg, NAMES, "cpu", teacher, pool)
+        if i == 0:
+            kept = pool.pairs[0][0]["inputs"][0].clone()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert len(calls) == 50 and len(pool.pairs) == 3
+    assert not any(torch.equal(kept, pr[0]["inputs"][0]) for pr in pool.pairs)  # the oldest left the pool
+    dynamics_loss(student, batch, tcfg, NAMES, "cpu", teacher, pool)  # step 151: a new pair
+    assert len(calls) == 51
+    before = [pr[0]["inputs"][0].clone() for pr in pool.pairs]
+    dynamics_loss(student, batch, tcfg, NAMES, "cpu", teacher, pool)  # step 152 draws: pairs stay as sampled
+    assert len(calls) == 51 and all(torch.equal(b, pr[0]["inputs"][0]) for b, pr in zip(before, pool.pairs))
+    assert gap() < 0.2 * g0
+    with pytest.raises(ValueError, match="distill_reuse"):
+        DynamicsTrainConfig(distill_reuse=0).validate()
+
+
 def test_distill_config_and_teacher_errors(tmp_path):
     with pytest.raises(ValueError, match="distill_teacher"):
         DynamicsTrainConfig(distill_steps=4).validate()

@@ -139,3 +139,23 @@ def student_times(t: torch.Tensor, student_steps: int, at_steps: float, gen: tor
     k = torch.randint(len(ts), t.shape, generator=gen, device=t.device)
     at = torch.rand(t.shape, generator=gen, device=t.device) < at_steps
     return torch.where(at, ts[k], t)
+
+
+class PairPool:
+    """Teacher-coupled batches kept for reuse: the last ``reuse`` of them, one new every ``reuse``
+    steps, the steps between drawing one of the kept at random, so each trains ~``reuse`` student
+    steps (each at its own flow times, the teacher's pairing — noise and sample — unchanged: the
+    fixed pair set of reflow). Held in memory only: a resumed run starts an empty pool."""
+
+    def __init__(self, reuse: int):
+        self.reuse, self.pairs, self.step = reuse, [], 0
+
+    def draw(self):
+        """A kept pair, or None when this step must sample a new one."""
+        self.step += 1
+        if (self.step - 1) % self.reuse == 0 or not self.pairs:
+            return None
+        return self.pairs[int(torch.randint(len(self.pairs), ()))]
+
+    def add(self, pair) -> None:
+        self.pairs = (self.pairs + [pair])[-self.reuse:]

@@ -32,7 +32,7 @@ from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, shi
 from worldsim.model.memory import MemoryConfig
 from worldsim.model.sampler import FlowSampler, FlowSamplerConfig
 from worldsim.train.latents import LatentStore
-from worldsim.train.distill import couple, load_teacher, student_times, teacher_sample
+from worldsim.train.distill import PairPool, couple, load_teacher, student_times, teacher_sample
 from worldsim.train.recall import RecallTargets, recall_targets
 from worldsim.train.loop import Prefetcher, ProgressLog, autocast, resume_state, save_train_state
 
@@ -73,14 +73,17 @@ class DynamicsTrainConfig:
     distill_frac: float = 1.0      # windows with teacher targets (the rest keep the real tick)
     distill_student_steps: int = 2  # the sampler steps the student is distilled for
     distill_at_steps: float = 0.5  # targets placed exactly at that sampler's flow times
+    # each teacher-sampled batch trains this many student steps (each at fresh flow times): the
+    # teacher's 16 Euler steps are ~70 % of a distillation step on a CPU; 1 = a new one every step
+    distill_reuse: int = 1
 
     def validate(self) -> None:
         """Clear errors for values no run could use (checked when a config file is read)."""
         for k in ("rollout_frac", "memory_windows", "memory_drop", "distill_frac", "distill_at_steps", "tau_zero_prob"):
             if not 0.0 <= getattr(self, k) <= 1.0:
                 raise ValueError(f"dynamics_train.{k} must be in [0, 1], got {getattr(self, k)}")
-        if self.distill_steps < 0 or self.distill_student_steps < 1:
-            raise ValueError("dynamics_train.distill_steps must be >= 0 and distill_student_steps >= 1")
+        if self.distill_steps < 0 or self.distill_student_steps < 1 or self.distill_reuse < 1:
+            raise ValueError("dynamics_train.distill_steps must be >= 0, distill_student_steps and distill_reuse >= 1")
         if self.distill_steps and not self.distill_teacher:
             raise ValueError("dynamics_train.distill_steps > 0 needs distill_teacher (a world or run directory)")
 
@@ -250,18 +253,32 @@ def self_rollout(model: Dynamics, batch: dict[str, torch.Tensor], tcfg: Dynamics
 
 
 def dynamics_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tcfg: DynamicsTrainConfig,
-                  names: tuple[list, list], device: str, teacher: Dynamics | None = None
-                  ) -> tuple[torch.Tensor, dict[str, float]]:
+                  names: tuple[list, list], device: str, teacher: Dynamics | None = None,
+                  pool: PairPool | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """``pool``: teacher-coupled batches kept for reuse (``distill_reuse`` > 1); ``batch`` is
+    not used on a step that draws from it."""
     core = model.module if hasattr(model, "module") else model
-    if tcfg.rollout_frac > 0:
-        batch = {**batch, "context": self_rollout(core, batch, tcfg, names, device)}
-    p = pack_inputs(core, batch, tcfg, names)
-    T = p["T"]
     if teacher is not None and tcfg.distill_steps > 0:
-        pick = torch.rand(p["t"].shape[0], device=p["t"].device) < tcfg.distill_frac
+        pair = pool.draw() if pool is not None else None
+        if pair is None:
+            if tcfg.rollout_frac > 0:
+                batch = {**batch, "context": self_rollout(core, batch, tcfg, names, device)}
+            p = pack_inputs(core, batch, tcfg, names)
+            pick = torch.rand(p["t"].shape[0], device=p["t"].device) < tcfg.distill_frac
+            xs, xa = teacher_sample(teacher, p, tcfg.distill_steps, device, pick) if pick.any() else (None, None)
+            pair = (p, pick, xs, xa)
+            if pool is not None:
+                pool.add(pair)
+        p, pick, xs, xa = pair
+        p = dict(p)  # couple() rewrites the dict's entries (cloned tensors): the pooled pair stays as sampled
         if pick.any():
-            xs, xa = teacher_sample(teacher, p, tcfg.distill_steps, device, pick)
-            couple(p, xs, xa, pick, student_times(p["t"], tcfg.distill_student_steps, tcfg.distill_at_steps))
+            t = p["t"] if pool is None else torch.sigmoid(torch.randn(p["t"].shape, device=p["t"].device))
+            couple(p, xs, xa, pick, student_times(t, tcfg.distill_student_steps, tcfg.distill_at_steps))
+    else:
+        if tcfg.rollout_frac > 0:
+            batch = {**batch, "context": self_rollout(core, batch, tcfg, names, device)}
+        p = pack_inputs(core, batch, tcfg, names)
+    T = p["T"]
     with autocast(device):
         pf, pa = model(*p["inputs"])
     lf = F.mse_loss(pf[:, T:].float(), p["v_frame"])
@@ -313,10 +330,11 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
         recall = recall_targets(store.pose, store.bounds, MemoryConfig(), tcfg.memory_min_age or cfg.context + 1)
         if rank == 0 and progress:
             print(f"memory input: {recall.hit_fraction:.0%} of ticks have a view to recall")
-    teacher = None
+    teacher, pool = None, None
     if tcfg.distill_steps > 0:
         tcfg.validate()
         teacher = load_teacher(tcfg.distill_teacher, cfg, device)
+        pool = PairPool(tcfg.distill_reuse) if tcfg.distill_reuse > 1 else None
     sampler = WindowSampler(store, cfg.context, seed * 1000 + rank + 7919 * step, recall, tcfg.memory_windows)
     fetch = Prefetcher(lambda: sampler.batch(tcfg.batch))
     log = ProgressLog("dynamics", step, total, out / "dynamics.log.jsonl" if rank == 0 else None,
@@ -336,7 +354,7 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
         for g in opt.param_groups:
             g["lr"] = float(lr)
         batch = {k: v.to(device) for k, v in fetch.next().items()}
-        loss, stats = dynamics_loss(net, batch, tcfg, names, device, teacher)
+        loss, stats = dynamics_loss(net, batch, tcfg, names, device, teacher, pool)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
