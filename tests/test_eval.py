@@ -167,6 +167,29 @@ def test_perfect_model_and_keys(world, tmp_path):
     assert "of those after attack" in (tmp_path / "plots" / "summary.md").read_text()
 
 
+def test_a_model_with_an_audio_codec_gets_its_round_trip_scored(world):
+    """``audio_roundtrip`` (a model's codec applied to the real sound) is scored like generated
+    sound: the ceiling beside the model's own onsets. A lossless codec reproduces every onset,
+    one that returns silence none; a model without the method has no such entry."""
+    class Coded(PanoramaModel):
+        def __init__(self, pano, gain):
+            super().__init__(pano)
+            self.gain = gain
+
+        def audio_roundtrip(self, audio):
+            return (np.asarray(audio, np.float32) * self.gain).astype(np.int16)
+
+    opts = dict(FAST, drift_steps=0)
+    exact = run_eval(Coded(world["pano"], 1.0), world["scroll"], cache_dir=world["cache"], baselines=False, **opts)
+    rt = exact["details"]["audio"]["codec_roundtrip"]
+    assert rt["onset_within_1"] == 1.0 and rt["real_onsets"] == exact["details"]["audio"]["real_onsets"] > 0
+    assert set(rt["by_cause"]) == {"attack", "use", "other"}
+    quiet = run_eval(Coded(world["pano"], 0.0), world["scroll"], cache_dir=world["cache"], baselines=False, **opts)
+    assert quiet["details"]["audio"]["codec_roundtrip"]["onset_within_1"] == 0.0  # silence: no onset survives
+    plain = run_eval(PanoramaModel(world["pano"]), world["scroll"], cache_dir=world["cache"], baselines=False, **opts)
+    assert "codec_roundtrip" not in plain["details"]["audio"]
+
+
 def test_action_ignoring_model_is_at_chance(world):
     r = run_eval(PanoramaModel(world["pano"], follow_actions=False), world["scroll"], cache_dir=world["cache"],
                  baselines=False, **dict(FAST, drift_steps=0))

@@ -58,6 +58,9 @@ def test_tiny_trains_evaluates_and_resumes(toy, tmp_path, capsys):
     ctx = build_context(e.frames, e.buttons, e.axes, e.audio, 10, model.context_steps)
     outs = [model.open(ctx, seed=5).step(e.buttons[10], e.axes[10]) for _ in range(2)]
     assert outs[0][0].shape == (64, 64, 3) and outs[0][1].shape == (1260, 2)
+    real = np.asarray(e.audio[10:13])  # the eval's codec ceiling: real sound through the codec
+    rt = model.audio_roundtrip(real)
+    assert rt.shape == real.shape and rt.dtype == np.int16
     assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
 
     # export: bf16 copy that loads the same way

@@ -19,7 +19,9 @@ The result (also written as JSON) has these keys, horizons as strings:
     ms_per_step                           mean wall time of session.step
     meta                                  data dir, episodes, horizons, seed, model spec, timings
     details                               probe, shift calibration, curves, counts; audio.by_cause:
-                                          onsets reproduced after attack / after use / other (audio.py)
+                                          onsets reproduced after attack / after use / other (audio.py);
+                                          audio.codec_roundtrip: the same scores for the real sound
+                                          through the model's audio codec (models with audio_roundtrip)
 
 ``psnr_tf`` and ``psnr_free["1"]`` measure the same thing on different points: teacher-forced
 points come from the action probe's held-out blocks (so the probe reads exactly those pairs),

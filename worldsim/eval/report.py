@@ -159,6 +159,10 @@ def summary_markdown(result: dict[str, Any]) -> str:
               + (f" — {result['action_acc_reason']}" if result.get("action_acc_reason") else "")]
     if result.get("audio_logmel_dist_silence") is not None:
         lines.append(f"Silence scores a log-mel distance of {_fmt(result['audio_logmel_dist_silence'])} dB.")
+    rt = ((result.get("details") or {}).get("audio") or {}).get("codec_roundtrip")
+    if rt:
+        lines.append(f"The real sound through the model's audio codec reproduces {_fmt(rt.get('onset_within_1'))} "
+                     f"of the onsets (precision {_fmt(rt.get('onset_precision'))}): the ceiling for its sound.")
     d = result.get("drift") or {}
     if d:
         lines += ["", f"Drift ({d['steps']} steps): {_fmt(d.get('frac_windows_in_range'))} of windows inside the real "

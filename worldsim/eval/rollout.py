@@ -158,12 +158,23 @@ def score_model(model: Any, episodes: Sequence[Any], plan: Plan, seed: int, prob
     # audio, over the free-running rollouts
     if data_audio is not None:
         sc = AudioScorer(data_audio["sample_rate"])
+        # a model with an audio codec also scores the real sound passed through it: the ceiling
+        # of what its generated latents can sound like (optional `audio_roundtrip` method)
+        codec = AudioScorer(data_audio["sample_rate"]) if hasattr(model, "audio_roundtrip") else None
         for i, (ei, s) in enumerate(plan.free_starts):
             e = episodes[ei]
             a = e.audio
-            sc.add(np.asarray(a[s]), np.asarray(a[s + 1:s + 1 + h]), free.audio[i],
-                   onset_causes(e.buttons, e.schema.buttons, s + 1, h))
+            real, causes = np.asarray(a[s + 1:s + 1 + h]), onset_causes(e.buttons, e.schema.buttons, s + 1, h)
+            sc.add(np.asarray(a[s]), real, free.audio[i], causes)
+            if codec is not None:
+                rt = model.audio_roundtrip(real)
+                if rt is None:
+                    codec = None
+                else:
+                    codec.add(np.asarray(a[s]), real, rt, causes)
         ar = sc.result()
+        if codec is not None:
+            ar["codec_roundtrip"] = codec.result()
         extras["audio"] = ar
         res["audio_onset_within_1"] = ar["onset_within_1"]
         res["audio_logmel_dist"] = ar["logmel_dist"]

@@ -388,6 +388,16 @@ class WorldModel:
                    np.asarray(context["buttons"])[None], np.asarray(context["axes"])[None])
         return WorldStream(self, state)
 
+    @torch.no_grad()
+    def audio_roundtrip(self, audio: np.ndarray) -> np.ndarray | None:
+        """Real sound (L, S, C) int16 through the audio codec (encode → decode), or None without
+        one: the eval's ceiling for what generated latents can sound like."""
+        if self.audio_codec is None:
+            return None
+        x = torch.as_tensor(np.ascontiguousarray(audio), device=self.device)
+        with self.autocast:
+            return self.audio_codec.decode(self.audio_codec.encode(x)).cpu().numpy()
+
     def info(self) -> dict[str, Any]:
         return {k: self.world.get(k) for k in ("name", "wad", "maps", "tick_rate", "resolution", "audio")}
 
