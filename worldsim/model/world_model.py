@@ -394,7 +394,7 @@ class WorldModel:
         one: the eval's ceiling for what generated latents can sound like."""
         if self.audio_codec is None:
             return None
-        x = torch.as_tensor(np.ascontiguousarray(audio), device=self.device)
+        x = torch.as_tensor(np.array(audio, np.int16), device=self.device)  # a copy: episodes are read-only memmaps
         with self.autocast:
             return self.audio_codec.decode(self.audio_codec.encode(x)).cpu().numpy()
 
