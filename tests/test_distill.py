@@ -28,6 +28,17 @@ def _batch(B=4, T=4, seed=1):
             "axes": torch.randn(B, T, 2, generator=g)}
 
 
+def _gap(student, teacher, batch, tcfg) -> float:
+    """The student's 1-step sample vs the teacher's 6-step sample, same noise, fixed seed."""
+    p = pack_inputs(student, batch, tcfg, NAMES, torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        student.eval()
+        s, _ = teacher_sample(student, p, 1, "cpu")
+        student.train()
+        t, _ = teacher_sample(teacher, p, 6, "cpu")
+    return float((s - t).pow(2).mean())
+
+
 def test_couple_puts_picked_targets_on_the_teacher_line_and_leaves_the_rest():
     m = _tiny()
     p = pack_inputs(m, _batch(), DynamicsTrainConfig(), NAMES)
@@ -97,14 +108,8 @@ def test_distilling_pulls_one_step_samples_onto_the_teachers_many_step_samples()
     tcfg = DynamicsTrainConfig(distill_steps=6, distill_teacher="unused", distill_student_steps=1, distill_at_steps=1.0,
                                tau_max=0.0)
 
-    def gap() -> float:  # student's 1-step sample vs the teacher's 6-step sample, same noise, fixed seed
-        p = pack_inputs(student, batch, tcfg, NAMES, torch.Generator().manual_seed(9))
-        with torch.no_grad():
-            student.eval()
-            s, _ = teacher_sample(student, p, 1, "cpu")
-            student.train()
-            t, _ = teacher_sample(teacher, p, 6, "cpu")
-        return float((s - t).pow(2).mean())
+    def gap() -> float:
+        return _gap(student, teacher, batch, tcfg)
 
     g0 = gap()
     opt = torch.optim.Adam(student.parameters(), lr=2e-3)
@@ -134,13 +139,7 @@ def test_pooled_pairs_sample_the_teacher_once_per_reuse_steps_and_still_pull(mon
     pool = PairPool(tcfg.distill_reuse)
 
     def gap() -> float:
-        p = pack_inputs(student, batch, tcfg, NAMES, torch.Generator().manual_seed(9))
-        with torch.no_grad():
-            student.eval()
-            s, _ = teacher_sample(student, p, 1, "cpu")
-            student.train()
-            t, _ = teacher_sample(teacher, p, 6, "cpu")
-        return float((s - t).pow(2).mean())
+        return _gap(student, teacher, batch, tcfg)
 
     g0 = gap()
     opt = torch.optim.Adam(student.parameters(), lr=2e-3)

@@ -258,12 +258,15 @@ def dynamics_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tcfg: 
     """``pool``: teacher-coupled batches kept for reuse (``distill_reuse`` > 1); ``batch`` is
     not used on a step that draws from it."""
     core = model.module if hasattr(model, "module") else model
+
+    def packed() -> dict[str, Any]:
+        b = {**batch, "context": self_rollout(core, batch, tcfg, names, device)} if tcfg.rollout_frac > 0 else batch
+        return pack_inputs(core, b, tcfg, names)
+
     if teacher is not None and tcfg.distill_steps > 0:
         pair = pool.draw() if pool is not None else None
         if pair is None:
-            if tcfg.rollout_frac > 0:
-                batch = {**batch, "context": self_rollout(core, batch, tcfg, names, device)}
-            p = pack_inputs(core, batch, tcfg, names)
+            p = packed()
             pick = torch.rand(p["t"].shape[0], device=p["t"].device) < tcfg.distill_frac
             xs, xa = teacher_sample(teacher, p, tcfg.distill_steps, device, pick) if pick.any() else (None, None)
             pair = (p, pick, xs, xa)
@@ -275,9 +278,7 @@ def dynamics_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tcfg: 
             t = p["t"] if pool is None else torch.sigmoid(torch.randn(p["t"].shape, device=p["t"].device))
             couple(p, xs, xa, pick, student_times(t, tcfg.distill_student_steps, tcfg.distill_at_steps))
     else:
-        if tcfg.rollout_frac > 0:
-            batch = {**batch, "context": self_rollout(core, batch, tcfg, names, device)}
-        p = pack_inputs(core, batch, tcfg, names)
+        p = packed()
     T = p["T"]
     with autocast(device):
         pf, pa = model(*p["inputs"])
