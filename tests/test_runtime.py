@@ -191,8 +191,8 @@ def test_bench_smoke(world, tmp_path):
     from worldsim.bench.runtime_bench import check_targets, run_bench
     path = str(world.model.path)
     r = run_bench(path, ticks=5, rss_ticks=10, batches=(1, 2), batch_ticks=3, progress=False)
-    for k in ("fps", "baseline_fps", "ratio_vs_baseline", "ttff_ms_warm", "ttff_ms_reopen", "ttff_ms_cold",
-              "tick_ms_p50", "tick_ms_p99",
+    for k in ("fps", "baseline_fps", "ratio_vs_baseline", "ttff_ms_warm", "ttff_ms_reopen", "ttff_ms_new_context",
+              "ttff_ms_cold", "tick_ms_p50", "tick_ms_p99",
               "batch_fps", "rss_mb_start", "rss_mb_end", "matmul_gflops", "dynamics_gflops", "memory_overhead",
               "memory_views", "memory_cap", "memory_mb"):
         assert k in r, k
@@ -295,3 +295,36 @@ def test_shipped_starts_open_from_their_stored_latents(tmp_path):
     stale = World.load(root)
     assert stale.starts.latents(1) is None
     assert stale.open(seed=1).step().frames.shape == (1, 64, 64, 3)
+
+
+def test_shipped_starts_open_from_their_stored_priming(tmp_path):
+    """``encode_starts`` also stores the network's state after priming on each start: a first
+    open of a shipped start then runs no forward and continues exactly as live priming would;
+    a state made by other dynamics weights (digest mismatch) is ignored."""
+    from safetensors.torch import load_file, save_file
+
+    from worldsim.runtime.starts import PRIMED, encode_starts
+    root = random_world(tmp_path / "w")
+    encode_starts(root)
+    acts = [{"keys": ["forward"]}, {"keys": ["turn_left"], "mouse": [2.0, 0.0]}, {"keys": ["attack"]}]
+    live = World.load(root, precision="fp32")  # the same file without the stored state: primes at open
+    live.starts.arrays = {k: v for k, v in live.starts.arrays.items() if not k.startswith(PRIMED)}
+    assert live.starts.primed(2) is None
+    expect = _run(live.open(seed=2), acts)
+
+    w = World.load(root, precision="fp32")
+    calls = []
+    dyn = w.model.dynamics
+    dyn.stream = lambda *a, _f=dyn.stream, **k: calls.append(1) or _f(*a, **k)
+    s = w.open(seed=2)
+    assert not calls and set(w._primed) == {2}  # restored, not primed
+    for a, b in zip(_run(s, acts), expect):
+        assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
+    assert w.open(seed=5).step().frames.shape == (1, 64, 64, 3)  # every start has one
+
+    f = root / "dynamics.safetensors"  # other dynamics weights: the stored state is stale
+    sd = load_file(str(f))
+    save_file({k: v + 0.01 for k, v in sd.items()}, str(f))
+    stale = World.load(root)
+    assert stale.starts.primed(2) is None and stale.starts.latents(2) is not None  # the latents still fit
+    assert stale.open(seed=2).step().frames.shape == (1, 64, 64, 3)

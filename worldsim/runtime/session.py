@@ -119,6 +119,10 @@ class World:
         ctx = self.starts.context(start, seed)
         k = self.starts.index(start, seed)
         primed = self._primed.get(k) if k is not None else None
+        if primed is None and k is not None:  # primed when the world was exported (starts file)
+            primed = self.starts.primed(k)
+            if primed is not None:
+                self._primed[k] = primed
         if primed is not None:
             # the network's half of priming is deterministic: a shipped start's is run once per
             # world and copied since. Left out of the copy: the generator (this session's seed) and

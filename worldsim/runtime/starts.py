@@ -12,6 +12,13 @@ codecs, with ``codec_digest`` (sha256 of the codec weight files). Opening a ship
 skips encoding its context (on an AVX2 CPU in fp32 ~50 ms of a first open). A digest that does
 not match the codecs beside the file (a codec retrained or swapped) makes the latents ignored:
 the context is encoded at open, as without them.
+
+It may carry, too, the network's state right after priming on each start (``primed.*``: the
+KV cache's filled slots, the pending last context tick, the latest latent; fp32, made by the
+world's own dynamics with ``encode_starts``), checked by ``primed_digest`` (sha256 of the codec
+and dynamics files). The first open of a shipped start then runs no forward at all — a restore
+where priming took ~70 ms on an AVX2 CPU in fp32 — exactly as a reopen does (``World.open``).
+Another digest, or a shape the world's cache does not have, makes them ignored.
 """
 
 from __future__ import annotations
@@ -28,12 +35,14 @@ from worldsim.errors import WorldsimError
 STARTS_FILE = "starts.safetensors"
 LATENT_KEYS = ("frame_latents", "audio_latents", "codec_digest")
 CODEC_FILES = ("frame_codec.safetensors", "audio_codec.safetensors")
+PRIMED = "primed."  # prefix of the primed-state arrays
+PENDING_FIELDS = ("frame", "audio", "prior", "level", "action")
 
 
-def codec_digest(root: str | os.PathLike) -> np.ndarray:
-    """sha256 of the world's codec weight files, as a (32,) uint8 array."""
+def codec_digest(root: str | os.PathLike, names: Sequence[str] = CODEC_FILES) -> np.ndarray:
+    """sha256 of the world's codec weight files (or ``names``), as a (32,) uint8 array."""
     h = hashlib.sha256()
-    for name in CODEC_FILES:
+    for name in names:
         f = Path(root) / name
         if f.exists():
             h.update(name.encode())
@@ -58,6 +67,9 @@ class StartContexts:
         if any(k in arrays for k in LATENT_KEYS) and not (
                 "codec_digest" in arrays and np.array_equal(arrays["codec_digest"], codec_digest(root))):
             arrays = {k: v for k, v in arrays.items() if k not in LATENT_KEYS}  # stale or unchecked: encode at open
+        if any(k.startswith(PRIMED) for k in arrays) and not (
+                "primed_digest" in arrays and np.array_equal(arrays["primed_digest"], primed_digest(root))):
+            arrays = {k: v for k, v in arrays.items() if not k.startswith(PRIMED)}  # stale: prime at open
         return cls(arrays, model)
 
     def __len__(self) -> int:
@@ -74,6 +86,38 @@ class StartContexts:
         if index is None or a is None or "frame_latents" not in a:
             return None
         return a["frame_latents"][index], a["audio_latents"][index] if "audio_latents" in a else None
+
+    def primed(self, index: int | None) -> dict[str, Any] | None:
+        """The stored network state after priming on shipped start ``index``, as
+        ``StreamState.restore`` takes it (no generator, no scene memory), on the model's device
+        and in its cache dtype; None when the file has none or they do not fit this world."""
+        a = self.arrays
+        if index is None or a is None or PRIMED + "cursor" not in a:
+            return None
+        import torch
+
+        from worldsim.model.kv_cache import KVCacheSnapshot
+        from worldsim.model.world_model import Pending
+        m = self.model
+        like = m.dynamics.new_cache(1, device=m.device, dtype=m.dtype)  # the shapes this world streams with
+        ks, vs = [], []
+        for layer in range(like.n_layers):
+            for name, out, ref in (("k", ks, like.k[layer]), ("v", vs, like.v[layer])):
+                x = a.get(f"{PRIMED}{name}.{layer}")
+                if x is None or x.shape[1:2] + x.shape[3:] != ref.shape[1:2] + ref.shape[3:] or x.shape[2] > ref.shape[2]:
+                    return None
+                full = torch.zeros_like(ref)  # (1, H, slots * N, Dh): the empty slots after the filled ones
+                full[:, :, :x.shape[2]] = torch.as_tensor(x[index:index + 1]).to(ref.dtype)
+                out.append(full)
+        if a[PRIMED + "slot_time"].shape[1:] != like.time.shape[1:]:
+            return None
+
+        def t(name: str) -> Any:
+            x = a.get(PRIMED + name)
+            return None if x is None else torch.as_tensor(np.array(x[index:index + 1])).to(m.device)
+        pend = Pending(*(t("pending." + f) for f in PENDING_FIELDS))
+        return {"cache": KVCacheSnapshot(ks, vs, t("slot_time"), t("cursor")), "prev": t("prev"), "time": t("time"),
+                "pending": pend}
 
     def context(self, start: Any, seed: int) -> dict[str, np.ndarray | None]:
         m = self.model
@@ -159,6 +203,41 @@ def encode_starts(root: str | os.PathLike, batch: int = 64) -> Path:
             za = torch.cat([model.audio_codec.encode(torch.as_tensor(au[i:i + batch]))
                             for i in range(0, len(au), batch)]).float()
             arrays["audio_latents"] = np.ascontiguousarray(za.reshape(K, c, -1).numpy())  # (K, c, Da)
+        arrays.update(_primed_arrays(model, arrays))
     arrays["codec_digest"] = codec_digest(root)
+    arrays["primed_digest"] = primed_digest(root)
     save_file(arrays, str(path))
     return path
+
+
+def primed_digest(root: str | os.PathLike) -> np.ndarray:
+    """sha256 of what priming depends on: the codecs and the dynamics (weights and config)."""
+    return codec_digest(root, CODEC_FILES + ("dynamics.safetensors", "dynamics.json"))
+
+
+def _primed_arrays(model, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each start primed by ``model`` (fp32, from the stored latents), as ``primed.*`` arrays
+    stacked over the starts; the cache keeps only the slots priming fills (the first ones)."""
+    model.set_memory(False)
+    snaps = []
+    for k in range(arrays["frames"].shape[0]):
+        state = model.new_state([0])
+        lat = (arrays["frame_latents"][k:k + 1], arrays["audio_latents"][k:k + 1] if "audio_latents" in arrays else None)
+        model.prime(state, arrays["frames"][k:k + 1], arrays["audio"][k:k + 1] if "audio" in arrays else None,
+                    arrays["buttons"][k:k + 1], arrays["axes"][k:k + 1], latents=lat)
+        snaps.append(state.snapshot())
+    filled = max(int(s["cache"].cursor.max()) for s in snaps) * snaps[0]["cache"].k[0].shape[2] // \
+        snaps[0]["cache"].time.shape[1]  # priming writes slots 0, 1, … of an empty cache
+
+    def stack(xs) -> np.ndarray:
+        return np.ascontiguousarray(np.concatenate([x.detach().cpu().numpy() for x in xs]))
+    out = {PRIMED + "slot_time": stack([s["cache"].time for s in snaps]),
+           PRIMED + "cursor": stack([s["cache"].cursor for s in snaps]),
+           PRIMED + "prev": stack([s["prev"] for s in snaps]), PRIMED + "time": stack([s["time"] for s in snaps])}
+    for layer in range(len(snaps[0]["cache"].k)):
+        out[f"{PRIMED}k.{layer}"] = stack([s["cache"].k[layer][:, :, :filled] for s in snaps])
+        out[f"{PRIMED}v.{layer}"] = stack([s["cache"].v[layer][:, :, :filled] for s in snaps])
+    for f in PENDING_FIELDS:
+        if getattr(snaps[0]["pending"], f) is not None:
+            out[f"{PRIMED}pending.{f}"] = stack([getattr(s["pending"], f) for s in snaps])
+    return out
