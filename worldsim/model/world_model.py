@@ -5,11 +5,9 @@ a *batch* of streams at once (:meth:`step_batch`, the runtime batches sessions t
 and exposes the evaluation contract (:class:`worldsim.eval.interface.StreamingModel`)
 through :meth:`open`, which returns a one-stream :class:`WorldStream`.
 
-Streaming state is an explicit :class:`StreamState`: the rolling KV cache, the last frame
-latent (for the turn prior), each row's tick counter, its random generator, and the latest
-tick not yet written to the cache (committed by the next tick's first forward, which saves
-one of the four forwards of a 3-step tick). Snapshots copy all of it, so a restored stream
-replays bit-exactly.
+Streaming state is an explicit :class:`~worldsim.model.stream_state.StreamState`
+(its own module): the rolling KV cache, the last frame latent, each row's tick counter, random
+generator and scene memory, and the latest tick not yet written to the cache.
 """
 
 from __future__ import annotations
@@ -28,8 +26,8 @@ from worldsim.model.audio_codec import AudioCodec, AudioCodecConfig
 from worldsim.model.checkpoint import CheckpointError, config_from_dict, load_component
 from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, turn_features, turn_prior
 from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
-from worldsim.model.kv_cache import KVCache, KVCacheSnapshot
 from worldsim.model.memory import MemoryConfig, PoseTracker, SceneMemory
+from worldsim.model.stream_state import Pending, StreamState
 from worldsim.model.view_warp import runs_to_mask
 from worldsim.model.sampler import FlowSampler, FlowSamplerConfig
 from worldsim.precision import autocast, compute_dtype
@@ -43,78 +41,6 @@ def pick_device(device: str | None = None) -> str:
             raise CheckpointError(f"device {device!r} asked for but CUDA is not available")
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@dataclass
-class Pending:
-    """The latest tick, generated but not yet in the KV cache: it is committed in the same
-    forward as the next tick's first denoising pass (one forward per tick saved)."""
-    frame: torch.Tensor                # (B, 1, P, Dt) tokens
-    audio: torch.Tensor | None         # (B, 1, Da)
-    prior: torch.Tensor                # (B, 1, P, Dt)
-    level: torch.Tensor                # (B, 1)
-    action: torch.Tensor               # (B, 1, Dact)
-
-    def map(self, fn) -> "Pending":
-        return Pending(*(None if t is None else fn(t) for t in (self.frame, self.audio, self.prior, self.level,
-                                                                 self.action)))
-
-
-@dataclass
-class StreamState:
-    cache: KVCache
-    prev: torch.Tensor                 # (B, C, h, w) latest frame latent
-    time: torch.Tensor                 # (B,) tick of the latest frame (the pending one, when there is one)
-    generators: list[torch.Generator]  # one per row: a row's noise never depends on its batch mates
-    pending: Pending | None = None     # the latest tick, not yet committed to the cache
-    memories: list[SceneMemory | None] = field(default_factory=list)  # per row; None = memory off
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"cache": self.cache.snapshot(), "prev": self.prev.clone(), "time": self.time.clone(),
-                "rng": [g.get_state() for g in self.generators],
-                "pending": None if self.pending is None else self.pending.map(torch.clone),
-                "memories": [None if m is None else m.copy() for m in self.memories]}
-
-    @staticmethod
-    def cat(states: list["StreamState"]) -> "StreamState":
-        """One batched state holding the rows of several (copies; generators are shared objects)."""
-        if len(states) == 1:
-            return states[0]
-        if len({s.pending is None for s in states}) != 1:
-            raise ValueError("StreamState.cat: rows with and without a pending tick cannot be batched")
-        pend = None
-        if states[0].pending is not None:
-            ps = [s.pending for s in states]
-            pend = Pending(*(None if getattr(ps[0], f) is None else torch.cat([getattr(p, f) for p in ps])
-                             for f in ("frame", "audio", "prior", "level", "action")))
-        return StreamState(KVCache.cat([s.cache for s in states]), torch.cat([s.prev for s in states]),
-                           torch.cat([s.time for s in states]), [g for s in states for g in s.generators], pend,
-                           [m for s in states for m in s.memories])
-
-    def split(self, sizes: list[int]) -> list["StreamState"]:
-        """Inverse of :meth:`cat`."""
-        if len(sizes) == 1:
-            return [self]
-        out, start = [], 0
-        for n in sizes:
-            rows = list(range(start, start + n))
-            sl = slice(start, start + n)
-            pend = None if self.pending is None else self.pending.map(lambda t: t[sl].clone())
-            out.append(StreamState(self.cache.select(rows), self.prev[sl].clone(), self.time[sl].clone(),
-                                   self.generators[sl], pend, self.memories[sl]))
-            start += n
-        return out
-
-    def restore(self, snap: Mapping[str, Any]) -> None:
-        self.cache.restore(snap["cache"])
-        self.prev.copy_(snap["prev"])
-        self.time.copy_(snap["time"])
-        for g, s in zip(self.generators, snap.get("rng", ())):  # none: keep this state's own generators
-            g.set_state(s)
-        p = snap.get("pending")
-        self.pending = None if p is None else p.map(torch.clone)
-        if "memories" in snap:  # a snapshot without them (a primed start) leaves this state's own
-            self.memories = [None if m is None else m.copy() for m in snap["memories"]]
 
 
 class WorldModel:

@@ -30,7 +30,8 @@ import torch
 
 from worldsim.actions import Action, ActionError
 from worldsim.errors import WorldsimError
-from worldsim.model.world_model import StreamState, WorldModel
+from worldsim.model.stream_state import StreamState
+from worldsim.model.world_model import WorldModel
 from worldsim.runtime.starts import StartContexts
 
 ActionLike = Action | Mapping[str, Any] | tuple | None

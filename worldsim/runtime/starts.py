@@ -97,7 +97,7 @@ class StartContexts:
         import torch
 
         from worldsim.model.kv_cache import KVCacheSnapshot
-        from worldsim.model.world_model import Pending
+        from worldsim.model.stream_state import Pending
         m = self.model
         like = m.dynamics.new_cache(1, device=m.device, dtype=m.dtype)  # the shapes this world streams with
         ks, vs = [], []
