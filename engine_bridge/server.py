@@ -23,6 +23,7 @@ import numpy as np
 import zmq
 
 from engine_bridge import protocol as P
+from engine_bridge.security import setup_curve
 from worldsim import __version__
 from worldsim.actions import Action, ActionError
 from worldsim.runtime.clock import StepGovernor, freeze_heap
@@ -119,7 +120,7 @@ class BridgeServer:
             sock.setsockopt(zmq.SNDHWM, 64)
             sock.setsockopt(zmq.LINGER, 0)
             if self.cfg.curve_keys:
-                auth = self._setup_curve(ctx, sock, Path(self.cfg.curve_keys))
+                auth = setup_curve(ctx, sock, Path(self.cfg.curve_keys))
             sock.bind(self.cfg.bind)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             self.sock = sock
@@ -165,23 +166,6 @@ class BridgeServer:
                 auth.stop()
             sock.close(0)
             ctx.term()
-
-    def _setup_curve(self, ctx, sock, keys: Path):
-        import zmq.auth
-        from zmq.auth.thread import ThreadAuthenticator
-
-        secret = keys / "server.key_secret"
-        allowed = keys / "authorized_clients"
-        if not secret.exists() or not allowed.is_dir():
-            raise FileNotFoundError(f"{keys}: expected server.key_secret and authorized_clients/ (run `worldsim keys {keys}`)")
-        auth = ThreadAuthenticator(ctx)
-        auth.start()
-        auth.configure_curve(domain="*", location=str(allowed))
-        pub, sec = zmq.auth.load_certificate(str(secret))
-        sock.curve_secretkey = sec
-        sock.curve_publickey = pub
-        sock.curve_server = True
-        return auth
 
     # ---- sending ----------------------------------------------------------------------
     def _send(self, identity: bytes, msg: dict) -> bool:
@@ -464,22 +448,3 @@ class BridgeServer:
             c.sessions.discard(s.sid)
         s.session.close()
         self._lockstep = [x for x in self._lockstep if x[0] is not s]
-
-
-def generate_keys(directory: str | Path, clients: int = 1) -> dict[str, str]:
-    """Server + client CURVE key pairs; client public keys go in ``authorized_clients/``."""
-    import shutil
-
-    import zmq.auth
-
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "authorized_clients").mkdir(exist_ok=True)
-    pub, sec = zmq.auth.create_certificates(str(d), "server")
-    out = {"server_public": pub, "server_secret": sec}
-    for i in range(clients):
-        name = "client" if clients == 1 else f"client{i}"
-        cp, cs = zmq.auth.create_certificates(str(d), name)
-        shutil.copy(cp, d / "authorized_clients" / Path(cp).name)
-        out[f"{name}_public"], out[f"{name}_secret"] = cp, cs
-    return out

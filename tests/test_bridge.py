@@ -11,7 +11,8 @@ import zmq
 
 from engine_bridge import protocol as P
 from engine_bridge.client import BridgeClient, BridgeError
-from engine_bridge.server import BridgeServer, ServerConfig, generate_keys
+from engine_bridge.security import generate_keys
+from engine_bridge.server import BridgeServer, ServerConfig
 from tests.helpers import random_world
 from worldsim.runtime import World
 from worldsim.runtime.clock import StepGovernor

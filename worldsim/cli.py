@@ -246,7 +246,7 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_keys(args: argparse.Namespace) -> int:
-    from engine_bridge.server import generate_keys
+    from engine_bridge.security import generate_keys
 
     for k, v in generate_keys(args.dir, args.clients).items():
         print(f"{k:16s}{v}")
