@@ -70,8 +70,9 @@ def test_tiny_trains_evaluates_and_resumes(toy, tmp_path, capsys):
     assert WorldModel.load(out).context_steps == model.context_steps
     assert main(["export", str(run), "--out", str(out), "--starts", str(toy)]) == 0
     assert "memory" in json.loads((out / "world.json").read_text())
-    from worldsim.runtime import World  # the starts come with their latents, by the exported codecs
-    assert World.load(out).starts.latents(0) is not None
+    from worldsim.runtime import World  # the starts come with their latents and primed state, by the exported world
+    exported = World.load(out)
+    assert exported.starts.latents(0) is not None and exported.starts.primed(0) is not None
 
     # a lighter sub-pixel decoder trained against the frozen encoder: latents (and dynamics) stay valid
     from safetensors.torch import load_file
