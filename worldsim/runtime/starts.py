@@ -92,7 +92,7 @@ class StartContexts:
         ``StreamState.restore`` takes it (no generator, no scene memory), on the model's device
         and in its cache dtype; None when the file has none or they do not fit this world."""
         a = self.arrays
-        if index is None or a is None or PRIMED + "cursor" not in a:
+        if index is None or a is None or any(PRIMED + k not in a for k in ("cursor", "slot_time", "prev", "time")):
             return None
         import torch
 
