@@ -147,6 +147,11 @@ class WindowSampler:
         return out
 
 
+def flow_times(*shape: int, gen: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Training flow times: logit-normal (``sigmoid`` of a standard normal), mid-range times most."""
+    return torch.sigmoid(torch.randn(*shape, generator=gen, device=device))
+
+
 def pack_inputs(model: Dynamics, batch: dict[str, torch.Tensor], tcfg: DynamicsTrainConfig, names: tuple[list, list],
                 gen: torch.Generator | None = None) -> dict[str, Any]:
     """Build the packed clean+noisy sequence and velocity targets for one batch of windows."""
@@ -170,8 +175,8 @@ def pack_inputs(model: Dynamics, batch: dict[str, torch.Tensor], tcfg: DynamicsT
     prev = zc[:, :-1].flatten(0, 1)  # (B·(T-1), C, h, w)
     pri = turn_prior(prev, feats[:, :-1].flatten(0, 1), cfg).view(B, T - 1, *z.shape[2:])
     pri = torch.cat([torch.zeros_like(z[:, :1]), pri], dim=1)  # (B, T, C, h, w)
-    # noisy targets: ticks 1..T-1 at flow time t (logit-normal)
-    t = torch.sigmoid(rnd(B, T - 1))
+    # noisy targets: ticks 1..T-1 at flow time t
+    t = flow_times(B, T - 1, gen=gen, device=dev)
     eps = rnd(B, T - 1, *z.shape[2:])
     zt = (1 - t[..., None, None, None]) * z[:, 1:] + t[..., None, None, None] * eps
     v_frame = model.to_tokens(eps - z[:, 1:])  # (B, T-1, P, Dt)
@@ -275,7 +280,7 @@ def dynamics_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tcfg: 
         p, pick, xs, xa = pair
         p = dict(p)  # couple() rewrites the dict's entries (cloned tensors): the pooled pair stays as sampled
         if pick.any():
-            t = p["t"] if pool is None else torch.sigmoid(torch.randn(p["t"].shape, device=p["t"].device))
+            t = p["t"] if pool is None else flow_times(*p["t"].shape, device=p["t"].device)
             couple(p, xs, xa, pick, student_times(t, tcfg.distill_student_steps, tcfg.distill_at_steps))
     else:
         p = packed()
