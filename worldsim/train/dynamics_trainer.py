@@ -30,10 +30,11 @@ from worldsim.data.episode import Episode
 from worldsim.model.checkpoint import save_component
 from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, shift_latent, turn_features, turn_prior
 from worldsim.model.memory import MemoryConfig
-from worldsim.model.sampler import FlowSampler, FlowSamplerConfig
 from worldsim.train.latents import LatentStore
+from worldsim.train.adversarial import Adversary, clean_estimate
 from worldsim.train.distill import PairPool, couple, load_teacher, student_times, teacher_sample
 from worldsim.train.recall import RecallTargets, recall_targets
+from worldsim.train.rollout import self_rollout
 from worldsim.train.loop import Prefetcher, ProgressLog, autocast, resume_state, save_train_state
 
 
@@ -76,6 +77,10 @@ class DynamicsTrainConfig:
     # each teacher-sampled batch trains this many student steps (each at fresh flow times): the
     # teacher's 16 Euler steps are ~70 % of a distillation step on a CPU; 1 = a new one every step
     distill_reuse: int = 1
+    # adversarial sharpening (worldsim.train.adversarial): a latent patch critic's hinge gradient on
+    # the network's clean-tick estimates, times this weight; 0 = off
+    adv_weight: float = 0.0
+    adv_lr: float = 2e-4
 
     def validate(self) -> None:
         """Clear errors for values no run could use (checked when a config file is read)."""
@@ -86,6 +91,8 @@ class DynamicsTrainConfig:
             raise ValueError("dynamics_train.distill_steps must be >= 0, distill_student_steps and distill_reuse >= 1")
         if self.distill_steps and not self.distill_teacher:
             raise ValueError("dynamics_train.distill_steps > 0 needs distill_teacher (a world or run directory)")
+        if self.adv_weight < 0 or self.adv_lr <= 0:
+            raise ValueError("dynamics_train.adv_weight must be >= 0 and adv_lr > 0")
 
 
 def fit_turn_weights(episodes: Sequence[Episode]) -> tuple[float, ...]:
@@ -209,59 +216,17 @@ def pack_inputs(model: Dynamics, batch: dict[str, torch.Tensor], tcfg: DynamicsT
             zm = torch.cat([torch.zeros_like(z), m], dim=1)  # (B, 2T-1, C, h, w)
         memory = model.memory_tokens(zm, w)  # (B, 2T-1, P, Dt+1)
     return {"inputs": (frame, audio, prior, level, action, times, noisy, memory), "v_frame": v_frame,
-            "v_audio": v_audio, "T": T, "t": t, "eps_frame": model.to_tokens(eps),
+            "v_audio": v_audio, "T": T, "t": t, "real": z, "eps_frame": model.to_tokens(eps),
             "eps_audio": None if a is None else eps_a}
-
-
-@torch.no_grad()
-def self_rollout(model: Dynamics, batch: dict[str, torch.Tensor], tcfg: DynamicsTrainConfig, names: tuple[list, list],
-                 device: str) -> torch.Tensor:
-    """Context latents (B, T, C, h, w): real, except ticks 1..rollout_ticks of a ``rollout_frac``
-    share of the windows, generated one by one from the real tick 0 with the real actions."""
-    cfg = model.cfg
-    z = batch["frames"].float()
-    B, T = z.shape[:2]
-    G = min(tcfg.rollout_ticks, T - 2)  # keep at least one real tick after the generated ones
-    pick = torch.rand(B, device=z.device) < tcfg.rollout_frac
-    if G < 1 or not pick.any():
-        return z
-    zb = z[pick].clone()  # (b, T, C, h, w)
-    b = zb.shape[0]
-    act = action_vector(batch["buttons"][pick], batch["axes"][pick], cfg)
-    act = torch.cat([torch.zeros_like(act[:, :1]), act[:, :-1]], dim=1)  # (b, T, Dact)
-    feats = turn_features(batch["buttons"][pick].cpu(), batch["axes"][pick].cpu(), *names).to(z.device)
-    a = batch.get("audio")
-    a = a[pick].float().flatten(2) if a is not None and model.audio_in is not None else None
-    sampler = FlowSampler(FlowSamplerConfig(steps=tcfg.rollout_steps))  # the runtime's sampler, unshifted
-    pri = [torch.zeros_like(zb[:, 0])]  # turn prior of each block, appended as ticks are generated
-    for i in range(1, G + 1):
-        pri.append(turn_prior(zb[:, i - 1], feats[:, i - 1], cfg))
-        prior = model.to_tokens(torch.stack(pri, 1))  # (b, i+1, P, Dt): clean 0..i-1, then the noisy block i
-        times = torch.arange(i + 1, device=z.device)
-        clean = model.to_tokens(zb[:, :i])
-
-        def velocity(xs, t):
-            audio = None if a is None else torch.cat([a[:, :i], xs[1]], 1)
-            level = torch.cat([torch.zeros(b, i, device=z.device), torch.full((b, 1), t, device=z.device)], 1)
-            with autocast(device):
-                vf, va = model(torch.cat([clean, xs[0]], 1), audio, prior, level, act[:, :i + 1], times, times == i)
-            return [vf[:, -1:]] + ([va[:, -1:]] if a is not None else [])
-
-        noise = [torch.randn(b, 1, cfg.frame_tokens, cfg.token_dim, device=z.device)]
-        if a is not None:
-            noise.append(torch.randn(b, 1, a.shape[-1], device=z.device))
-        x = sampler.sample(velocity, noise)[0]
-        zb[:, i] = model.from_tokens(x[:, 0])
-    out = z.clone()
-    out[pick] = zb
-    return out
 
 
 def dynamics_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tcfg: DynamicsTrainConfig,
                   names: tuple[list, list], device: str, teacher: Dynamics | None = None,
-                  pool: PairPool | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                  pool: PairPool | None = None, adversary: Adversary | None = None
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
     """``pool``: teacher-coupled batches kept for reuse (``distill_reuse`` > 1); ``batch`` is
-    not used on a step that draws from it."""
+    not used on a step that draws from it. ``adversary``: steps its critic on this batch and adds
+    ``adv_weight`` × its term (see :mod:`worldsim.train.adversarial`)."""
     core = model.module if hasattr(model, "module") else model
 
     def packed() -> dict[str, Any]:
@@ -294,6 +259,16 @@ def dynamics_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tcfg: 
         la = F.mse_loss(pa[:, T:].float(), p["v_audio"])
         loss = loss + tcfg.audio_weight * la
         stats["audio"] = la.item()
+    if adversary is not None and tcfg.adv_weight > 0:
+        frame, level = p["inputs"][0], p["inputs"][3]
+        x0 = clean_estimate(frame[:, T:].float(), level[:, T:].float(), pf[:, T:].float())  # (B, T-1, P, Dt)
+        fake = core.from_tokens(x0).flatten(0, 1)  # (B·(T-1), C, h, w)
+        real = p["real"]  # (B, T, C, h, w): the recorded ticks
+        prev = real[:, :-1].flatten(0, 1)
+        stats.update(adversary.update(prev, real[:, 1:].flatten(0, 1), fake))
+        lg = adversary.generator_loss(prev, fake)
+        loss = loss + tcfg.adv_weight * lg
+        stats["adv"] = lg.item()
     return loss, stats
 
 
@@ -341,6 +316,15 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
         tcfg.validate()
         teacher = load_teacher(tcfg.distill_teacher, cfg, device)
         pool = PairPool(tcfg.distill_reuse) if tcfg.distill_reuse > 1 else None
+    adversary = None
+    if tcfg.adv_weight > 0:
+        tcfg.validate()
+        adversary = Adversary(cfg.latent_channels, tcfg.adv_lr, device=device)
+        ts = out / "dynamics.train.pt"
+        if resume and step and ts.exists():  # the critic resumes with the network it was judging
+            st = torch.load(ts, map_location=device, weights_only=True)
+            if "adversary" in st:
+                adversary.load_state_dict(st["adversary"])
     sampler = WindowSampler(store, cfg.context, seed * 1000 + rank + 7919 * step, recall, tcfg.memory_windows)
     fetch = Prefetcher(lambda: sampler.batch(tcfg.batch))
     log = ProgressLog("dynamics", step, total, out / "dynamics.log.jsonl" if rank == 0 else None,
@@ -360,7 +344,7 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
         for g in opt.param_groups:
             g["lr"] = float(lr)
         batch = {k: v.to(device) for k, v in fetch.next().items()}
-        loss, stats = dynamics_loss(net, batch, tcfg, names, device, teacher, pool)
+        loss, stats = dynamics_loss(net, batch, tcfg, names, device, teacher, pool, adversary)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -377,7 +361,8 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
         if rank == 0 and (step % tcfg.save_every == 0 or step == total):
             samples = seen0 + (step - step0) * tcfg.batch * world * (cfg.context - 1)
             save_component(out, "dynamics", model, cfg, meta={**meta_base, "train_steps": step, "predictions_seen": samples})
-            save_train_state(out, "dynamics", step, opt)
+            save_train_state(out, "dynamics", step, opt,
+                             {"adversary": adversary.state_dict()} if adversary is not None else None)
         if rank == 0 and on_eval is not None and tcfg.eval_every and step % tcfg.eval_every == 0:
             on_eval(step)
     fetch.close()
