@@ -107,3 +107,22 @@ def test_bad_adversarial_settings_are_rejected(tmp_path, capsys):
     assert main(["train", "--config", str(bad), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "adv_weight" in err and "Traceback" not in err
+
+
+def test_ddp_two_processes_train_one_critic(tmp_path):
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    toy = toy_world(tmp_path / "toy", episodes=2, steps=40)
+    run = tmp_path / "run"
+    cfg = tmp_path / "adv.yaml"
+    cfg.write_text(TINY.replace("dynamics_train: {", "dynamics_train: {adv_weight: 0.1, "))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "worldsim.cli",
+           "train", "--config", str(cfg), "--data", str(toy), "--out", str(run), "--quiet", "--max-steps", "2",
+           "--stage", "frame_codec", "--stage", "audio_codec", "--stage", "latents", "--stage", "dynamics"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = torch.load(run / "dynamics.train.pt", weights_only=True)
+    assert state["step"] == 2 and "adversary" in state
