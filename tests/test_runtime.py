@@ -207,6 +207,29 @@ def test_bench_smoke(world, tmp_path):
     assert r["dynamics_gflop_per_tick"] * 1e9 >= 2 * linear * dyn.cfg.block_tokens * 2
 
 
+def test_bench_at_another_sampling_step_count(world):
+    """``--sampling-steps``: every figure measures that count (fewer steps, fewer dynamics FLOPs),
+    the cold start included; bad values and combinations are refused before anything runs."""
+    import argparse
+
+    import pytest
+
+    from worldsim.bench.runtime_bench import add_bench_args, main_bench, run_bench
+    path = str(world.model.path)
+    full = world.model.sampler.cfg.steps
+    kw = dict(ticks=3, rss_ticks=0, batches=(1,), batch_ticks=2, baseline=False, progress=False)
+    r1 = run_bench(path, sampling_steps=1, **kw)
+    rf = run_bench(path, cold=False, **kw)
+    assert r1["sampling_steps"] == 1 and rf["sampling_steps"] == full > 1
+    assert r1["dynamics_gflop_per_tick"] < rf["dynamics_gflop_per_tick"] and r1["ttff_ms_cold"] > 0
+    ap = argparse.ArgumentParser()
+    add_bench_args(ap)
+    for bad in (["--sampling-steps", "0"], ["--sampling-steps", "1", "--bridge"],
+                ["--sampling-steps", "1", "--compare-precision"]):
+        with pytest.raises(SystemExit, match="sampling-steps"):
+            main_bench(ap.parse_args(["--world", path, *bad]))
+
+
 def test_shipped_default_world_loads_steps_and_is_described():
     import json
     import subprocess

@@ -116,31 +116,34 @@ t0 = float(sys.argv[2])
 import torch
 torch.set_num_threads(1)
 from worldsim.runtime import World
-w = World.load(sys.argv[1])
+w = World.load(sys.argv[1], sampling_steps=int(sys.argv[3]) or None)
 s = w.open(seed=0)
 c = s.step()
 print(round((time.time() - t0) * 1e3, 1))
 """
 
 
-def ttff_cold(world_path: str) -> float:
+def ttff_cold(world_path: str, sampling_steps: int | None = None) -> float:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-c", COLD_CODE, world_path, repr(time.time())], capture_output=True, text=True,
-                       env=env, timeout=300)
+    r = subprocess.run([sys.executable, "-c", COLD_CODE, world_path, repr(time.time()), str(sampling_steps or 0)],
+                       capture_output=True, text=True, env=env, timeout=300)
     if r.returncode != 0:
         raise RuntimeError(f"cold-start subprocess failed: {r.stderr[-500:]}")
     return float(r.stdout.strip().splitlines()[-1])
 
 
 def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10000, batches=(1, 4, 16),
-              batch_ticks: int = 40, baseline: bool = True, cold: bool = True, progress: bool = True) -> dict[str, Any]:
+              batch_ticks: int = 40, baseline: bool = True, cold: bool = True, progress: bool = True,
+              sampling_steps: int | None = None) -> dict[str, Any]:
+    """``sampling_steps``: Euler steps per tick instead of the world's own count (every figure then
+    measures that count; ``sampling_steps`` in the result says which ran)."""
     from worldsim.runtime import World
 
     torch.set_num_threads(1)
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     res: dict[str, Any] = {"world": world_spec, "torch_threads": torch.get_num_threads(), "ticks": ticks}
     t0 = time.perf_counter()
-    world = World.load(world_spec)
+    world = World.load(world_spec, sampling_steps=sampling_steps)
     res["load_ms"] = (time.perf_counter() - t0) * 1e3
     res["sampling_steps"] = world.model.sampler.cfg.steps
     res["precision"] = precision_name(world.model.dtype)
@@ -258,7 +261,7 @@ def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10
 
     if cold:
         path = str(getattr(world.model, "path", world_spec))
-        res["ttff_ms_cold"] = ttff_cold(path)
+        res["ttff_ms_cold"] = ttff_cold(path, sampling_steps)
         say(f"ttff cold {res['ttff_ms_cold']:.0f} ms")
 
     # memory over a long run
@@ -331,11 +334,14 @@ def compare_precisions(world_spec: str = "default", ticks: int = 60, block: int 
 
 
 def main_bench(args) -> int:
+    if args.sampling_steps is not None and (args.sampling_steps < 1 or args.compare_precision or args.bridge):
+        raise SystemExit("worldsim bench: --sampling-steps takes a count >= 1 and applies to the in-process figures "
+                         "only (not with --compare-precision or --bridge: the bridge server runs the world's own count)")
     if args.compare_precision:
         return _emit({"precision_compare": compare_precisions(args.world, ticks=args.ticks, progress=not args.quiet)},
                      args.json)
     res = run_bench(args.world, ticks=args.ticks, rss_ticks=args.rss_ticks, baseline=not args.no_baseline,
-                    cold=not args.no_cold, progress=not args.quiet)
+                    cold=not args.no_cold, progress=not args.quiet, sampling_steps=args.sampling_steps)
     res["targets_met"] = check_targets(res)
     if args.bridge:
         from worldsim.bench.bridge_bench import run_bridge_bench
@@ -366,4 +372,6 @@ def add_bench_args(p) -> None:
     p.add_argument("--bridge-seconds", type=float, default=8.0, help="seconds per realtime session count")
     p.add_argument("--compare-precision", action="store_true",
                    help="only measure fp32 vs bf16 side by side (--ticks each, interleaved) and which one auto picks")
+    p.add_argument("--sampling-steps", type=int, default=None,
+                   help="Euler steps per tick instead of the world's own count (what `worldsim play --sampling-steps` runs)")
     p.add_argument("--quiet", action="store_true")
