@@ -47,6 +47,11 @@ def test_codec_shapes_and_roundtrip_types():
     assert b.shape == a.shape and b.dtype == torch.int16
     with pytest.raises(ValueError, match="multiple"):
         AudioCodec(AudioCodecConfig(samples=1000))
+    light = AudioCodec(AudioCodecConfig(widths=(8, 8, 16), latent_channels=4, decoder_widths=(4, 4, 8)))
+    assert light.decode(za).shape == a.shape  # a lighter decoder reads the same latents
+    assert sum(p.numel() for p in light.decoder.parameters()) < sum(p.numel() for p in ac.decoder.parameters())
+    with pytest.raises(ValueError, match="decoder_widths needs one width per stride"):
+        AudioCodec(AudioCodecConfig(decoder_widths=(8, 8)))
 
 
 def test_codecs_learn_on_tiny_data():

@@ -99,6 +99,29 @@ def test_tiny_trains_evaluates_and_resumes(toy, tmp_path, capsys):
                  "--stage", "frame_decoder"]) == 0
     assert _log(run, "frame_decoder")[-1]["step"] == 12
 
+    # the same for the audio codec: a lighter decoder (decoder_widths) against its frozen encoder
+    before = load_file(str(run / "audio_codec.safetensors"))
+    adec = tmp_path / "adec.yaml"
+    adec.write_text(cfg.read_text().replace("widths: [8, 8, 16], latent_channels: 4}",
+                                            "widths: [8, 8, 16], latent_channels: 4, decoder_widths: [4, 8, 8]}", 1)
+                    + "audio_decoder_train: {steps: 10, batch: 8, lr: 0.003, warmup: 2, save_every: 5, log_every: 2}\n")
+    assert main(["train", "--config", str(adec), "--data", str(toy), "--out", str(run), "--quiet",
+                 "--stage", "audio_decoder", "--stage", "latents"]) == 0
+    ac = json.loads((run / "audio_codec.json").read_text())
+    assert ac["config"]["decoder_widths"] == [4, 8, 8] and ac["meta"]["decoder_train_steps"] == 10
+    after = load_file(str(run / "audio_codec.safetensors"))
+    kept = [k for k in before if k.startswith("encoder.") or k.startswith("latent_")]
+    assert kept and all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in kept)
+    assert any(k.startswith("decoder.") and after[k].shape != before[k].shape for k in after if k in before)
+    assert (run / "latents" / "frames.npy").stat().st_mtime_ns == stamp
+    al = _log(run, "audio_decoder")
+    assert al[-1]["step"] == 10 and al[-1]["loss"] < al[0]["loss"]
+    frames, audio = WorldModel.load(run).open(ctx, seed=5).step(e.buttons[10], e.axes[10])
+    assert frames.shape == (64, 64, 3) and audio.shape == (1260, 2)
+    assert main(["train", "--config", str(adec), "--data", str(toy), "--out", str(run), "--quiet",
+                 "--stage", "audio_decoder"]) == 0
+    assert _log(run, "audio_decoder")[-1]["step"] == 10
+
     # the memory input added to the trained dynamics, trained on the prebuilt latent store alone
     # (as on a lent GPU that has no recordings): new zero layer, fresh optimizer, deadline honoured
     mem = tmp_path / "mem.yaml"

@@ -6,6 +6,9 @@ convolutions. Trained with a multi-resolution log-STFT loss plus a small wavefor
 sounds are mostly noisy bursts whose spectra and envelopes matter far more than phase, and
 the log-magnitude term makes silence decode to silence (the eval counts onsets by energy).
 Each tick is coded on its own, so the dynamics model can generate it on the frame timeline.
+With ``decoder_widths`` the decoder is narrower than the encoder (decoding runs every tick, the
+encoder only on real sound), trained against the frozen encoder by ``worldsim train --stage
+audio_decoder`` so the latents — and the dynamics trained on them — stay valid.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ class AudioCodecConfig:
     widths: tuple[int, ...] = (48, 96, 128)
     latent_channels: int = 16
     stft_sizes: tuple[int, ...] = (64, 256, 1024)
+    decoder_widths: tuple[int, ...] = ()  # () = the encoder's widths; else a (lighter) decoder's, one per
+                                  # level in the same order, trained against the frozen encoder
+                                  # (``worldsim train --stage audio_decoder``) so the latents stay valid
 
     @property
     def positions(self) -> int:
@@ -37,6 +43,11 @@ class AudioCodecConfig:
         if self.samples % math.prod(self.strides):
             raise ValueError(f"audio codec: samples per tick {self.samples} is not a multiple of "
                              f"prod(strides)={math.prod(self.strides)}")
+        if len(self.widths) != len(self.strides):
+            raise ValueError(f"audio codec: widths needs one width per stride ({len(self.strides)}), got {len(self.widths)}")
+        if self.decoder_widths and len(self.decoder_widths) != len(self.strides):
+            raise ValueError(f"audio codec: decoder_widths needs one width per stride ({len(self.strides)}), "
+                             f"got {len(self.decoder_widths)}")
 
 
 def as_2d(module: nn.Module) -> nn.Module:
@@ -93,6 +104,7 @@ class AudioCodec(nn.Module):
             prev = c
         enc += [nn.SiLU(), nn.Conv1d(prev, cfg.latent_channels, 1)]
         self.encoder = nn.Sequential(*enc)
+        w = tuple(cfg.decoder_widths) or w
         dec: list[nn.Module] = [nn.Conv1d(cfg.latent_channels, w[-1], 3, padding=1)]
         prev = w[-1]
         for s, c in zip(reversed(cfg.strides), reversed(w)):

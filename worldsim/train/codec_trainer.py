@@ -95,41 +95,54 @@ def train_codec(kind: str, episodes: Sequence[Episode], out: str | Path, cfg: Co
     return _fit(kind, model, opt, sampler, make, step, out, cfg, save, max_steps, progress, device)
 
 
-def train_frame_decoder(episodes: Sequence[Episode], out: str | Path, cfg: CodecTrainConfig,
-                        model_cfg: FrameCodecConfig, seed: int = 0, resume: bool = False,
-                        max_steps: int | None = None, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
-    """Train a new decoder (``model_cfg.decoder_channels``) for the frame codec already in ``out``,
-    its encoder and latent statistics frozen: the latents, and any dynamics trained on them,
-    stay valid. The old decoder is replaced when training ends (``frame_codec.*``); progress
-    lives in ``frame_decoder.*`` until then, so an interrupted run resumes."""
+# what a new decoder inherits from the trained codec: everything that shapes the encoder and latents
+_ENCODER_FIELDS = {"frame_codec": ("resolution", "channels", "latent_channels", "res_blocks"),
+                   "audio_codec": ("samples", "channels", "strides", "widths", "latent_channels")}
+
+
+def train_decoder(kind: str, episodes: Sequence[Episode], out: str | Path, cfg: CodecTrainConfig,
+                  model_cfg: FrameCodecConfig | AudioCodecConfig, seed: int = 0, resume: bool = False,
+                  max_steps: int | None = None, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+    """Train a new decoder for the codec already in ``out`` (``kind`` = ``frame_codec``, whose
+    ``decoder_channels`` name it, or ``audio_codec``, ``decoder_widths``), its encoder and latent
+    statistics frozen: the latents, and any dynamics trained on them, stay valid. The old decoder
+    is replaced when training ends (``<kind>.*``); progress lives in ``frame_decoder.*`` /
+    ``audio_decoder.*`` until then, so an interrupted run resumes."""
     torch.manual_seed(seed)
     out = Path(out)
-    old, old_meta = load_component(out, "frame_codec", FrameCodec, FrameCodecConfig)
-    if not model_cfg.decoder_channels:
-        raise ValueError("frame_decoder stage: set frame_codec.decoder_channels to the new decoder's widths")
-    keep = ("resolution", "channels", "latent_channels", "res_blocks")
-    model_cfg = dataclasses.replace(model_cfg, **{k: getattr(old.cfg, k) for k in keep})  # the encoder's
-    model = FrameCodec(model_cfg)
+    stage = kind.replace("_codec", "_decoder")
+    cls, cfg_cls, make = ((FrameCodec, FrameCodecConfig, _frames_batch) if kind == "frame_codec"
+                          else (AudioCodec, AudioCodecConfig, _audio_batch))
+    if not (model_cfg.decoder_channels if kind == "frame_codec" else model_cfg.decoder_widths):  # type: ignore[union-attr]
+        field_name = "frame_codec.decoder_channels" if kind == "frame_codec" else "audio_codec.decoder_widths"
+        raise ValueError(f"{stage} stage: set {field_name} to the new decoder's widths")
+    if kind == "audio_codec" and any(e.audio is None for e in episodes):
+        raise ValueError("audio decoder: some training episodes have no audio")
+    old, old_meta = load_component(out, kind, cls, cfg_cls)
+    model_cfg = dataclasses.replace(model_cfg, **{k: getattr(old.cfg, k) for k in _ENCODER_FIELDS[kind]})
+    model = cls(model_cfg)
     own = model.state_dict()
     # the encoder and statistics as they are; decoder layers whose name and shape agree as a warm start
     model.load_state_dict({k: v for k, v in old.state_dict().items() if k in own and v.shape == own[k].shape},
                           strict=False)
-    model.to(device).to(memory_format=torch.channels_last)
+    model.to(device)
+    if kind == "frame_codec":
+        model.to(memory_format=torch.channels_last)
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(model.decoder.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    step = resume_state(out, "frame_decoder", model, opt) if resume else 0
+    step = resume_state(out, stage, model, opt) if resume else 0
     sampler = StepSampler(episodes, seed + step)
     total = cfg.steps if max_steps is None else min(cfg.steps, step + max_steps)
     meta = {**old_meta, "decoder_train_steps": cfg.steps, "decoder_samples_seen": cfg.steps * cfg.batch}
 
     def save(step: int) -> None:
-        save_component(out, "frame_decoder", model, model_cfg, meta={"train_steps": step})
-        save_train_state(out, "frame_decoder", step, opt)
-        if step >= cfg.steps:  # done: this is the frame codec now
-            save_component(out, "frame_codec", model, model_cfg, meta=meta)
+        save_component(out, stage, model, model_cfg, meta={"train_steps": step})
+        save_train_state(out, stage, step, opt)
+        if step >= cfg.steps:  # done: this is the codec now
+            save_component(out, kind, model, model_cfg, meta=meta)
 
-    return _fit("frame_decoder", model, opt, sampler, _frames_batch, step, out, cfg, save, total - step, progress,
+    return _fit(stage, model, opt, sampler, make, step, out, cfg, save, total - step, progress,
                 device, model_train=model.decoder)
 
 

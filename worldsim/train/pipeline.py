@@ -1,9 +1,9 @@
 """``worldsim train``: the whole recipe from recorded episodes to a world checkpoint.
 
 Stages, each resumable and skipped when already complete: ``frame_codec`` → ``audio_codec``
-→ ``frame_decoder`` (only when ``frame_codec.decoder_channels`` asks for a decoder other than the
-trained one: a new decoder against the frozen encoder) → ``latents`` (encode the data once) →
-``dynamics``. The run directory is itself a world
+→ ``frame_decoder`` / ``audio_decoder`` (only when ``frame_codec.decoder_channels`` /
+``audio_codec.decoder_widths`` ask for a decoder other than the trained one: a new decoder
+against the frozen encoder) → ``latents`` (encode the data once) → ``dynamics``. The run directory is itself a world
 checkpoint (``world.json`` + one safetensors/JSON pair per component), loadable with
 ``WorldModel.load(run_dir)`` and evaluable with ``worldsim eval --checkpoint run_dir``;
 ``worldsim export`` writes a bf16 copy (the shipped default world is one).
@@ -11,7 +11,8 @@ checkpoint (``world.json`` + one safetensors/JSON pair per component), loadable 
 YAML configs only pick values of the dataclasses next to the code they configure:
 ``frame_codec`` (:class:`FrameCodecConfig`), ``audio_codec`` (:class:`AudioCodecConfig`),
 ``dynamics`` (:class:`DynamicsConfig`), ``sampler`` (:class:`FlowSamplerConfig`),
-``frame_codec_train``/``audio_codec_train``/``frame_decoder_train`` (:class:`CodecTrainConfig`),
+``frame_codec_train``/``audio_codec_train``/``frame_decoder_train``/``audio_decoder_train``
+(:class:`CodecTrainConfig`),
 ``dynamics_train`` (:class:`DynamicsTrainConfig`), plus ``name``, ``data``, ``heldout``,
 ``seed``, ``audio`` (bool).
 """
@@ -35,10 +36,10 @@ from worldsim.model.checkpoint import CheckpointError, config_from_dict, config_
 from worldsim.model.dynamics import DynamicsConfig
 from worldsim.model.frame_codec import FrameCodecConfig
 from worldsim.model.sampler import FlowSamplerConfig
-from worldsim.train.codec_trainer import CodecTrainConfig, load_codec, train_codec, train_frame_decoder
+from worldsim.train.codec_trainer import CodecTrainConfig, load_codec, train_codec, train_decoder
 from worldsim.train.dynamics_trainer import DynamicsTrainConfig, fit_turn_weights, train_dynamics
 
-STAGES = ("frame_codec", "audio_codec", "frame_decoder", "latents", "dynamics")
+STAGES = ("frame_codec", "audio_codec", "frame_decoder", "audio_decoder", "latents", "dynamics")
 
 
 class TrainConfigError(WorldsimError, ValueError):
@@ -59,6 +60,7 @@ class RunConfig:
     frame_codec_train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
     audio_codec_train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
     frame_decoder_train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
+    audio_decoder_train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
     dynamics_train: DynamicsTrainConfig = field(default_factory=DynamicsTrainConfig)
 
 
@@ -176,12 +178,15 @@ def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None
                                        max_steps=max_steps, progress=progress, device=device)
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
-    if "frame_decoder" in stages and rank == 0 and _wants_new_decoder(out, cfg.frame_codec):
-        report["frame_decoder"] = train_frame_decoder(episodes, out, cfg.frame_decoder_train, cfg.frame_codec,
-                                                      seed=cfg.seed, resume=resume, max_steps=max_steps,
-                                                      progress=progress, device=device)
-    if dist.is_available() and dist.is_initialized() and "frame_decoder" in stages:
-        dist.barrier()
+    for stage, kind, mcfg, tcfg in (("frame_decoder", "frame_codec", cfg.frame_codec, cfg.frame_decoder_train),
+                                    ("audio_decoder", "audio_codec", cfg.audio_codec, cfg.audio_decoder_train)):
+        if stage not in stages or (kind == "audio_codec" and not use_audio):
+            continue
+        if rank == 0 and _wants_new_decoder(out, kind, mcfg):
+            report[stage] = train_decoder(kind, episodes, out, tcfg, mcfg, seed=cfg.seed, resume=resume,
+                                          max_steps=max_steps, progress=progress, device=device)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
     if "latents" in stages or "dynamics" in stages:
         if not (out / "frame_codec.json").exists():
             raise TrainConfigError(f"{out}: no trained frame codec yet (run the frame_codec stage first)")
@@ -273,16 +278,21 @@ def quick_eval(out: Path, cfg: RunConfig, store_info: dict, step: int) -> dict[s
     return rec
 
 
-def _wants_new_decoder(out: Path, fcfg: FrameCodecConfig) -> bool:
-    """The config names a decoder other than the trained frame codec's (or one is half trained)."""
-    if not fcfg.decoder_channels:
+def _wants_new_decoder(out: Path, kind: str, mcfg: FrameCodecConfig | AudioCodecConfig) -> bool:
+    """The config names a decoder other than the trained codec's (or one is half trained)."""
+    names = ("decoder_channels", "decoder_res_blocks") if kind == "frame_codec" else ("decoder_widths",)
+    if not getattr(mcfg, names[0]):
         return False
-    if not (out / "frame_codec.json").exists():
-        raise TrainConfigError(f"{out}: no trained frame codec yet (run the frame_codec stage first)")
+    if not (out / f"{kind}.json").exists():
+        raise TrainConfigError(f"{out}: no trained {kind.replace('_', ' ')} yet (run the {kind} stage first)")
     from worldsim.model.checkpoint import read_component_json
-    trained = read_component_json(out, "frame_codec")["config"]
-    return (list(trained.get("decoder_channels") or []) != list(fcfg.decoder_channels)
-            or trained.get("decoder_res_blocks", 1) != fcfg.decoder_res_blocks)
+    trained = read_component_json(out, kind)["config"]
+    defaults = {"decoder_channels": [], "decoder_res_blocks": 1, "decoder_widths": []}
+    return any(_plain(trained.get(n, defaults[n])) != _plain(getattr(mcfg, n)) for n in names)
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, (list, tuple)) else v
 
 
 def _done(out: Path, kind: str, steps: int) -> bool:
