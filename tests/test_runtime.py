@@ -230,6 +230,31 @@ def test_bench_at_another_sampling_step_count(world):
             main_bench(ap.parse_args(["--world", path, *bad]))
 
 
+def test_bench_compares_two_worlds_side_by_side(world):
+    """``--compare-world``: both worlds stepped in one process, single session and a batch, with
+    the per-world batch scaling and B's speed over A's; refused beside the other special modes."""
+    import argparse
+
+    import pytest
+
+    from worldsim.bench.compare import compare_precisions, compare_worlds
+    from worldsim.bench.runtime_bench import add_bench_args, main_bench
+    path = str(world.model.path)
+    p = compare_precisions(path, ticks=2, block=1, progress=False)
+    assert p["bf16"]["fps"] > 0 and p["bf16_over_fp32"] == pytest.approx(p["bf16"]["fps"] / p["fp32"]["fps"])
+    r = compare_worlds(path, path, ticks=4, batch=3, batch_ticks=2, block=2, sampling_steps=1, progress=False)
+    assert r["a"]["world"] == r["b"]["world"] == path and r["batch"] == 3 and r["batch_ticks"] == 2
+    for k in ("a", "b"):
+        assert r[k]["fps"] > 0 and r[k]["batch_fps"] > 0
+        assert r[k]["batch_over_single"] == pytest.approx(r[k]["batch_fps"] / r[k]["fps"])
+    assert r["b_over_a"]["fps"] == pytest.approx(r["b"]["fps"] / r["a"]["fps"])
+    ap = argparse.ArgumentParser()
+    add_bench_args(ap)
+    for bad in (["--bridge"], ["--compare-precision"]):
+        with pytest.raises(SystemExit, match="compare-world"):
+            main_bench(ap.parse_args(["--world", path, "--compare-world", path, *bad]))
+
+
 def test_shipped_default_world_loads_steps_and_is_described():
     import json
     import subprocess

@@ -297,48 +297,19 @@ def check_targets(res: dict[str, Any]) -> dict[str, bool]:
     return out
 
 
-def compare_precisions(world_spec: str = "default", ticks: int = 60, block: int = 5,
-                       progress: bool = True) -> dict[str, Any]:
-    """fp32 and bf16 side by side in one process: the same world loaded in each precision, one
-    session each, stepped in interleaved blocks of ``block`` ticks (so both see the same machine
-    load), plus a 1024² matmul in each dtype. ``bf16_over_fp32`` > 1 means bf16 is faster here;
-    ``auto`` is what :mod:`worldsim.precision` picks on this machine."""
-    from worldsim.precision import compute_dtype
-    from worldsim.runtime import World
-
-    torch.set_num_threads(1)
-    say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
-    worlds = {p: World.load(world_spec, precision=p) for p in ("fp32", "bf16")}
-    acts = _actions(worlds["fp32"], ticks + 5)
-    sess = {p: w.open(seed=0) for p, w in worlds.items()}
-    for p, s in sess.items():
-        for a in acts[:3]:
-            s.step(a)
-    freeze_heap()
-    spent = {p: 0.0 for p in sess}
-    for lo in range(0, ticks, block):
-        for p, s in sess.items():
-            t = time.perf_counter()
-            for a in acts[lo:min(ticks, lo + block)]:
-                s.step(a)
-            spent[p] += time.perf_counter() - t
-    res: dict[str, Any] = {"ticks": ticks, "device": worlds["fp32"].model.device,
-                           "auto": precision_name(compute_dtype(worlds["fp32"].model.device, "auto"))}
-    for p in sess:
-        res[p] = {"fps": ticks / spent[p], "tick_ms": spent[p] / ticks * 1e3,
-                  "matmul_gflops": matmul_gflops(dtype=worlds[p].model.dtype)}
-        say(f"{p}: {res[p]['fps']:.1f} fps ({res[p]['tick_ms']:.1f} ms/tick), matmul {res[p]['matmul_gflops']:.0f} GFLOP/s")
-    res["bf16_over_fp32"] = res["bf16"]["fps"] / res["fp32"]["fps"]
-    say(f"bf16 / fp32 speed: {res['bf16_over_fp32']:.2f}x; auto picks {res['auto']} on this machine")
-    return res
-
-
 def main_bench(args) -> int:
     if args.sampling_steps is not None and (args.sampling_steps < 1 or args.compare_precision or args.bridge):
         raise SystemExit("worldsim bench: --sampling-steps takes a count >= 1 and applies to the in-process figures "
                          "only (not with --compare-precision or --bridge: the bridge server runs the world's own count)")
+    if args.compare_world and (args.compare_precision or args.bridge):
+        raise SystemExit("worldsim bench: --compare-world runs on its own (not with --compare-precision or --bridge)")
+    from worldsim.bench.compare import compare_precisions, compare_worlds
     if args.compare_precision:
         return _emit({"precision_compare": compare_precisions(args.world, ticks=args.ticks, progress=not args.quiet)},
+                     args.json)
+    if args.compare_world:
+        return _emit({"world_compare": compare_worlds(args.world, args.compare_world, ticks=args.ticks,
+                                                      sampling_steps=args.sampling_steps, progress=not args.quiet)},
                      args.json)
     res = run_bench(args.world, ticks=args.ticks, rss_ticks=args.rss_ticks, baseline=not args.no_baseline,
                     cold=not args.no_cold, progress=not args.quiet, sampling_steps=args.sampling_steps)
@@ -372,6 +343,9 @@ def add_bench_args(p) -> None:
     p.add_argument("--bridge-seconds", type=float, default=8.0, help="seconds per realtime session count")
     p.add_argument("--compare-precision", action="store_true",
                    help="only measure fp32 vs bf16 side by side (--ticks each, interleaved) and which one auto picks")
+    p.add_argument("--compare-world", metavar="OTHER",
+                   help="only measure --world and OTHER side by side in one process (single session and batch of 16, "
+                        "interleaved): e.g. a retrained decoder against the shipped one")
     p.add_argument("--sampling-steps", type=int, default=None,
                    help="Euler steps per tick instead of the world's own count (what `worldsim play --sampling-steps` runs)")
     p.add_argument("--quiet", action="store_true")

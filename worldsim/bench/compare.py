@@ -1,0 +1,102 @@
+"""Side-by-side speed comparisons in one process: two precisions of one world, or two worlds.
+
+This machine's speed drifts by tens of percent between runs (other tenants, frequency), so two
+separate `worldsim bench` runs cannot tell a 10 % change from noise. Here both contenders are
+loaded in one process and stepped in interleaved blocks of a few ticks, so each sees the same
+machine load; the figures that matter are their ratios.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+from worldsim.bench.runtime_bench import _actions, matmul_gflops
+from worldsim.precision import precision_name
+from worldsim.runtime.clock import freeze_heap
+
+
+def _interleaved(steppers: dict[str, Callable[[int], None]], ticks: int, block: int) -> dict[str, float]:
+    """Seconds each stepper spent on ``ticks`` ticks, run ``block`` ticks at a time in turn."""
+    spent = {k: 0.0 for k in steppers}
+    for lo in range(0, ticks, block):
+        for k, step in steppers.items():
+            t = time.perf_counter()
+            for i in range(lo, min(ticks, lo + block)):
+                step(i)
+            spent[k] += time.perf_counter() - t
+    return spent
+
+
+def _say(progress: bool) -> Callable[[str], None]:
+    return (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
+
+
+def compare_precisions(world_spec: str = "default", ticks: int = 60, block: int = 5,
+                       progress: bool = True) -> dict[str, Any]:
+    """fp32 and bf16 side by side: the same world loaded in each precision, one session each,
+    plus a 1024² matmul in each dtype. ``bf16_over_fp32`` > 1 means bf16 is faster here;
+    ``auto`` is what :mod:`worldsim.precision` picks on this machine."""
+    from worldsim.precision import compute_dtype
+    from worldsim.runtime import World
+
+    torch.set_num_threads(1)
+    say = _say(progress)
+    worlds = {p: World.load(world_spec, precision=p) for p in ("fp32", "bf16")}
+    acts = _actions(worlds["fp32"], ticks + 5)
+    sess = {p: w.open(seed=0) for p, w in worlds.items()}
+    for s in sess.values():
+        for a in acts[:3]:
+            s.step(a)
+    freeze_heap()
+    spent = _interleaved({p: (lambda i, s=s: s.step(acts[i])) for p, s in sess.items()}, ticks, block)
+    res: dict[str, Any] = {"ticks": ticks, "device": worlds["fp32"].model.device,
+                           "auto": precision_name(compute_dtype(worlds["fp32"].model.device, "auto"))}
+    for p in sess:
+        res[p] = {"fps": ticks / spent[p], "tick_ms": spent[p] / ticks * 1e3,
+                  "matmul_gflops": matmul_gflops(dtype=worlds[p].model.dtype)}
+        say(f"{p}: {res[p]['fps']:.1f} fps ({res[p]['tick_ms']:.1f} ms/tick), matmul {res[p]['matmul_gflops']:.0f} GFLOP/s")
+    res["bf16_over_fp32"] = res["bf16"]["fps"] / res["fp32"]["fps"]
+    say(f"bf16 / fp32 speed: {res['bf16_over_fp32']:.2f}x; auto picks {res['auto']} on this machine")
+    return res
+
+
+def compare_worlds(world_a: str = "default", world_b: str = "default", ticks: int = 60, batch: int = 16,
+                   batch_ticks: int | None = None, block: int = 5, sampling_steps: int | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Two worlds side by side, in this process's precision: one session each (``ticks`` ticks),
+    then ``batch`` sessions each stepped together by ``step_many`` (``batch_ticks``, default
+    ``ticks // 4``), both interleaved. Per world: ``fps``, ``batch_fps`` and ``batch_over_single``
+    (the runtime issue's batch target is ≥ 4 at 16); ``b_over_a`` is world B's speed over A's."""
+    from worldsim.runtime import World
+
+    torch.set_num_threads(1)
+    say = _say(progress)
+    names = {"a": world_a, "b": world_b}
+    worlds = {k: World.load(spec, sampling_steps=sampling_steps) for k, spec in names.items()}
+    acts = _actions(worlds["a"], ticks + 5)
+    single = {k: w.open(seed=0) for k, w in worlds.items()}
+    crowds = {k: [w.open(seed=i) for i in range(batch)] for k, w in worlds.items()}
+    for k, w in worlds.items():  # warm both paths before timing
+        single[k].step(acts[0])
+        w.step_many({s: acts[0] for s in crowds[k]})
+    freeze_heap()
+    one = _interleaved({k: (lambda i, s=s: s.step(acts[i])) for k, s in single.items()}, ticks, block)
+    bt = max(1, batch_ticks if batch_ticks is not None else ticks // 4)
+    many = _interleaved({k: (lambda i, w=w, c=c: w.step_many({s: acts[i] for s in c}))
+                         for (k, w), c in zip(worlds.items(), crowds.values())}, bt, max(1, block // 2))
+    res: dict[str, Any] = {"ticks": ticks, "batch": batch, "batch_ticks": bt,
+                           "precision": precision_name(worlds["a"].model.dtype)}
+    for k in worlds:
+        fps, bfps = ticks / one[k], bt * batch / many[k]
+        res[k] = {"world": names[k], "fps": fps, "tick_ms": one[k] / ticks * 1e3, "batch_fps": bfps,
+                  "batch_over_single": bfps / fps}
+        say(f"{k} ({names[k]}): {fps:.1f} fps, batch {batch}: {bfps:.1f} frames/s ({bfps / fps:.2f}x)")
+    res["b_over_a"] = {"fps": res["b"]["fps"] / res["a"]["fps"], "batch_fps": res["b"]["batch_fps"] / res["a"]["batch_fps"]}
+    say(f"b / a: {res['b_over_a']['fps']:.2f}x single, {res['b_over_a']['batch_fps']:.2f}x batch {batch}")
+    for ss in list(single.values()) + [s for c in crowds.values() for s in c]:
+        ss.close()
+    return res
