@@ -74,53 +74,37 @@ def test_tiny_trains_evaluates_and_resumes(toy, tmp_path, capsys):
     exported = World.load(out)
     assert exported.starts.latents(0) is not None and exported.starts.primed(0) is not None
 
-    # a lighter sub-pixel decoder trained against the frozen encoder: latents (and dynamics) stay valid
+    # lighter decoders trained against the frozen encoders (frame: sub-pixel decoder_channels; audio:
+    # decoder_widths): the encoders, statistics and latents (and so the dynamics) stay valid
     from safetensors.torch import load_file
-    before = load_file(str(run / "frame_codec.safetensors"))
     stamp = (run / "latents" / "frames.npy").stat().st_mtime_ns
-    dec = tmp_path / "dec.yaml"
-    dec.write_text(cfg.read_text().replace("latent_channels: 4}", "latent_channels: 4, decoder_channels: [16, 16, 8]}", 1)
-                   + "frame_decoder_train: {steps: 12, batch: 8, lr: 0.003, warmup: 2, save_every: 6, log_every: 2}\n")
-    assert main(["train", "--config", str(dec), "--data", str(toy), "--out", str(run), "--quiet",
-                 "--stage", "frame_decoder", "--stage", "latents"]) == 0
-    fc = json.loads((run / "frame_codec.json").read_text())
-    assert fc["config"]["decoder_channels"] == [16, 16, 8] and fc["meta"]["decoder_train_steps"] == 12
-    after = load_file(str(run / "frame_codec.safetensors"))
-    kept = [k for k in before if k.startswith("encoder.") or k.startswith("latent_")]
-    assert kept and all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in kept)
-    assert any(k.startswith("decoder.") and k not in before for k in after)  # a different decoder
-    assert (run / "latents" / "frames.npy").stat().st_mtime_ns == stamp  # latents not rebuilt
-    dl = _log(run, "frame_decoder")
-    assert dl[-1]["step"] == 12 and dl[-1]["loss"] < dl[0]["loss"]
-    frames, _ = WorldModel.load(run).open(ctx, seed=5).step(e.buttons[10], e.axes[10])
-    assert frames.shape == (64, 64, 3)
-    # asked again: nothing to do (the trained decoder is the one the config names)
-    assert main(["train", "--config", str(dec), "--data", str(toy), "--out", str(run), "--quiet",
-                 "--stage", "frame_decoder"]) == 0
-    assert _log(run, "frame_decoder")[-1]["step"] == 12
-
-    # the same for the audio codec: a lighter decoder (decoder_widths) against its frozen encoder
-    before = load_file(str(run / "audio_codec.safetensors"))
-    adec = tmp_path / "adec.yaml"
-    adec.write_text(cfg.read_text().replace("widths: [8, 8, 16], latent_channels: 4}",
-                                            "widths: [8, 8, 16], latent_channels: 4, decoder_widths: [4, 8, 8]}", 1)
-                    + "audio_decoder_train: {steps: 10, batch: 8, lr: 0.003, warmup: 2, save_every: 5, log_every: 2}\n")
-    assert main(["train", "--config", str(adec), "--data", str(toy), "--out", str(run), "--quiet",
-                 "--stage", "audio_decoder", "--stage", "latents"]) == 0
-    ac = json.loads((run / "audio_codec.json").read_text())
-    assert ac["config"]["decoder_widths"] == [4, 8, 8] and ac["meta"]["decoder_train_steps"] == 10
-    after = load_file(str(run / "audio_codec.safetensors"))
-    kept = [k for k in before if k.startswith("encoder.") or k.startswith("latent_")]
-    assert kept and all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in kept)
-    assert any(k.startswith("decoder.") and after[k].shape != before[k].shape for k in after if k in before)
-    assert (run / "latents" / "frames.npy").stat().st_mtime_ns == stamp
-    al = _log(run, "audio_decoder")
-    assert al[-1]["step"] == 10 and al[-1]["loss"] < al[0]["loss"]
-    frames, audio = WorldModel.load(run).open(ctx, seed=5).step(e.buttons[10], e.axes[10])
-    assert frames.shape == (64, 64, 3) and audio.shape == (1260, 2)
-    assert main(["train", "--config", str(adec), "--data", str(toy), "--out", str(run), "--quiet",
-                 "--stage", "audio_decoder"]) == 0
-    assert _log(run, "audio_decoder")[-1]["step"] == 10
+    for kind, field, widths, old, steps in (("frame", "decoder_channels", [16, 16, 8], "latent_channels: 4}", 12),
+                                            ("audio", "decoder_widths", [4, 8, 8], "widths: [8, 8, 16], latent_channels: 4}", 10)):
+        codec, stage = f"{kind}_codec", f"{kind}_decoder"
+        before = load_file(str(run / f"{codec}.safetensors"))
+        dec = tmp_path / f"{stage}.yaml"
+        new = old[:-1] + f", {field}: {widths}}}"
+        dec.write_text(cfg.read_text().replace(old, new, 1) + f"{stage}_train: {{steps: {steps}, batch: 8, lr: 0.003, "
+                       "warmup: 2, save_every: 6, log_every: 2}\n")
+        assert main(["train", "--config", str(dec), "--data", str(toy), "--out", str(run), "--quiet",
+                     "--stage", stage, "--stage", "latents"]) == 0
+        trained = json.loads((run / f"{codec}.json").read_text())
+        assert trained["config"][field] == widths
+        assert trained["meta"]["decoder_train_steps"] == steps
+        after = load_file(str(run / f"{codec}.safetensors"))
+        kept = [k for k in before if k.startswith("encoder.") or k.startswith("latent_")]
+        assert kept and all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in kept)
+        assert any(k.startswith("decoder.") and (k not in before or after[k].shape != before[k].shape)
+                   for k in after)  # a different decoder
+        assert (run / "latents" / "frames.npy").stat().st_mtime_ns == stamp  # latents not rebuilt
+        dl = _log(run, stage)
+        assert dl[-1]["step"] == steps and dl[-1]["loss"] < dl[0]["loss"]
+        frames, audio = WorldModel.load(run).open(ctx, seed=5).step(e.buttons[10], e.axes[10])
+        assert frames.shape == (64, 64, 3) and audio.shape == (1260, 2)
+        # asked again: nothing to do (the trained decoder is the one the config names)
+        assert main(["train", "--config", str(dec), "--data", str(toy), "--out", str(run), "--quiet",
+                     "--stage", stage]) == 0
+        assert _log(run, stage)[-1]["step"] == steps
 
     # the memory input added to the trained dynamics, trained on the prebuilt latent store alone
     # (as on a lent GPU that has no recordings): new zero layer, fresh optimizer, deadline honoured
