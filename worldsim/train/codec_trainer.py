@@ -95,9 +95,12 @@ def train_codec(kind: str, episodes: Sequence[Episode], out: str | Path, cfg: Co
     return _fit(kind, model, opt, sampler, make, step, out, cfg, save, max_steps, progress, device)
 
 
-# what a new decoder inherits from the trained codec: everything that shapes the encoder and latents
-_ENCODER_FIELDS = {"frame_codec": ("resolution", "channels", "latent_channels", "res_blocks"),
-                   "audio_codec": ("samples", "channels", "strides", "widths", "latent_channels")}
+# per codec kind: what a new decoder inherits from the trained codec (everything that shapes the
+# encoder and latents), and the config fields that name the decoder (the first: its widths)
+ENCODER_FIELDS = {"frame_codec": ("resolution", "channels", "latent_channels", "res_blocks"),
+                  "audio_codec": ("samples", "channels", "strides", "widths", "latent_channels")}
+DECODER_FIELDS = {"frame_codec": ("decoder_channels", "decoder_res_blocks"),
+                  "audio_codec": ("decoder_widths",)}
 
 
 def train_decoder(kind: str, episodes: Sequence[Episode], out: str | Path, cfg: CodecTrainConfig,
@@ -113,13 +116,12 @@ def train_decoder(kind: str, episodes: Sequence[Episode], out: str | Path, cfg: 
     stage = kind.replace("_codec", "_decoder")
     cls, cfg_cls, make = ((FrameCodec, FrameCodecConfig, _frames_batch) if kind == "frame_codec"
                           else (AudioCodec, AudioCodecConfig, _audio_batch))
-    if not (model_cfg.decoder_channels if kind == "frame_codec" else model_cfg.decoder_widths):  # type: ignore[union-attr]
-        field_name = "frame_codec.decoder_channels" if kind == "frame_codec" else "audio_codec.decoder_widths"
-        raise ValueError(f"{stage} stage: set {field_name} to the new decoder's widths")
+    if not getattr(model_cfg, DECODER_FIELDS[kind][0]):
+        raise ValueError(f"{stage} stage: set {kind}.{DECODER_FIELDS[kind][0]} to the new decoder's widths")
     if kind == "audio_codec" and any(e.audio is None for e in episodes):
         raise ValueError("audio decoder: some training episodes have no audio")
     old, old_meta = load_component(out, kind, cls, cfg_cls)
-    model_cfg = dataclasses.replace(model_cfg, **{k: getattr(old.cfg, k) for k in _ENCODER_FIELDS[kind]})
+    model_cfg = dataclasses.replace(model_cfg, **{k: getattr(old.cfg, k) for k in ENCODER_FIELDS[kind]})
     model = cls(model_cfg)
     own = model.state_dict()
     # the encoder and statistics as they are; decoder layers whose name and shape agree as a warm start

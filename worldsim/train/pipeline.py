@@ -36,7 +36,7 @@ from worldsim.model.checkpoint import CheckpointError, config_from_dict, config_
 from worldsim.model.dynamics import DynamicsConfig
 from worldsim.model.frame_codec import FrameCodecConfig
 from worldsim.model.sampler import FlowSamplerConfig
-from worldsim.train.codec_trainer import CodecTrainConfig, load_codec, train_codec, train_decoder
+from worldsim.train.codec_trainer import DECODER_FIELDS, CodecTrainConfig, load_codec, train_codec, train_decoder
 from worldsim.train.dynamics_trainer import DynamicsTrainConfig, fit_turn_weights, train_dynamics
 
 STAGES = ("frame_codec", "audio_codec", "frame_decoder", "audio_decoder", "latents", "dynamics")
@@ -280,15 +280,15 @@ def quick_eval(out: Path, cfg: RunConfig, store_info: dict, step: int) -> dict[s
 
 def _wants_new_decoder(out: Path, kind: str, mcfg: FrameCodecConfig | AudioCodecConfig) -> bool:
     """The config names a decoder other than the trained codec's (or one is half trained)."""
-    names = ("decoder_channels", "decoder_res_blocks") if kind == "frame_codec" else ("decoder_widths",)
+    names = DECODER_FIELDS[kind]
     if not getattr(mcfg, names[0]):
         return False
     if not (out / f"{kind}.json").exists():
         raise TrainConfigError(f"{out}: no trained {kind.replace('_', ' ')} yet (run the {kind} stage first)")
     from worldsim.model.checkpoint import read_component_json
     trained = read_component_json(out, kind)["config"]
-    defaults = {"decoder_channels": [], "decoder_res_blocks": 1, "decoder_widths": []}
-    return any(_plain(trained.get(n, defaults[n])) != _plain(getattr(mcfg, n)) for n in names)
+    default = type(mcfg)()  # a checkpoint written before a field existed has its default
+    return any(_plain(trained.get(n, getattr(default, n))) != _plain(getattr(mcfg, n)) for n in names)
 
 
 def _plain(v: Any) -> Any:
