@@ -29,6 +29,9 @@ def test_headless_client_plays_100_scripted_ticks_with_sound_and_records(tmp_pat
                         record=str(tmp_path / "out.mp4"), record_scale=2, record_episode=str(tmp_path / "eps")))
     assert r["ticks"] == 100 and r["last_tick"] == 101  # + the no-op tick that makes the first picture
     assert r["frames_changed"] >= 95
+    from worldsim.model.world_model import DEFAULT_WORLD_DIR
+    full = json.loads((DEFAULT_WORLD_DIR / "world.json").read_text())["sampler"]["steps"]
+    assert r["sampling_steps_mean"] == full  # unpaced: the world's full count every tick
     assert r["audio"] and r["audio_queued"] > 0  # sound went to the (dummy) mixer
     with av.open(str(tmp_path / "out.mp4")) as f:
         assert len(f.streams.audio) == 1

@@ -70,13 +70,86 @@ def test_info_reports_the_resolved_precision():
                          timeout=120, env={**__import__("os").environ, ENV: "fp32"})
     info = json.loads(out.stdout)
     assert info["precision"] == "fp32" and isinstance(info["cpu_native_bf16"], bool)
+    assert isinstance(info["int8_available"], bool)
 
 
 def test_bench_compares_the_precisions_side_by_side(tmp_path):
     out = tmp_path / "prec.json"
     assert main(["bench", "--compare-precision", "--ticks", "3", "--quiet", "--json", str(out)]) == 0
     r = json.loads(out.read_text())["precision_compare"]
-    assert r["auto"] in ("fp32", "bf16") and r["ticks"] == 3
+    assert r["auto"] in ("fp32", "bf16", "int8") and r["ticks"] == 3
     for p in ("fp32", "bf16"):
         assert r[p]["fps"] > 0 and r[p]["matmul_gflops"] > 0
     assert r["bf16_over_fp32"] == pytest.approx(r["bf16"]["fps"] / r["fp32"]["fps"])
+    from worldsim.model.packed_linear import INT8_AVAILABLE
+    if INT8_AVAILABLE:  # int8 beside them on a CPU that runs it
+        assert r["int8"]["fps"] > 0 and r["int8_over_fp32"] == pytest.approx(r["int8"]["fps"] / r["fp32"]["fps"])
+
+
+needs_int8 = pytest.mark.skipif(not __import__("worldsim.model.packed_linear", fromlist=["x"]).INT8_AVAILABLE,
+                                reason="PyTorch's fbgemm int8 engine (x86) is not available")
+
+
+@needs_int8
+def test_int8_linears_stay_close_to_fp32_and_follow_weight_changes():
+    from worldsim.model import packed_linear
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(256, 1024)
+    x = torch.randn(17, 256)
+    packed_linear.use_int8(lin)
+    with torch.no_grad():
+        ref = lin(x)
+        y = packed_linear.apply(lin, x)
+        assert not torch.equal(y, ref)  # the int8 path ran
+        assert ((y - ref).norm() / ref.norm()).item() < 0.02
+        g = packed_linear.apply(lin, x, gelu=True)
+        assert ((g - torch.nn.functional.gelu(ref)).norm() / ref.norm()).item() < 0.02
+        lin.weight.mul_(2)  # an in-place weight change re-quantizes
+        y2 = packed_linear.apply(lin, x)
+        assert ((y2 - lin(x)).norm() / lin(x).norm()).item() < 0.02
+    assert packed_linear.apply(lin, x.requires_grad_()).requires_grad  # training: the plain path
+    packed_linear.use_int8(lin, False)
+    with torch.no_grad():
+        torch.testing.assert_close(packed_linear.apply(lin, x), lin(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_int8
+def test_an_int8_world_is_deterministic_and_draws_what_fp32_draws():
+    acts = [{"keys": ["forward"]}, {"keys": ["turn_left"], "mouse": [2.0, 0.0]}, {"keys": ["attack"]}]
+    w8, w32 = World.load("default", precision="int8"), World.load("default", precision="fp32")
+    assert w8.model.precision == "int8" and w32.model.precision == "fp32"
+    assert w8.model.dtype == torch.float32  # activations stay fp32: only the dynamics' linears are int8
+    a, b, c = w8.open(seed=3), w8.open(seed=3), w32.open(seed=3)
+    for act in acts:
+        x, y, z = a.step(act), b.step(act), c.step(act)
+        assert np.array_equal(x.frames, y.frames) and np.array_equal(x.audio, y.audio)
+        diff = np.abs(x.frames.astype(np.int16) - z.frames.astype(np.int16))
+        assert diff.mean() < 6, diff.mean()
+        assert np.corrcoef(x.frames.ravel(), z.frames.ravel())[0, 1] > 0.95
+
+
+def test_int8_is_refused_where_it_cannot_run(monkeypatch):
+    from worldsim.model import packed_linear
+    from worldsim.precision import int8_linears
+    assert int8_linears("cpu", "fp32") is False
+    with pytest.raises(PrecisionError, match="CPUs only"):
+        int8_linears("cuda", "int8")
+    monkeypatch.setattr(packed_linear, "INT8_AVAILABLE", False)
+    with pytest.raises(PrecisionError, match="fbgemm"):
+        int8_linears("cpu", "int8")
+    with pytest.raises(PrecisionError, match="fbgemm"):
+        World.load("default", precision="int8")
+
+
+def test_auto_runs_worlds_in_int8_on_a_cpu_without_native_bf16(monkeypatch):
+    import worldsim.precision as prec
+    from worldsim.model import packed_linear
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(packed_linear, "INT8_AVAILABLE", True)
+    assert prec.world_precision("cpu") == "int8" and prec.compute_dtype("cpu") == torch.float32  # training: fp32
+    assert prec.world_precision("cpu", "fp32") == "fp32"  # a forced precision wins
+    monkeypatch.setattr(packed_linear, "INT8_AVAILABLE", False)  # no int8 engine (e.g. ARM): fp32, no error
+    assert prec.world_precision("cpu") == "fp32"
+    monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: True)
+    assert prec.world_precision("cpu") == "bf16"

@@ -227,9 +227,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         srv.start()
     except zmq.ZMQError as e:
         raise CLIError(f"cannot bind {args.bind}: {e} (is another server using the port? try --bind tcp://127.0.0.1:0)") from None
-    from worldsim.precision import precision_name
-
-    print(f"serving {world.name} on {srv.endpoint} in {precision_name(world.model.dtype)} (Ctrl-C stops)",
+    print(f"serving {world.name} on {srv.endpoint} in {world.model.precision} (Ctrl-C stops)",
           file=sys.stderr)
     try:
         while srv._thread.is_alive():
@@ -307,7 +305,8 @@ def _run_info(args: argparse.Namespace) -> int:
 
     import torch
 
-    from worldsim.precision import compute_dtype, cpu_has_native_bf16, precision_name
+    from worldsim.model.packed_linear import INT8_AVAILABLE
+    from worldsim.precision import cpu_has_native_bf16, world_precision
 
     info = {
         "worldsim": __version__,
@@ -318,7 +317,8 @@ def _run_info(args: argparse.Namespace) -> int:
         "cpu_native_bf16": cpu_has_native_bf16(),
         "default_world": None,
     }
-    info["precision"] = precision_name(compute_dtype(info["device"]))
+    info["precision"] = world_precision(info["device"])
+    info["int8_available"] = INT8_AVAILABLE
     from worldsim.model.world_model import default_world_info
 
     info["default_world"] = default_world_info()
@@ -357,9 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
         if name in MODEL_COMMANDS:
             sub.choices[name].add_argument(
-                "--precision", choices=("auto", "bf16", "fp32"), default=None,
+                "--precision", choices=("auto", "bf16", "fp32", "int8"), default=None,
                 help="compute precision (default: $WORLDSIM_PRECISION, else auto = bf16 where the CPU/GPU runs it "
-                     "natively, fp32 elsewhere: emulated bf16 is ~9x slower than fp32)")
+                     "natively, else fp32, with the dynamics' linear layers in int8 when a world runs on an x86 CPU "
+                     "without bf16: emulated bf16 is ~9x slower than fp32)")
     return parser
 
 

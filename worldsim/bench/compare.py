@@ -15,7 +15,6 @@ from typing import Any, Callable
 import torch
 
 from worldsim.bench.runtime_bench import _actions, matmul_gflops
-from worldsim.precision import precision_name
 from worldsim.runtime.clock import freeze_heap
 
 
@@ -37,15 +36,19 @@ def _say(progress: bool) -> Callable[[str], None]:
 
 def compare_precisions(world_spec: str = "default", ticks: int = 60, block: int = 5,
                        progress: bool = True) -> dict[str, Any]:
-    """fp32 and bf16 side by side: the same world loaded in each precision, one session each,
-    plus a 1024² matmul in each dtype. ``bf16_over_fp32`` > 1 means bf16 is faster here;
-    ``auto`` is what :mod:`worldsim.precision` picks on this machine."""
-    from worldsim.precision import compute_dtype
+    """fp32, bf16 and (on a CPU with PyTorch's int8 engine) int8 side by side: the same world
+    loaded in each precision, one session each, plus a 1024² matmul in each dtype.
+    ``bf16_over_fp32`` / ``int8_over_fp32`` > 1 mean that one is faster here; ``auto`` is what
+    :mod:`worldsim.precision` picks on this machine."""
+    from worldsim.model.packed_linear import INT8_AVAILABLE
+    from worldsim.precision import world_precision
     from worldsim.runtime import World
 
     torch.set_num_threads(1)
     say = _say(progress)
     worlds = {p: World.load(world_spec, precision=p) for p in ("fp32", "bf16")}
+    if INT8_AVAILABLE and worlds["fp32"].model.device == "cpu":
+        worlds["int8"] = World.load(world_spec, precision="int8")
     acts = _actions(worlds["fp32"], ticks + 5)
     sess = {p: w.open(seed=0) for p, w in worlds.items()}
     for s in sess.values():
@@ -54,13 +57,18 @@ def compare_precisions(world_spec: str = "default", ticks: int = 60, block: int 
     freeze_heap()
     spent = _interleaved({p: (lambda i, s=s: s.step(acts[i])) for p, s in sess.items()}, ticks, block)
     res: dict[str, Any] = {"ticks": ticks, "device": worlds["fp32"].model.device,
-                           "auto": precision_name(compute_dtype(worlds["fp32"].model.device, "auto"))}
+                           "auto": world_precision(worlds["fp32"].model.device, "auto")}
     for p in sess:
-        res[p] = {"fps": ticks / spent[p], "tick_ms": spent[p] / ticks * 1e3,
-                  "matmul_gflops": matmul_gflops(dtype=worlds[p].model.dtype)}
-        say(f"{p}: {res[p]['fps']:.1f} fps ({res[p]['tick_ms']:.1f} ms/tick), matmul {res[p]['matmul_gflops']:.0f} GFLOP/s")
-    res["bf16_over_fp32"] = res["bf16"]["fps"] / res["fp32"]["fps"]
-    say(f"bf16 / fp32 speed: {res['bf16_over_fp32']:.2f}x; auto picks {res['auto']} on this machine")
+        res[p] = {"fps": ticks / spent[p], "tick_ms": spent[p] / ticks * 1e3}
+        if p != "int8":  # int8 here is the dynamics' linears only: no matmul of its own to show
+            res[p]["matmul_gflops"] = matmul_gflops(dtype=worlds[p].model.dtype)
+        say(f"{p}: {res[p]['fps']:.1f} fps ({res[p]['tick_ms']:.1f} ms/tick)"
+            + (f", matmul {res[p]['matmul_gflops']:.0f} GFLOP/s" if "matmul_gflops" in res[p] else ""))
+    for p in sess:
+        if p != "fp32":
+            res[f"{p}_over_fp32"] = res[p]["fps"] / res["fp32"]["fps"]
+            say(f"{p} / fp32 speed: {res[f'{p}_over_fp32']:.2f}x")
+    say(f"auto picks {res['auto']} on this machine")
     return res
 
 
@@ -89,7 +97,7 @@ def compare_worlds(world_a: str = "default", world_b: str = "default", ticks: in
     many = _interleaved({k: (lambda i, w=w, c=c: w.step_many({s: acts[i] for s in c}))
                          for (k, w), c in zip(worlds.items(), crowds.values())}, bt, max(1, block // 2))
     res: dict[str, Any] = {"ticks": ticks, "batch": batch, "batch_ticks": bt,
-                           "precision": precision_name(worlds["a"].model.dtype)}
+                           "precision": worlds["a"].model.precision}
     for k in worlds:
         fps, bfps = ticks / one[k], bt * batch / many[k]
         res[k] = {"world": names[k], "fps": fps, "tick_ms": one[k] / ticks * 1e3, "batch_fps": bfps,

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldsim.precision import precision_name
 from worldsim.runtime.clock import freeze_heap
 
 
@@ -146,8 +145,8 @@ def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10
     world = World.load(world_spec, sampling_steps=sampling_steps)
     res["load_ms"] = (time.perf_counter() - t0) * 1e3
     res["sampling_steps"] = world.model.sampler.cfg.steps
-    res["precision"] = precision_name(world.model.dtype)
-    say(f"precision {res['precision']} (bf16 only where native: worldsim.precision)")
+    res["precision"] = world.model.precision
+    say(f"precision {res['precision']} (bf16 where native, else int8 dynamics on x86 CPUs: worldsim.precision)")
     acts = _actions(world, max(ticks, batch_ticks))
 
     # warm TTFF: open → first chunk (after one throwaway to warm allocators/kernels), each on a
@@ -342,7 +341,7 @@ def add_bench_args(p) -> None:
                    help="also measure the ZeroMQ bridge: per-tick overhead vs in process, realtime sessions held")
     p.add_argument("--bridge-seconds", type=float, default=8.0, help="seconds per realtime session count")
     p.add_argument("--compare-precision", action="store_true",
-                   help="only measure fp32 vs bf16 side by side (--ticks each, interleaved) and which one auto picks")
+                   help="only measure fp32 vs bf16 (and int8 where it runs) side by side (--ticks each, interleaved) and which one auto picks")
     p.add_argument("--compare-world", metavar="OTHER",
                    help="only measure --world and OTHER side by side in one process (single session and batch of 16, "
                         "interleaved): e.g. a retrained decoder against the shipped one")

@@ -30,7 +30,8 @@ from worldsim.model.memory import MemoryConfig, PoseTracker, SceneMemory
 from worldsim.model.stream_state import Pending, StreamState
 from worldsim.model.view_warp import runs_to_mask
 from worldsim.model.sampler import FlowSampler, FlowSamplerConfig
-from worldsim.precision import autocast, compute_dtype
+from worldsim.model import packed_linear
+from worldsim.precision import autocast, compute_dtype, world_precision
 
 DEFAULT_WORLD_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_world"
 
@@ -56,6 +57,9 @@ class WorldModel:
         if self.audio_codec is not None:
             self.audio_codec.freeze_for_inference()
         self.dynamics = dynamics.to(device, wd).eval()
+        self.precision = world_precision(device, precision)  # bf16, fp32 or int8 (worldsim.precision)
+        if self.precision == "int8":
+            packed_linear.use_int8(self.dynamics)
         self.world = world
         self.sampler = FlowSampler(sampler or config_from_dict(FlowSamplerConfig, world.get("sampler", {}), "world.json sampler"))
         self.schema = ActionSchema.from_dict(world["schema"])

@@ -57,6 +57,7 @@ class Stats:
     fps: float = 0.0
     model_ms: float = 0.0
     steps: int = 0                      # sampling steps of the last tick (fewer when the machine is behind)
+    step_counts: list[int] = field(default_factory=list)  # of every tick, for the run's summary
     latency_ms: float = 0.0             # input sampled → frame on screen, last tick
     latencies: list[float] = field(default_factory=list)
 
@@ -225,6 +226,8 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
                     action = script[st.ticks]
                 nxt = source.step(action)
                 st.model_ms, st.steps = nxt.model_ms, nxt.steps
+                if nxt.steps:
+                    st.step_counts.append(nxt.steps)
                 if episodes:
                     episodes.add(cur.frame, action, cur.audio)
                 if video:
@@ -288,6 +291,7 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
             "first_frame_ms": round(first_frame_ms, 1), "latency_p50_ms": round(float(np.median(lat)), 2),
             "latency_p99_ms": round(float(np.percentile(lat, 99)), 2), "audio": audio.on,
             "audio_queued": audio.queued, "audio_dropped": audio.dropped, "written": written,
+            "sampling_steps_mean": round(float(np.mean(st.step_counts)), 2) if st.step_counts else None,
             "screenshot": cfg.screenshot, "source": source.where}
 
 
@@ -347,7 +351,8 @@ def main_play(args) -> int:
     r = play(cfg)
     print(f"played {r['ticks']} ticks ({r['source']}): first frame {r['first_frame_ms']} ms, "
           f"input→frame p50 {r['latency_p50_ms']} ms, late {r['late']}, dropped {r['dropped']}, "
-          f"sound {'on' if r['audio'] else 'off'} ({r['audio_queued']} chunks queued, {r['audio_dropped']} dropped)")
+          f"sound {'on' if r['audio'] else 'off'} ({r['audio_queued']} chunks queued, {r['audio_dropped']} dropped)"
+          + (f", sampling steps {r['sampling_steps_mean']:g} a tick on average" if r["sampling_steps_mean"] else ""))
     for f in r["written"] + ([r["screenshot"]] if r["screenshot"] else []):
         print(f"wrote {f}")
     return 0
