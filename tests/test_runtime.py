@@ -146,6 +146,31 @@ def test_realtime_degrades_instead_of_stalling(world):
     assert d.governor.steps == d.governor.min_steps and d.stats.degraded > 0 and d.stats.skipped > 0
 
 
+def test_step_governor_climbs_back_when_the_full_count_is_measured_to_fit():
+    from worldsim.runtime.clock import StepGovernor
+
+    def run(gov, cost, ticks, first=None):
+        counts = []
+        for t in range(ticks):
+            counts.append(gov.steps)
+            gov.update(first if (t == 0 and first) else cost[gov.steps])
+        return counts
+
+    # a step costs little beside the rest of the tick (int8 on AVX2): one slow first tick sheds a
+    # step; a probe finds that two fit, and play stays there
+    period = 1 / 17.5  # budget 0.9 × 57 ms = 51 ms
+    counts = run(StepGovernor(2, period), {1: 35.0, 2: 38.0}, 400, first=130.0)
+    assert counts[1] == 1 and counts[-300:] == [2] * 300
+    # two do not fit: after the probes that measure it, one step, with a probe per `forget` ticks
+    gov = StepGovernor(2, period)
+    counts = run(gov, {1: 35.0, 2: 60.0}, 2000)
+    assert counts.count(2) <= 3 + 2000 // gov.forget + 1 and counts[-1] == 1
+    # the old rule still holds: compute under half the budget climbs at once
+    gov = StepGovernor(3, period)
+    assert run(gov, {1: 20.0, 2: 60.0, 3: 90.0}, 3) == [3, 2, 1] and gov.steps == 2
+    assert StepGovernor(2, period, min_steps=2).max_steps == 2
+
+
 def test_gymnasium_env_passes_check_env(world):
     from gymnasium.utils.env_checker import check_env
 
