@@ -176,3 +176,31 @@ def test_distill_config_and_teacher_errors(tmp_path):
         load_teacher(tmp_path, DynamicsConfig(d_model=32, n_layers=1, n_heads=2, context=4), "cpu")
     t = load_teacher(tmp_path, DynamicsConfig(d_model=64, n_layers=2, n_heads=2, context=4, latent_channels=8), "cpu")
     assert not any(q.requires_grad for q in t.parameters())  # frozen; the width may differ from the student's
+
+
+def test_distilled_windows_can_keep_the_recorded_sound_as_their_audio_target(monkeypatch):
+    """``distill_audio: real``: the frames of a distilled window take the teacher's sample, its
+    audio the recorded tick's (flow matching at the same flow times), so the student may sound
+    where the teacher stays silent; "teacher" (the default) couples both to the teacher."""
+    from worldsim.train import dynamics_trainer
+    teacher = _tiny(5).eval()
+    student = copy.deepcopy(teacher).train()
+    batch = _batch(B=4, seed=3)
+    seen = []
+    real_couple = dynamics_trainer.couple
+    monkeypatch.setattr(dynamics_trainer, "couple", lambda p, xs, xa, pick, t: seen.append((xs, xa, pick)) or
+                        real_couple(p, xs, xa, pick, t))
+    recorded = batch["audio"][:, 1:].float().flatten(2)  # (B, T-1, Da): the ticks the windows predict
+    for mode in ("real", "teacher"):
+        tcfg = DynamicsTrainConfig(distill_steps=3, distill_teacher="unused", tau_max=0.0, distill_audio=mode)
+        tcfg.validate()
+        loss, stats = dynamics_loss(student, batch, tcfg, NAMES, "cpu", teacher)
+        assert torch.isfinite(loss) and "audio" in stats
+        xs, xa, pick = seen[-1]
+        assert pick.all()  # distill_frac 1: every window distilled
+        if mode == "real":
+            torch.testing.assert_close(xa, recorded)
+        else:
+            assert not torch.allclose(xa, recorded, atol=1e-3)  # the teacher's own samples
+    with pytest.raises(ValueError, match="distill_audio"):
+        DynamicsTrainConfig(distill_audio="both").validate()

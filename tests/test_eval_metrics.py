@@ -139,8 +139,25 @@ def test_onsets_by_cause():
     sc = A.AudioScorer(22050)
     sc.add(np.zeros((100, 1), np.int16), real, gen, causes=np.array([2, 2, 0, 2, 2, 2]))
     r = sc.result()["by_cause"]
-    assert r["attack"] == {"real_onsets": 1, "within_1": 1.0} and r["other"] == {"real_onsets": 1, "within_1": 0.0}
-    assert r["use"] == {"real_onsets": 0, "within_1": None}
+    none = dict.fromkeys(A.MISSES, 0)
+    assert r["attack"] == {"real_onsets": 1, "within_1": 1.0, "misses": none}
+    assert r["other"] == {"real_onsets": 1, "within_1": 0.0, "misses": {**none, "shifted": 1}}  # gen's onset 2 early
+    assert r["use"] == {"real_onsets": 0, "within_1": None, "misses": none}
+
+
+def test_missed_onsets_are_told_apart():
+    """A missed real onset: the generated sound has an onset 2–4 steps away (shifted), stays quiet
+    (silent), or is loud there without the 6 dB rise (no_rise)."""
+    real = np.zeros((16, 100, 1), np.int16)
+    real[2] = real[6] = real[14] = 8000
+    gen = np.zeros_like(real)
+    gen[8:15] = 8000              # its one onset, at 8, is 2 after the real one at 6: shifted; loud through
+    #                               14 without a rise there: no_rise; quiet around 2: silent
+    sc = A.AudioScorer(22050)
+    sc.add(np.zeros((100, 1), np.int16), real, gen)
+    r = sc.result()
+    assert r["real_onsets"] == 3 and r["onset_within_1"] == 0.0
+    assert r["misses"] == {"shifted": 1, "silent": 1, "no_rise": 1}
 
 
 def test_action_labels_priority():

@@ -15,6 +15,10 @@
   use* likewise, else *other* (monsters, doors closing, pickups: nothing the actions announce).
   Reported beside the total (``details.audio.by_cause``): what an action-conditioned model can
   be asked to reproduce in free running is the first two.
+* missed onsets, by what the generated sound does there (``misses``, also per cause):
+  ``shifted`` — it has an onset 2–4 steps away (wrong timing); else ``silent`` — it stays below
+  −45 dBFS at the step and the one before (no sound at all); else ``no_rise`` — it is loud
+  there but does not rise 6 dB (a sound smeared over the steps).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ ONSET_MIN_DB = -45.0
 ONSET_RISE_DB = 6.0
 CAUSE_STEPS = 5     # "an ATTACK is followed by a sound onset within 4 tics": the action at t-1 and the 4 before
 CAUSES = ("attack", "use", "other")
+MISSES = ("shifted", "silent", "no_rise")
 
 
 def onset_causes(buttons: np.ndarray, names: "list[str] | tuple[str, ...]", first: int, length: int) -> np.ndarray:
@@ -111,6 +116,15 @@ def onsets(energy_db: np.ndarray, prev_db: float) -> np.ndarray:
     return (e >= ONSET_MIN_DB) & (e - prev >= ONSET_RISE_DB)
 
 
+def miss_kind(t: int, gen_on: np.ndarray, gen_db: np.ndarray, prev_db: float) -> str:
+    """What the generated sound does at a real onset ``t`` it missed (see ``MISSES``)."""
+    g = np.nonzero(gen_on)[0]
+    if np.any((np.abs(g - t) >= 2) & (np.abs(g - t) <= 4)):
+        return "shifted"
+    before = gen_db[t - 1] if t > 0 else prev_db
+    return "silent" if max(gen_db[t], before) < ONSET_MIN_DB else "no_rise"
+
+
 def onset_matches(real_on: np.ndarray, gen_on: np.ndarray, tol: int = 1) -> tuple[int, int, int, int]:
     """(real onsets, of which matched within ±tol, generated onsets, of which matched)."""
     r, g = np.nonzero(real_on)[0], np.nonzero(gen_on)[0]
@@ -128,6 +142,7 @@ class AudioScorer:
         self.dist: list[float] = []
         self.dist_silence: list[float] = []
         self.by_cause = {c: [0, 0] for c in CAUSES}  # real onsets, of which reproduced within ±1
+        self.misses = {c: dict.fromkeys(MISSES, 0) for c in CAUSES + ("all",)}  # missed onsets by kind
 
     def add(self, context_audio: np.ndarray, real: np.ndarray, generated: np.ndarray | None,
             causes: np.ndarray | None = None) -> None:
@@ -137,14 +152,21 @@ class AudioScorer:
             generated = np.zeros_like(real)
         prev = float(step_energy_db(context_audio[None])[0])
         r_on = onsets(step_energy_db(real), prev)
-        g_on = onsets(step_energy_db(generated), prev)
+        g_db = step_energy_db(generated)
+        g_on = onsets(g_db, prev)
         nr, hr, ng, hg = onset_matches(r_on, g_on)
-        if causes is not None:
-            g = np.nonzero(g_on)[0]
-            for t in np.nonzero(r_on)[0]:
-                tally = self.by_cause[CAUSES[int(causes[t])]]
-                tally[0] += 1
-                tally[1] += int(np.any(np.abs(g - t) <= 1))
+        g = np.nonzero(g_on)[0]
+        for t in np.nonzero(r_on)[0]:
+            hit = bool(np.any(np.abs(g - t) <= 1))
+            cause = CAUSES[int(causes[t])] if causes is not None else None
+            if cause is not None:
+                self.by_cause[cause][0] += 1
+                self.by_cause[cause][1] += int(hit)
+            if not hit:
+                kind = miss_kind(int(t), g_on, g_db, prev)
+                self.misses["all"][kind] += 1
+                if cause is not None:
+                    self.misses[cause][kind] += 1
         self.n_real += nr
         self.hit_real += hr
         self.n_gen += ng
@@ -160,5 +182,7 @@ class AudioScorer:
             "generated_onsets": self.n_gen,
             "logmel_dist": float(np.mean(self.dist)) if self.dist else None,
             "logmel_dist_silence": float(np.mean(self.dist_silence)) if self.dist_silence else None,
-            "by_cause": {c: {"real_onsets": n, "within_1": h / n if n else None} for c, (n, h) in self.by_cause.items()},
+            "by_cause": {c: {"real_onsets": n, "within_1": h / n if n else None, "misses": self.misses[c]}
+                         for c, (n, h) in self.by_cause.items()},
+            "misses": self.misses["all"],
         }

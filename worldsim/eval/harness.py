@@ -20,6 +20,7 @@ The result (also written as JSON) has these keys, horizons as strings:
     meta                                  data dir, episodes, horizons, seed, model spec, timings
     details                               probe, shift calibration, curves, counts; audio.by_cause:
                                           onsets reproduced after attack / after use / other (audio.py);
+                                          audio.misses: missed onsets by kind (silent / shifted / no_rise)
                                           audio.codec_roundtrip: the same scores for the real sound
                                           through the model's audio codec (models with audio_roundtrip)
 

@@ -159,6 +159,10 @@ def summary_markdown(result: dict[str, Any]) -> str:
               + (f" — {result['action_acc_reason']}" if result.get("action_acc_reason") else "")]
     if result.get("audio_logmel_dist_silence") is not None:
         lines.append(f"Silence scores a log-mel distance of {_fmt(result['audio_logmel_dist_silence'])} dB.")
+    miss = ((result.get("details") or {}).get("audio") or {}).get("misses")
+    if miss and sum(miss.values()):
+        lines.append(f"Missed onsets: {miss.get('silent', 0)} where the model made no sound, {miss.get('shifted', 0)} "
+                     f"with its onset 2–4 ticks away, {miss.get('no_rise', 0)} loud but without the rise.")
     rt = ((result.get("details") or {}).get("audio") or {}).get("codec_roundtrip")
     if rt:
         lines.append(f"The real sound through the model's audio codec reproduces {_fmt(rt.get('onset_within_1'))} "

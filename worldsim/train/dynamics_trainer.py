@@ -77,6 +77,11 @@ class DynamicsTrainConfig:
     # each teacher-sampled batch trains this many student steps (each at fresh flow times): the
     # teacher's 16 Euler steps are ~70 % of a distillation step on a CPU; 1 = a new one every step
     distill_reuse: int = 1
+    # the sound's targets in distilled windows: "teacher" (its samples, like the frames') or "real"
+    # (the recorded tick's audio, plain flow matching at the same flow times). A 2-step student
+    # can sound only as often as its teacher does; the shipped world misses most real onsets by
+    # staying silent (README, session 17), which the recorded targets teach and the teacher's cannot
+    distill_audio: str = "teacher"
     # adversarial sharpening (worldsim.train.adversarial): a latent patch critic's hinge gradient on
     # the network's clean-tick estimates, times this weight; 0 = off
     adv_weight: float = 0.0
@@ -91,6 +96,8 @@ class DynamicsTrainConfig:
             raise ValueError("dynamics_train.distill_steps must be >= 0, distill_student_steps and distill_reuse >= 1")
         if self.distill_steps and not self.distill_teacher:
             raise ValueError("dynamics_train.distill_steps > 0 needs distill_teacher (a world or run directory)")
+        if self.distill_audio not in ("teacher", "real"):
+            raise ValueError(f"dynamics_train.distill_audio must be 'teacher' or 'real', got {self.distill_audio!r}")
         if self.adv_weight < 0 or self.adv_lr <= 0:
             raise ValueError("dynamics_train.adv_weight must be >= 0 and adv_lr > 0")
 
@@ -246,6 +253,8 @@ def dynamics_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tcfg: 
         p = dict(p)  # couple() rewrites the dict's entries (cloned tensors): the pooled pair stays as sampled
         if pick.any():
             t = p["t"] if pool is None else flow_times(*p["t"].shape, device=p["t"].device)
+            if tcfg.distill_audio == "real" and p["v_audio"] is not None:
+                xa = (p["eps_audio"] - p["v_audio"])[pick]  # the recorded ticks' audio (v = eps − x0)
             couple(p, xs, xa, pick, student_times(t, tcfg.distill_student_steps, tcfg.distill_at_steps))
     else:
         p = packed()
