@@ -193,6 +193,15 @@ def console_summary(result: dict[str, Any]) -> str:
         free = " ".join(f"@{h}:{_fmt((r.get('psnr_free') or {}).get(h), 1)}" for h in hs)
         out.append(f"{name:>9}: PSNR tf {_fmt(r.get('psnr_tf'), 1)} dB, free {free}; SSIM tf {_fmt(r.get('ssim_tf'), 3)}; "
                    f"action acc {_fmt(r.get('action_acc_generated'))}; {_fmt(r.get('ms_per_step'), 3)} ms/step")
+    au = (result.get("details") or {}).get("audio") or {}
+    if result.get("audio_onset_within_1") is not None:
+        causes = au.get("by_cause") or {}
+        miss = au.get("misses") or {}
+        out.append(f"sound: onsets within ±1 tick {_fmt(result['audio_onset_within_1'])} (precision "
+                   f"{_fmt(au.get('onset_precision'))}; after attack / use / other "
+                   + " / ".join(_fmt((causes.get(c) or {}).get("within_1")) for c in ("attack", "use", "other"))
+                   + f"), missed: {miss.get('silent', 0)} silent, {miss.get('shifted', 0)} shifted 2–4 ticks, "
+                   f"{miss.get('no_rise', 0)} without the rise; log-mel {_fmt(result.get('audio_logmel_dist'))} dB")
     out.append(f"action probe ceiling {_fmt(result.get('action_acc_real'))}; drift collapsed: "
                f"{(result.get('drift') or {}).get('collapsed')}; wall {_fmt(result['meta'].get('wall_seconds'), 1)} s")
     if result.get("loop_closure_psnr_memory_on") is not None:
