@@ -16,7 +16,7 @@ weight's storage and version, so ``load_state_dict`` (an in-place copy), an opti
 layers of a module marked by :func:`use_int8` multiply in int8 instead — each weight quantized
 once per output channel (symmetric, scale = max |w| / 127) and packed for fbgemm, each input
 quantized per call over the whole tensor (7-bit range, which keeps fbgemm's AVX2 kernels from
-saturating). On an AVX2 CPU, one thread, the dynamics' 256→1024 layer at 17 rows runs ~1.2–1.9×
+saturating). On an AVX2 CPU, one thread, the dynamics' layers at 17 rows run ~1.2–1.8×
 faster than in fp32; outputs differ from fp32 at the 1 % level, so an int8 world is its own
 setting, evaluated as such (README, Speed).
 """

@@ -57,7 +57,8 @@ class Stats:
     fps: float = 0.0
     model_ms: float = 0.0
     steps: int = 0                      # sampling steps of the last tick (fewer when the machine is behind)
-    step_counts: list[int] = field(default_factory=list)  # of every tick, for the run's summary
+    steps_total: int = 0                # sampling steps over the run's ticks, for its summary
+    steps_ticks: int = 0
     latency_ms: float = 0.0             # input sampled → frame on screen, last tick
     latencies: list[float] = field(default_factory=list)
 
@@ -227,7 +228,7 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
                 nxt = source.step(action)
                 st.model_ms, st.steps = nxt.model_ms, nxt.steps
                 if nxt.steps:
-                    st.step_counts.append(nxt.steps)
+                    st.steps_total, st.steps_ticks = st.steps_total + nxt.steps, st.steps_ticks + 1
                 if episodes:
                     episodes.add(cur.frame, action, cur.audio)
                 if video:
@@ -291,7 +292,7 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
             "first_frame_ms": round(first_frame_ms, 1), "latency_p50_ms": round(float(np.median(lat)), 2),
             "latency_p99_ms": round(float(np.percentile(lat, 99)), 2), "audio": audio.on,
             "audio_queued": audio.queued, "audio_dropped": audio.dropped, "written": written,
-            "sampling_steps_mean": round(float(np.mean(st.step_counts)), 2) if st.step_counts else None,
+            "sampling_steps_mean": round(st.steps_total / st.steps_ticks, 2) if st.steps_ticks else None,
             "screenshot": cfg.screenshot, "source": source.where}
 
 
