@@ -107,6 +107,9 @@ def test_int8_linears_stay_close_to_fp32_and_follow_weight_changes():
         lin.weight.mul_(2)  # an in-place weight change re-quantizes
         y2 = packed_linear.apply(lin, x)
         assert ((y2 - lin(x)).norm() / lin(x).norm()).item() < 0.02
+        lin.bias.add_(1.0)  # so does a bias change alone (the bias is packed with the weight)
+        y3 = packed_linear.apply(lin, x)
+        assert ((y3 - lin(x)).norm() / lin(x).norm()).item() < 0.02 and not torch.allclose(y3, y2, atol=0.5)
     assert packed_linear.apply(lin, x.requires_grad_()).requires_grad  # training: the plain path
     packed_linear.use_int8(lin, False)
     with torch.no_grad():

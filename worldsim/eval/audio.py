@@ -116,9 +116,9 @@ def onsets(energy_db: np.ndarray, prev_db: float) -> np.ndarray:
     return (e >= ONSET_MIN_DB) & (e - prev >= ONSET_RISE_DB)
 
 
-def miss_kind(t: int, gen_on: np.ndarray, gen_db: np.ndarray, prev_db: float) -> str:
-    """What the generated sound does at a real onset ``t`` it missed (see ``MISSES``)."""
-    g = np.nonzero(gen_on)[0]
+def miss_kind(t: int, g: np.ndarray, gen_db: np.ndarray, prev_db: float) -> str:
+    """What the generated sound does at a real onset ``t`` it missed (see ``MISSES``); ``g``: the
+    generated onsets' steps."""
     if np.any((np.abs(g - t) >= 2) & (np.abs(g - t) <= 4)):
         return "shifted"
     before = gen_db[t - 1] if t > 0 else prev_db
@@ -163,7 +163,7 @@ class AudioScorer:
                 self.by_cause[cause][0] += 1
                 self.by_cause[cause][1] += int(hit)
             if not hit:
-                kind = miss_kind(int(t), g_on, g_db, prev)
+                kind = miss_kind(int(t), g, g_db, prev)
                 self.misses["all"][kind] += 1
                 if cause is not None:
                     self.misses[cause][kind] += 1

@@ -48,19 +48,28 @@ def use_int8(module: nn.Module, on: bool = True) -> None:
             _int8_packed(m, m.weight, m.bias)
 
 
+def _cached(owner: object, slot: str, weight: torch.Tensor, make, *also: torch.Tensor | None) -> object:
+    """``make(weight)`` cached on ``owner`` under ``slot`` until ``weight`` (or a tensor in
+    ``also``, e.g. a bias baked into the result) changes. The cache holds the source weight alive,
+    so no other tensor can take its address: same address + same versions (shared with in-place
+    writers: ``load_state_dict``, optimizer steps) = same values."""
+    key = (weight.data_ptr(), tuple(weight.shape), weight._version, tuple(t._version for t in also if t is not None))
+    hit = owner.__dict__.get(slot)
+    if hit is None or hit[0] != key:
+        hit = (key, weight.detach(), make(weight.detach()))
+        object.__setattr__(owner, slot, hit)  # not a registered buffer: never saved, never moved
+    return hit[2]
+
+
 def _int8_packed(owner: object, weight: torch.Tensor, bias: torch.Tensor | None):
-    hit = owner.__dict__.get("_int8_weight")
-    if hit is None or hit[0].data_ptr() != weight.data_ptr() or hit[1] != weight._version or hit[0].shape != weight.shape:
-        src = weight.detach()
+    def make(src: torch.Tensor):
         w = src.float()
         scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()  # (out,): one scale per output channel
         with warnings.catch_warnings():  # torch ≥ 2.10 marks quantized tensors deprecated; 2.13 (pinned) has them
             warnings.simplefilter("ignore")
             qw = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
-            packed_w = torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
-        hit = (src, weight._version, packed_w)
-        object.__setattr__(owner, "_int8_weight", hit)
-    return hit[2]
+            return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
+    return _cached(owner, "_int8_weight", weight, make, bias)
 
 
 def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -70,15 +79,7 @@ def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def packed(owner: object, weight: torch.Tensor, slot: str = "_packed_weight") -> torch.Tensor:
     """``weight`` (out, in) in oneDNN's layout, cached on ``owner`` until the weight changes."""
-    hit = getattr(owner, slot, None)
-    # the cache holds the source weight's storage alive, so no other tensor can take its address:
-    # same address + same version (shared with in-place writers) = same values
-    if (hit is None or hit[0].data_ptr() != weight.data_ptr() or hit[1] != weight._version
-            or hit[0].shape != weight.shape):
-        src = weight.detach()
-        hit = (src, weight._version, torch.ops.mkldnn._reorder_linear_weight(src))
-        object.__setattr__(owner, slot, hit)  # not a registered buffer: never saved, never moved
-    return hit[2]
+    return _cached(owner, slot, weight, torch.ops.mkldnn._reorder_linear_weight)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, owner: object,
