@@ -3,7 +3,8 @@
 Stages, each resumable and skipped when already complete: ``frame_codec`` → ``audio_codec``
 → ``frame_decoder`` / ``audio_decoder`` (only when ``frame_codec.decoder_channels`` /
 ``audio_codec.decoder_widths`` ask for a decoder other than the trained one: a new decoder
-against the frozen encoder) → ``latents`` (encode the data once) → ``dynamics``. The run directory is itself a world
+against the frozen encoder) → ``latents`` (encode the data once) → ``dynamics`` (its base
+schedule, then the config's ``dynamics_rounds``: :mod:`worldsim.train.rounds`). The run directory is itself a world
 checkpoint (``world.json`` + one safetensors/JSON pair per component), loadable with
 ``WorldModel.load(run_dir)`` and evaluable with ``worldsim eval --checkpoint run_dir``;
 ``worldsim export`` writes a bf16 copy (the shipped default world is one).
@@ -13,7 +14,8 @@ YAML configs only pick values of the dataclasses next to the code they configure
 ``dynamics`` (:class:`DynamicsConfig`), ``sampler`` (:class:`FlowSamplerConfig`),
 ``frame_codec_train``/``audio_codec_train``/``frame_decoder_train``/``audio_decoder_train``
 (:class:`CodecTrainConfig`),
-``dynamics_train`` (:class:`DynamicsTrainConfig`), plus ``name``, ``data``, ``heldout``,
+``dynamics_train`` (:class:`DynamicsTrainConfig`), ``dynamics_rounds`` (a list of named
+:class:`DynamicsTrainConfig` changes, :mod:`worldsim.train.rounds`), plus ``name``, ``data``, ``heldout``,
 ``seed``, ``audio`` (bool).
 """
 
@@ -37,7 +39,8 @@ from worldsim.model.dynamics import DynamicsConfig
 from worldsim.model.frame_codec import FrameCodecConfig
 from worldsim.model.sampler import FlowSamplerConfig
 from worldsim.train.codec_trainer import DECODER_FIELDS, CodecTrainConfig, load_codec, train_codec, train_decoder
-from worldsim.train.dynamics_trainer import DynamicsTrainConfig, fit_turn_weights, train_dynamics
+from worldsim.train.dynamics_trainer import DynamicsTrainConfig, fit_turn_weights
+from worldsim.train.rounds import DynamicsRound, parse_rounds, train_chain
 
 STAGES = ("frame_codec", "audio_codec", "frame_decoder", "audio_decoder", "latents", "dynamics")
 
@@ -62,6 +65,7 @@ class RunConfig:
     frame_decoder_train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
     audio_decoder_train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
     dynamics_train: DynamicsTrainConfig = field(default_factory=DynamicsTrainConfig)
+    dynamics_rounds: list[DynamicsRound] = field(default_factory=list)
 
 
 def load_run_config(path: str | os.PathLike) -> RunConfig:
@@ -88,6 +92,8 @@ def load_run_config(path: str | os.PathLike) -> RunConfig:
     base = RunConfig()
     kw: dict[str, Any] = {}
     for k, v in raw.items():
+        if k == "dynamics_rounds":
+            continue  # parsed below, over the finished dynamics_train
         cur = getattr(base, k)
         if dataclasses.is_dataclass(cur):
             try:
@@ -102,6 +108,10 @@ def load_run_config(path: str | os.PathLike) -> RunConfig:
         cfg.dynamics_train.validate()
     except ValueError as e:
         raise TrainConfigError(f"{p}: {e}") from None
+    try:
+        cfg.dynamics_rounds = parse_rounds(raw.get("dynamics_rounds"), cfg.dynamics_train, str(p))
+    except ValueError as e:
+        raise TrainConfigError(str(e)) from None
     return cfg
 
 
@@ -216,9 +226,8 @@ def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None
             on_eval = None
             if cfg.heldout and Path(cfg.heldout).is_dir() and cfg.dynamics_train.eval_every:
                 on_eval = lambda step: quick_eval(out, cfg, store.info, step)  # noqa: E731
-            report["dynamics"] = train_dynamics(store, out, dcfg, cfg.dynamics_train, seed=cfg.seed, resume=resume,
-                                                max_steps=max_steps, progress=progress, device=device, on_eval=on_eval,
-                                                max_seconds=max_seconds)
+            report.update(train_chain(store, out, dcfg, cfg.dynamics_train, cfg.dynamics_rounds, cfg.seed, resume,
+                                      max_steps, progress, device, on_eval, max_seconds, TrainConfigError))
             if rank == 0:
                 write_world_json(out, cfg, store.info, {"training": {"wall_s_this_run": round(time.time() - t0, 1)},
                                                         "memory": memory_section(episodes)})
@@ -252,8 +261,8 @@ def _train_on_latents(cfg: RunConfig, out: Path, latents: Path, resume: bool, ma
     prev = read_component_json(out, "dynamics")["config"]
     prev["memory_input"] = bool(prev.get("memory_input")) or cfg.dynamics.memory_input
     dcfg = config_from_dict(DynamicsConfig, prev, where=f"{out}/dynamics.json")
-    report = {"dynamics": train_dynamics(store, out, dcfg, cfg.dynamics_train, seed=cfg.seed, resume=resume,
-                                         max_steps=max_steps, progress=progress, device=device, max_seconds=max_seconds)}
+    report = train_chain(store, out, dcfg, cfg.dynamics_train, cfg.dynamics_rounds, cfg.seed, resume, max_steps,
+                         progress, device, None, max_seconds, TrainConfigError)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
         kept = json.loads((out / "world.json").read_text()) if (out / "world.json").exists() else {}
         write_world_json(out, cfg, store.info, {k: v for k, v in kept.items() if k in ("memory", "training")})
