@@ -44,6 +44,9 @@ def test_rounds_run_the_chain_keep_teachers_and_resume(tmp_path, monkeypatch, ca
     real = dynamics_trainer.load_teacher
     monkeypatch.setattr(dynamics_trainer, "load_teacher", lambda path, *a: teachers.append(str(path)) or real(path, *a))
     run = tmp_path / "run"
+    stale = run / "rounds" / "base"  # left by an earlier life of the run: a run started over must not use it
+    stale.mkdir(parents=True)
+    (stale / "dynamics.json").write_text("{}")
     assert main(["train", "--config", str(cfg), "--data", str(toy), "--out", str(run), "--quiet"]) == 0
     assert _steps(run) == 11
     printed = capsys.readouterr().out

@@ -127,12 +127,17 @@ def train_chain(store, out: Path, dcfg, base: DynamicsTrainConfig, rounds: list[
     chain = [("base", base)] + [(r.name, r.train) for r in rounds]
     needed = {teacher_round(t) for _, t in chain} - {None}
     report: dict[str, Any] = {}
+    if rounds and rank == 0 and progress:
+        at = trained_steps(out) if resume else 0
+        print("dynamics stages: " + " → ".join(f"{n} (to {t.steps}{', done' if at >= t.steps else ''})" for n, t in chain))
+    if not resume and rank == 0:  # a run started over: weights kept from its last life would be stale teachers
+        shutil.rmtree(out / ROUNDS_DIR, ignore_errors=True)
     for i, (name, tcfg) in enumerate(chain):
         key = "dynamics" if i == 0 else f"dynamics:{name}"
         at = trained_steps(out) if (resume or i > 0) else 0
         if at >= tcfg.steps:
             report[key] = {"steps": at, "skipped": "already trained"}
-            _keep(out, name, tcfg, needed, rank, ddp)
+            _keep(out, name, tcfg, needed, rank, ddp, replace=False)
             continue
         if i > 0 and at == 0:
             raise error(f"{out}: round {name!r} continues trained dynamics, and the run has none")
@@ -145,15 +150,17 @@ def train_chain(store, out: Path, dcfg, base: DynamicsTrainConfig, rounds: list[
             tcfg = dataclasses.replace(tcfg, distill_teacher=str(kept))
         report[key] = train_dynamics(store, out, dcfg, tcfg, seed=seed, resume=resume or i > 0, max_steps=max_steps,
                                      progress=progress, device=device, on_eval=on_eval, max_seconds=max_seconds)
-        _keep(out, name, tcfg, needed, rank, ddp)
+        _keep(out, name, tcfg, needed, rank, ddp, replace=True)
         if max_seconds is not None or report[key]["steps"] < tcfg.steps:
             break  # the stage --max-minutes landed in, or one cut short: later stages start another time
     return report
 
 
-def _keep(out: Path, name: str, tcfg: DynamicsTrainConfig, needed: set, rank: int, ddp: bool) -> None:
-    """Keep a finished stage's weights when a later round distils from them."""
-    if rank == 0 and name in needed and trained_steps(out) == tcfg.steps and not (out / ROUNDS_DIR / name / "dynamics.json").exists():
+def _keep(out: Path, name: str, tcfg: DynamicsTrainConfig, needed: set, rank: int, ddp: bool, replace: bool) -> None:
+    """Keep a finished stage's weights when a later round distils from them: always when it has
+    just finished training (``replace``), else only when no copy is kept yet."""
+    if (rank == 0 and name in needed and trained_steps(out) == tcfg.steps
+            and (replace or not (out / ROUNDS_DIR / name / "dynamics.json").exists())):
         keep_stage(out, name)
     if ddp:
         import torch.distributed as dist
