@@ -318,12 +318,12 @@ def test_fused_attention_computes_what_the_plain_form_does():
     bias = torch.randn(1, H, Mq, Mk, generator=g)
     bias[..., 0, 3] = float("-inf")  # a masked pair of blocks
     with torch.no_grad():
-        fused = D.attention(q, k, v, bias, N)
-        D.FUSED_ATTENTION = False
+        fused = D.attention(q, k, v, bias, N)  # fp32: auto picks SDPA
+        D.ATTENTION_KERNEL = "plain"
         try:
             plain = D.attention(q, k, v, bias, N)
         finally:
-            D.FUSED_ATTENTION = True
+            D.ATTENTION_KERNEL = "auto"
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
     # by hand: token i of query block 0 ignores key block 3 entirely
     logits = (q @ k.transpose(-1, -2)) / Dh ** 0.5 + bias.repeat_interleave(N, 2).repeat_interleave(N, 3)
@@ -338,10 +338,11 @@ def test_fused_attention_computes_what_the_plain_form_does():
     times, noisy = torch.arange(4), torch.tensor([False, False, True, True])
     with torch.no_grad():
         fast = m(frame, audio, prior, level, action, times, noisy)
-        D.FUSED_ATTENTION = False
+        D.ATTENTION_KERNEL = "plain"
         try:
             slow = m(frame, audio, prior, level, action, times, noisy)
         finally:
-            D.FUSED_ATTENTION = True
+            D.ATTENTION_KERNEL = "auto"
+    assert D.streaming_kernel(torch.float32, "cpu") == "sdpa" and D.streaming_kernel(torch.bfloat16, "cpu") == "plain"
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -275,9 +275,26 @@ def test_bench_compares_two_worlds_side_by_side(world):
     assert r["b_over_a"]["fps"] == pytest.approx(r["b"]["fps"] / r["a"]["fps"])
     ap = argparse.ArgumentParser()
     add_bench_args(ap)
-    for bad in (["--bridge"], ["--compare-precision"]):
+    for bad in (["--bridge"], ["--compare-precision"], ["--compare-attention"]):
         with pytest.raises(SystemExit, match="compare-world"):
             main_bench(ap.parse_args(["--world", path, "--compare-world", path, *bad]))
+
+
+def test_bench_compares_the_attention_kernels_side_by_side(world, monkeypatch):
+    """``--compare-attention``: each kernel forced for its own sessions' ticks, then auto again."""
+    import pytest
+
+    from worldsim.bench.compare import compare_attention
+    from worldsim.model import dynamics
+    seen = []
+    real = dynamics.attention
+    monkeypatch.setattr(dynamics, "attention", lambda *a: seen.append(dynamics.ATTENTION_KERNEL) or real(*a))
+    r = compare_attention(str(world.model.path), ticks=4, batch=3, batch_ticks=2, block=2, progress=False)
+    assert {"plain", "sdpa"} <= set(seen) and dynamics.ATTENTION_KERNEL == "auto"  # (opening sessions primes in auto)
+    assert r["auto"] == dynamics.streaming_kernel(world.model.dtype, world.model.device)
+    for k in ("plain", "sdpa"):
+        assert r[k]["fps"] > 0 and r[k]["batch_fps"] > 0
+    assert r["sdpa_over_plain"]["fps"] == pytest.approx(r["sdpa"]["fps"] / r["plain"]["fps"])
 
 
 def test_shipped_default_world_loads_steps_and_is_described():

@@ -72,6 +72,39 @@ def compare_precisions(world_spec: str = "default", ticks: int = 60, block: int 
     return res
 
 
+def _race(worlds: dict[str, Any], acts: list, ticks: int, batch: int, batch_ticks: int | None, block: int,
+          before: dict[str, Callable[[], None]] | None = None) -> dict[str, dict[str, float]]:
+    """One session per contender, then ``batch`` sessions each stepped together by ``step_many``,
+    both interleaved; ``before[k]()`` runs before each of contender k's ticks (a kernel switch).
+    Returns per contender ``fps``, ``tick_ms``, ``batch_fps``, ``batch_over_single``."""
+    pre = before or {}
+    single = {k: w.open(seed=0) for k, w in worlds.items()}
+    crowds = {k: [w.open(seed=i) for i in range(batch)] for k, w in worlds.items()}
+    for k, w in worlds.items():  # warm both paths before timing
+        pre.get(k, lambda: None)()
+        single[k].step(acts[0])
+        w.step_many({s: acts[0] for s in crowds[k]})
+    freeze_heap()
+
+    def one_tick(k, s):
+        return lambda i: (pre.get(k, lambda: None)(), s.step(acts[i]))
+
+    def crowd_tick(k, w, c):
+        return lambda i: (pre.get(k, lambda: None)(), w.step_many({s: acts[i] for s in c}))
+
+    one = _interleaved({k: one_tick(k, s) for k, s in single.items()}, ticks, block)
+    bt = max(1, batch_ticks if batch_ticks is not None else ticks // 4)
+    many = _interleaved({k: crowd_tick(k, worlds[k], c) for k, c in crowds.items()}, bt, max(1, block // 2))
+    for ss in list(single.values()) + [s for c in crowds.values() for s in c]:
+        ss.close()
+    out = {}
+    for k in worlds:
+        fps, bfps = ticks / one[k], bt * batch / many[k]
+        out[k] = {"fps": fps, "tick_ms": one[k] / ticks * 1e3, "batch_fps": bfps, "batch_over_single": bfps / fps,
+                  "batch_ticks": bt}
+    return out
+
+
 def compare_worlds(world_a: str = "default", world_b: str = "default", ticks: int = 60, batch: int = 16,
                    batch_ticks: int | None = None, block: int = 5, sampling_steps: int | None = None,
                    progress: bool = True) -> dict[str, Any]:
@@ -86,25 +119,49 @@ def compare_worlds(world_a: str = "default", world_b: str = "default", ticks: in
     names = {"a": world_a, "b": world_b}
     worlds = {k: World.load(spec, sampling_steps=sampling_steps) for k, spec in names.items()}
     acts = _actions(worlds["a"], ticks + 5)
-    single = {k: w.open(seed=0) for k, w in worlds.items()}
-    crowds = {k: [w.open(seed=i) for i in range(batch)] for k, w in worlds.items()}
-    for k, w in worlds.items():  # warm both paths before timing
-        single[k].step(acts[0])
-        w.step_many({s: acts[0] for s in crowds[k]})
-    freeze_heap()
-    one = _interleaved({k: (lambda i, s=s: s.step(acts[i])) for k, s in single.items()}, ticks, block)
-    bt = max(1, batch_ticks if batch_ticks is not None else ticks // 4)
-    many = _interleaved({k: (lambda i, w=w, c=c: w.step_many({s: acts[i] for s in c}))
-                         for (k, w), c in zip(worlds.items(), crowds.values())}, bt, max(1, block // 2))
-    res: dict[str, Any] = {"ticks": ticks, "batch": batch, "batch_ticks": bt,
+    raced = _race(worlds, acts, ticks, batch, batch_ticks, block)
+    res: dict[str, Any] = {"ticks": ticks, "batch": batch, "batch_ticks": raced["a"].pop("batch_ticks"),
                            "precision": worlds["a"].model.precision}
+    raced["b"].pop("batch_ticks")
     for k in worlds:
-        fps, bfps = ticks / one[k], bt * batch / many[k]
-        res[k] = {"world": names[k], "fps": fps, "tick_ms": one[k] / ticks * 1e3, "batch_fps": bfps,
-                  "batch_over_single": bfps / fps}
-        say(f"{k} ({names[k]}): {fps:.1f} fps, batch {batch}: {bfps:.1f} frames/s ({bfps / fps:.2f}x)")
+        res[k] = {"world": names[k], **raced[k]}
+        say(f"{k} ({names[k]}): {res[k]['fps']:.1f} fps, batch {batch}: {res[k]['batch_fps']:.1f} frames/s "
+            f"({res[k]['batch_over_single']:.2f}x)")
     res["b_over_a"] = {"fps": res["b"]["fps"] / res["a"]["fps"], "batch_fps": res["b"]["batch_fps"] / res["a"]["batch_fps"]}
     say(f"b / a: {res['b_over_a']['fps']:.2f}x single, {res['b_over_a']['batch_fps']:.2f}x batch {batch}")
-    for ss in list(single.values()) + [s for c in crowds.values() for s in c]:
-        ss.close()
+    return res
+
+
+def compare_attention(world_spec: str = "default", ticks: int = 60, batch: int = 16, batch_ticks: int | None = None,
+                      block: int = 5, progress: bool = True) -> dict[str, Any]:
+    """The dynamics' two attention kernels side by side on one world (its auto precision): the plain
+    softmax(q kᵀ + bias) v and PyTorch's scaled_dot_product_attention, each forced for its own
+    sessions' ticks (single and batch, interleaved). ``auto`` is the kernel this world's streaming
+    uses here (:func:`worldsim.model.dynamics.attention`); ``sdpa_over_plain`` > 1: SDPA faster."""
+    from worldsim.model import dynamics
+    from worldsim.runtime import World
+
+    torch.set_num_threads(1)
+    say = _say(progress)
+    kernels = ("plain", "sdpa")
+    worlds = {k: World.load(world_spec) for k in kernels}  # one each: a world keeps its last batch's state
+    acts = _actions(worlds["plain"], ticks + 5)
+
+    def use(k: str) -> Callable[[], None]:
+        return lambda: setattr(dynamics, "ATTENTION_KERNEL", k)
+
+    try:
+        raced = _race(worlds, acts, ticks, batch, batch_ticks, block, {k: use(k) for k in kernels})
+    finally:
+        dynamics.ATTENTION_KERNEL = "auto"
+    model = worlds["plain"].model
+    res: dict[str, Any] = {"ticks": ticks, "batch": batch, "precision": model.precision,
+                           "auto": dynamics.streaming_kernel(model.dtype, model.device)}
+    for k in kernels:
+        res[k] = raced[k]
+        say(f"{k}: {res[k]['fps']:.1f} fps, batch {batch}: {res[k]['batch_fps']:.1f} frames/s")
+    res["sdpa_over_plain"] = {"fps": res["sdpa"]["fps"] / res["plain"]["fps"],
+                              "batch_fps": res["sdpa"]["batch_fps"] / res["plain"]["batch_fps"]}
+    say(f"sdpa / plain: {res['sdpa_over_plain']['fps']:.2f}x single, {res['sdpa_over_plain']['batch_fps']:.2f}x "
+        f"batch {batch}; this world ({model.precision}) streams with {res['auto']}")
     return res

@@ -300,9 +300,16 @@ def main_bench(args) -> int:
     if args.sampling_steps is not None and (args.sampling_steps < 1 or args.compare_precision or args.bridge):
         raise SystemExit("worldsim bench: --sampling-steps takes a count >= 1 and applies to the in-process figures "
                          "only (not with --compare-precision or --bridge: the bridge server runs the world's own count)")
-    if args.compare_world and (args.compare_precision or args.bridge):
-        raise SystemExit("worldsim bench: --compare-world runs on its own (not with --compare-precision or --bridge)")
-    from worldsim.bench.compare import compare_precisions, compare_worlds
+    alone = [f for f, on in (("--compare-precision", args.compare_precision), ("--compare-world", args.compare_world),
+                             ("--compare-attention", args.compare_attention), ("--bridge", args.bridge)) if on]
+    if len(alone) > 1:
+        raise SystemExit(f"worldsim bench: {' and '.join(alone)} each run on their own: pick one")
+    if args.sampling_steps is not None and args.compare_attention:
+        raise SystemExit("worldsim bench: --compare-attention runs the world's own step count (no --sampling-steps)")
+    from worldsim.bench.compare import compare_attention, compare_precisions, compare_worlds
+    if args.compare_attention:
+        return _emit({"attention_compare": compare_attention(args.world, ticks=args.ticks, progress=not args.quiet)},
+                     args.json)
     if args.compare_precision:
         return _emit({"precision_compare": compare_precisions(args.world, ticks=args.ticks, progress=not args.quiet)},
                      args.json)
@@ -345,6 +352,9 @@ def add_bench_args(p) -> None:
     p.add_argument("--compare-world", metavar="OTHER",
                    help="only measure --world and OTHER side by side in one process (single session and batch of 16, "
                         "interleaved): e.g. a retrained decoder against the shipped one")
+    p.add_argument("--compare-attention", action="store_true",
+                   help="only measure the dynamics' two attention kernels (plain, SDPA) side by side on --world "
+                        "(single session and batch of 16, interleaved) and which one this world streams with")
     p.add_argument("--sampling-steps", type=int, default=None,
                    help="Euler steps per tick instead of the world's own count (what `worldsim play --sampling-steps` runs)")
     p.add_argument("--quiet", action="store_true")

@@ -133,7 +133,12 @@ class Layer(nn.Module):
         return (x + g2 * lin(down, lin(up, h, gelu=True))).flatten(1, 2)
 
 
-FUSED_ATTENTION = True  # module switch: SDPA where it is the faster kernel (tests and benches compare)
+ATTENTION_KERNEL = "auto"  # "auto" | "plain" | "sdpa": tests and `worldsim bench --compare-attention` force one
+
+
+def streaming_kernel(dtype: torch.dtype, device: str | torch.device) -> str:
+    """The kernel "auto" picks for inference in ``dtype`` on ``device`` (see :func:`attention`)."""
+    return "sdpa" if torch.device(device).type == "cuda" or dtype == torch.float32 else "plain"
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, N: int) -> torch.Tensor:
@@ -143,11 +148,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     Two kernels, the same arithmetic: in bf16 on a CPU the plain form below is 1.5–2x faster than
     ``scaled_dot_product_attention``, with the bias broadcast over each block's tokens rather than
     materialised per token (at batch 16 the per-token bias cost more than the softmax); in fp32
-    (int8 worlds' attention included) and on CUDA, SDPA is faster (AVX2 CPU, one thread, a streaming
-    tick's shapes: 170 vs 300 µs a layer at batch 1). Only inference takes SDPA; training keeps the
+    (int8 worlds' attention included) SDPA is faster (`worldsim bench --compare-attention`, README
+    Speed), and on CUDA it is the fused kernel. Only inference takes SDPA; training keeps the
     plain form, whose gradient reaches the learned tick-distance bias through the add."""
     B, H, Lq, _ = q.shape
-    if FUSED_ATTENTION and not torch.is_grad_enabled() and (q.is_cuda or q.dtype == torch.float32):
+    kernel = streaming_kernel(q.dtype, q.device) if ATTENTION_KERNEL == "auto" else ATTENTION_KERNEL
+    if kernel == "sdpa" and not torch.is_grad_enabled():
         Mq, Mk = bias.shape[-2:]
         mask = bias[:, :, :, None, :, None].expand(-1, H, Mq, N, Mk, N).reshape(bias.shape[0], H, Lq, Mk * N)
         return rearrange(F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype)), "b h l d -> b l (h d)")
