@@ -118,12 +118,25 @@ def _wrap(deg: np.ndarray | float) -> np.ndarray | float:
     return (np.asarray(deg) + 180.0) % 360.0 - 180.0
 
 
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
+
+
 def _resident(shape: tuple[int, ...], like: np.ndarray | None = None) -> np.ndarray:
-    """A uint8 array in its own anonymous mapping, written through now (zeros, or ``like``):
-    resident from the start, so a session's RSS stays flat as the store fills, and handed back
-    to the OS when the session goes (from the heap it would stay with the process)."""
-    a = np.frombuffer(mmap.mmap(-1, int(np.prod(shape))), np.uint8).reshape(shape)
-    a[...] = 0 if like is None else like
+    """A uint8 array in its own anonymous mapping, resident from the start (zeros, or ``like``),
+    so a session's RSS stays flat as the store fills, and handed back to the OS when the session
+    goes (from the heap it would stay with the process). On Linux the kernel maps all its pages
+    in the mmap call (MAP_POPULATE): 25 MB in ~15 ms instead of ~30 ms of page faults from writing
+    it through — time a session's open (its first frame) would otherwise pay."""
+    n = int(np.prod(shape))
+    if _POPULATE:
+        buf = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATE)  # zero-filled
+    else:
+        buf = mmap.mmap(-1, n)
+    a = np.frombuffer(buf, np.uint8).reshape(shape)
+    if like is not None:
+        a[...] = like
+    elif not _POPULATE:
+        a[...] = 0  # write through: resident now
     return a
 
 
