@@ -79,11 +79,13 @@ def test_bench_compares_the_precisions_side_by_side(tmp_path):
     r = json.loads(out.read_text())["precision_compare"]
     assert r["auto"] in ("fp32", "bf16", "int8") and r["ticks"] == 3
     for p in ("fp32", "bf16"):
-        assert r[p]["fps"] > 0 and r[p]["matmul_gflops"] > 0
+        assert r[p]["fps"] > 0 and r[p]["matmul_gflops"] > 0 and r[p]["batch_fps"] > 0
+        assert r[p]["batch_over_single"] == pytest.approx(r[p]["batch_fps"] / r[p]["fps"])
     assert r["bf16_over_fp32"] == pytest.approx(r["bf16"]["fps"] / r["fp32"]["fps"])
     from worldsim.model.packed_linear import INT8_AVAILABLE
     if INT8_AVAILABLE:  # int8 beside them on a CPU that runs it
         assert r["int8"]["fps"] > 0 and r["int8_over_fp32"] == pytest.approx(r["int8"]["fps"] / r["fp32"]["fps"])
+        assert r["int8_over_bf16"]["batch_fps"] == pytest.approx(r["int8"]["batch_fps"] / r["bf16"]["batch_fps"])
 
 
 needs_int8 = pytest.mark.skipif(not __import__("worldsim.model.packed_linear", fromlist=["x"]).INT8_AVAILABLE,
@@ -110,6 +112,11 @@ def test_int8_linears_stay_close_to_fp32_and_follow_weight_changes():
         lin.bias.add_(1.0)  # so does a bias change alone (the bias is packed with the weight)
         y3 = packed_linear.apply(lin, x)
         assert ((y3 - lin(x)).norm() / lin(x).norm()).item() < 0.02 and not torch.allclose(y3, y2, atol=0.5)
+        lb = torch.nn.Linear(256, 1024).to(torch.bfloat16)  # a bf16 world's layer: bf16 in, bf16 out
+        packed_linear.use_int8(lb)
+        xb = x.to(torch.bfloat16)
+        yb, refb = packed_linear.apply(lb, xb, gelu=True), torch.nn.functional.gelu(lb.float()(xb.float()))
+        assert yb.dtype == torch.bfloat16 and ((yb.float() - refb).norm() / refb.norm()).item() < 0.02
     assert packed_linear.apply(lin, x.requires_grad_()).requires_grad  # training: the plain path
     packed_linear.use_int8(lin, False)
     with torch.no_grad():
@@ -121,7 +128,8 @@ def test_an_int8_world_is_deterministic_and_draws_what_fp32_draws():
     acts = [{"keys": ["forward"]}, {"keys": ["turn_left"], "mouse": [2.0, 0.0]}, {"keys": ["attack"]}]
     w8, w32 = World.load("default", precision="int8"), World.load("default", precision="fp32")
     assert w8.model.precision == "int8" and w32.model.precision == "fp32"
-    assert w8.model.dtype == torch.float32  # activations stay fp32: only the dynamics' linears are int8
+    # only the dynamics' linears are int8: activations in the CPU's own float (bf16 where native)
+    assert w8.model.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
     a, b, c = w8.open(seed=3), w8.open(seed=3), w32.open(seed=3)
     for act in acts:
         x, y, z = a.step(act), b.step(act), c.step(act)
@@ -144,15 +152,20 @@ def test_int8_is_refused_where_it_cannot_run(monkeypatch):
         World.load("default", precision="int8")
 
 
-def test_auto_runs_worlds_in_int8_on_a_cpu_without_native_bf16(monkeypatch):
+def test_auto_runs_worlds_in_int8_on_an_x86_cpu_without_amx(monkeypatch):
     import worldsim.precision as prec
     from worldsim.model import packed_linear
     monkeypatch.delenv(ENV, raising=False)
     monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(prec, "cpu_has_amx", lambda: False)
     monkeypatch.setattr(packed_linear, "INT8_AVAILABLE", True)
     assert prec.world_precision("cpu") == "int8" and prec.compute_dtype("cpu") == torch.float32  # training: fp32
     assert prec.world_precision("cpu", "fp32") == "fp32"  # a forced precision wins
     monkeypatch.setattr(packed_linear, "INT8_AVAILABLE", False)  # no int8 engine (e.g. ARM): fp32, no error
     assert prec.world_precision("cpu") == "fp32"
-    monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(packed_linear, "INT8_AVAILABLE", True)
+    monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: True)  # AVX512-BF16 without AMX: int8 around bf16
+    assert prec.world_precision("cpu") == "int8" and prec.compute_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(prec, "cpu_has_amx", lambda: True)  # AMX: bf16 tiles beat fbgemm's int8
     assert prec.world_precision("cpu") == "bf16"
+    assert prec.world_precision("cuda") == prec.precision_name(prec.compute_dtype("cuda"))  # never int8 off the CPU

@@ -265,8 +265,9 @@ def test_bench_compares_two_worlds_side_by_side(world):
     from worldsim.bench.compare import compare_precisions, compare_worlds
     from worldsim.bench.runtime_bench import add_bench_args, main_bench
     path = str(world.model.path)
-    p = compare_precisions(path, ticks=2, block=1, progress=False)
+    p = compare_precisions(path, ticks=2, block=1, batch=3, batch_ticks=1, progress=False)
     assert p["bf16"]["fps"] > 0 and p["bf16_over_fp32"] == pytest.approx(p["bf16"]["fps"] / p["fp32"]["fps"])
+    assert p["batch"] == 3 and p["bf16_batch_over_fp32"] == pytest.approx(p["bf16"]["batch_fps"] / p["fp32"]["batch_fps"])
     r = compare_worlds(path, path, ticks=4, batch=3, batch_ticks=2, block=2, sampling_steps=1, progress=False)
     assert r["a"]["world"] == r["b"]["world"] == path and r["batch"] == 3 and r["batch_ticks"] == 2
     for k in ("a", "b"):

@@ -306,7 +306,7 @@ def _run_info(args: argparse.Namespace) -> int:
     import torch
 
     from worldsim.model.packed_linear import INT8_AVAILABLE
-    from worldsim.precision import cpu_has_native_bf16, world_precision
+    from worldsim.precision import compute_dtype, cpu_has_native_bf16, precision_name, world_precision
 
     info = {
         "worldsim": __version__,
@@ -318,6 +318,7 @@ def _run_info(args: argparse.Namespace) -> int:
         "default_world": None,
     }
     info["precision"] = world_precision(info["device"])
+    info["activations"] = precision_name(compute_dtype(info["device"]))  # what int8 computes around its linears
     info["int8_available"] = INT8_AVAILABLE
     from worldsim.model.world_model import default_world_info
 
@@ -359,8 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.choices[name].add_argument(
                 "--precision", choices=("auto", "bf16", "fp32", "int8"), default=None,
                 help="compute precision (default: $WORLDSIM_PRECISION, else auto = bf16 where the CPU/GPU runs it "
-                     "natively, else fp32, with the dynamics' linear layers in int8 when a world runs on an x86 CPU "
-                     "without bf16: emulated bf16 is ~9x slower than fp32)")
+                     "natively, else fp32 (emulated bf16 is ~9x slower than fp32), with a world's dynamics' linear "
+                     "layers in int8 on an x86 CPU without AMX; int8 = those linears in int8, the rest in that float)")
     return parser
 
 

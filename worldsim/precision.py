@@ -8,14 +8,18 @@ emulates bf16 and the same work runs ~9x *slower* than fp32 (the frame encoder: 
 next. Every model process therefore resolves one precision at start-up:
 
 * ``"auto"`` (the default): bf16 on CUDA devices that support it and on CPUs that report
-  ``avx512_bf16`` or ``amx_bf16``; fp32 otherwise — and a world running on a CPU without native
-  bf16 (x86, where PyTorch has its int8 engine) runs as ``"int8"``;
+  ``avx512_bf16`` or ``amx_bf16``; fp32 otherwise — and a *world* running on an x86 CPU (where
+  PyTorch has its int8 engine) without AMX runs as ``"int8"``: its dynamics' linears in int8,
+  the rest in that float. On an AVX2-only CPU int8 made a tick ~0.7× the fp32 time; on an
+  AVX512-BF16 CPU (AMD EPYC, VNNI, no AMX) 0.87× the bf16 time, single session and batch of 16
+  alike (README, Speed); with AMX, bf16 tiles outrun fbgemm's int8, so such a CPU keeps bf16;
 * ``"bf16"`` / ``"fp32"``: forced, from ``--precision`` on the command line or the
   ``WORLDSIM_PRECISION`` environment variable (inherited by ``torchrun`` workers and tests);
-* ``"int8"``: fp32, except the dynamics' linear layers at inference, which multiply in int8
-  (:mod:`worldsim.model.packed_linear`; x86 CPUs). On an AVX2-only CPU a tick of the default
+* ``"int8"``: the dynamics' linear layers at inference multiply in int8
+  (:mod:`worldsim.model.packed_linear`; x86 CPUs), everything else computes in the CPU's own
+  float: fp32, or bf16 on a CPU with native bf16. On an AVX2-only CPU a tick of the default
   world took ~0.7× the fp32 time and `worldsim eval` scored the same as fp32 within its noise
-  (README, Speed). Training computes in fp32 under it (a gradient needs the float weights).
+  (README, Speed). Training computes in that float under it (a gradient needs the float weights).
 
 Weights stored in bf16 (the shipped world) load into either: fp32 holds every bf16 value
 exactly, so fp32 runs the same network, only with fewer rounding steps.
@@ -55,6 +59,19 @@ def cpu_has_native_bf16() -> bool:
         return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_has_amx() -> bool:
+    """True when this CPU has AMX tiles for bf16 (where bf16 matmuls outrun fbgemm's int8)."""
+    try:
+        return bool(torch._C._cpu._get_cpu_capability().get("amx_bf16"))
+    except Exception:
+        try:
+            with open("/proc/cpuinfo") as f:
+                return "amx_bf16" in f.read()
+        except OSError:
+            return False
+
+
 def check_precision(name: str) -> str:
     name = str(name).strip().lower()
     if name not in PRECISIONS:
@@ -80,8 +97,10 @@ def compute_dtype(device: str | torch.device = "cpu", precision: str | None = No
     p = requested_precision(precision)
     if p == "bf16":
         return torch.bfloat16
-    if p in ("fp32", "int8"):
+    if p == "fp32":
         return torch.float32
+    if p == "int8":  # int8 linears around the CPU's own float: bf16 where native
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     dev = str(device)
     if dev.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
@@ -99,7 +118,7 @@ def int8_linears(device: str | torch.device = "cpu", precision: str | None = Non
     from worldsim.model.packed_linear import INT8_AVAILABLE
     p = requested_precision(precision)
     if p == "auto":
-        return str(device).startswith("cpu") and not cpu_has_native_bf16() and INT8_AVAILABLE
+        return str(device).startswith("cpu") and not cpu_has_amx() and INT8_AVAILABLE
     if p != "int8":
         return False
     if not str(device).startswith("cpu"):

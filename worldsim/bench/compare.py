@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from worldsim.bench.runtime_bench import _actions, matmul_gflops
+from worldsim.precision import precision_name
 from worldsim.runtime.clock import freeze_heap
 
 
@@ -34,12 +35,13 @@ def _say(progress: bool) -> Callable[[str], None]:
     return (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
 
 
-def compare_precisions(world_spec: str = "default", ticks: int = 60, block: int = 5,
-                       progress: bool = True) -> dict[str, Any]:
+def compare_precisions(world_spec: str = "default", ticks: int = 60, block: int = 5, batch: int = 16,
+                       batch_ticks: int | None = None, progress: bool = True) -> dict[str, Any]:
     """fp32, bf16 and (on a CPU with PyTorch's int8 engine) int8 side by side: the same world
-    loaded in each precision, one session each, plus a 1024² matmul in each dtype.
-    ``bf16_over_fp32`` / ``int8_over_fp32`` > 1 mean that one is faster here; ``auto`` is what
-    :mod:`worldsim.precision` picks on this machine."""
+    loaded in each precision, one session each, then ``batch`` sessions each (``step_many``),
+    both interleaved, plus a 1024² matmul in each float dtype. ``bf16_over_fp32`` /
+    ``int8_over_fp32`` > 1 mean that one is faster here (single session; ``batch_over_fp32`` the
+    same at the batch); ``auto`` is what :mod:`worldsim.precision` picks on this machine."""
     from worldsim.model.packed_linear import INT8_AVAILABLE
     from worldsim.precision import world_precision
     from worldsim.runtime import World
@@ -50,25 +52,26 @@ def compare_precisions(world_spec: str = "default", ticks: int = 60, block: int 
     if INT8_AVAILABLE and worlds["fp32"].model.device == "cpu":
         worlds["int8"] = World.load(world_spec, precision="int8")
     acts = _actions(worlds["fp32"], ticks + 5)
-    sess = {p: w.open(seed=0) for p, w in worlds.items()}
-    for s in sess.values():
-        for a in acts[:3]:
-            s.step(a)
-    freeze_heap()
-    spent = _interleaved({p: (lambda i, s=s: s.step(acts[i])) for p, s in sess.items()}, ticks, block)
-    res: dict[str, Any] = {"ticks": ticks, "device": worlds["fp32"].model.device,
+    raced = _race(worlds, acts, ticks, batch, batch_ticks, block)
+    res: dict[str, Any] = {"ticks": ticks, "batch": batch, "device": worlds["fp32"].model.device,
                            "auto": world_precision(worlds["fp32"].model.device, "auto")}
-    for p in sess:
-        res[p] = {"fps": ticks / spent[p], "tick_ms": spent[p] / ticks * 1e3}
+    for p in worlds:
+        res[p] = raced[p]
         if p != "int8":  # int8 here is the dynamics' linears only: no matmul of its own to show
             res[p]["matmul_gflops"] = matmul_gflops(dtype=worlds[p].model.dtype)
-        say(f"{p}: {res[p]['fps']:.1f} fps ({res[p]['tick_ms']:.1f} ms/tick)"
+        say(f"{p}: {res[p]['fps']:.1f} fps ({res[p]['tick_ms']:.1f} ms/tick), batch {batch}: "
+            f"{res[p]['batch_fps']:.1f} frames/s ({res[p]['batch_over_single']:.2f}x)"
             + (f", matmul {res[p]['matmul_gflops']:.0f} GFLOP/s" if "matmul_gflops" in res[p] else ""))
-    for p in sess:
+    for p in worlds:
         if p != "fp32":
             res[f"{p}_over_fp32"] = res[p]["fps"] / res["fp32"]["fps"]
-            say(f"{p} / fp32 speed: {res[f'{p}_over_fp32']:.2f}x")
-    say(f"auto picks {res['auto']} on this machine")
+            res[f"{p}_batch_over_fp32"] = res[p]["batch_fps"] / res["fp32"]["batch_fps"]
+            say(f"{p} / fp32 speed: {res[f'{p}_over_fp32']:.2f}x single, {res[f'{p}_batch_over_fp32']:.2f}x batch {batch}")
+    if "int8" in worlds:
+        res["int8_over_bf16"] = {"fps": res["int8"]["fps"] / res["bf16"]["fps"],
+                                 "batch_fps": res["int8"]["batch_fps"] / res["bf16"]["batch_fps"]}
+    say(f"auto picks {res['auto']} on this machine (int8 computes in {precision_name(worlds.get('int8', worlds['fp32']).model.dtype)} "
+        "around its int8 linears)")
     return res
 
 

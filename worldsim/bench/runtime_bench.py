@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from worldsim.precision import precision_name
 from worldsim.runtime.clock import freeze_heap
 
 
@@ -146,7 +147,9 @@ def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10
     res["load_ms"] = (time.perf_counter() - t0) * 1e3
     res["sampling_steps"] = world.model.sampler.cfg.steps
     res["precision"] = world.model.precision
-    say(f"precision {res['precision']} (bf16 where native, else int8 dynamics on x86 CPUs: worldsim.precision)")
+    res["activations"] = precision_name(world.model.dtype)
+    say(f"precision {res['precision']}, activations {precision_name(world.model.dtype)} "
+        "(bf16 where native, else fp32; dynamics' linears in int8 on x86 CPUs without AMX: worldsim.precision)")
     acts = _actions(world, max(ticks, batch_ticks))
 
     # warm TTFF: open → first chunk (after one throwaway to warm allocators/kernels), each on a
@@ -348,7 +351,8 @@ def add_bench_args(p) -> None:
                    help="also measure the ZeroMQ bridge: per-tick overhead vs in process, realtime sessions held")
     p.add_argument("--bridge-seconds", type=float, default=8.0, help="seconds per realtime session count")
     p.add_argument("--compare-precision", action="store_true",
-                   help="only measure fp32 vs bf16 (and int8 where it runs) side by side (--ticks each, interleaved) and which one auto picks")
+                   help="only measure fp32 vs bf16 (and int8 where it runs) side by side (single session, --ticks each, and a "
+                        "batch of 16, interleaved) and which one auto picks")
     p.add_argument("--compare-world", metavar="OTHER",
                    help="only measure --world and OTHER side by side in one process (single session and batch of 16, "
                         "interleaved): e.g. a retrained decoder against the shipped one")

@@ -148,7 +148,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     Two kernels, the same arithmetic: in bf16 on a CPU the plain form below is 1.5–2x faster than
     ``scaled_dot_product_attention``, with the bias broadcast over each block's tokens rather than
     materialised per token (at batch 16 the per-token bias cost more than the softmax); in fp32
-    (int8 worlds' attention included) SDPA is faster (`worldsim bench --compare-attention`, README
+    (an int8 world's attention on a CPU without native bf16 included) SDPA is faster (`worldsim bench --compare-attention`, README
     Speed), and on CUDA it is the fused kernel. Only inference takes SDPA; training keeps the
     plain form, whose gradient reaches the learned tick-distance bias through the add."""
     B, H, Lq, _ = q.shape
