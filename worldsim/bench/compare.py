@@ -40,8 +40,9 @@ def compare_precisions(world_spec: str = "default", ticks: int = 60, block: int 
     """fp32, bf16 and (on a CPU with PyTorch's int8 engine) int8 side by side: the same world
     loaded in each precision, one session each, then ``batch`` sessions each (``step_many``),
     both interleaved, plus a 1024² matmul in each float dtype. ``bf16_over_fp32`` /
-    ``int8_over_fp32`` > 1 mean that one is faster here (single session; ``batch_over_fp32`` the
-    same at the batch); ``auto`` is what :mod:`worldsim.precision` picks on this machine."""
+    ``int8_over_fp32`` > 1 mean that one is faster here (single session; ``bf16_batch_over_fp32`` /
+    ``int8_batch_over_fp32`` the same at the batch; ``int8_over_bf16`` both); ``auto`` is what
+    :mod:`worldsim.precision` picks on this machine."""
     from worldsim.model.packed_linear import INT8_AVAILABLE
     from worldsim.precision import world_precision
     from worldsim.runtime import World

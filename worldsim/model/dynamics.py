@@ -148,8 +148,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     Two kernels, the same arithmetic: in bf16 on a CPU the plain form below is 1.5–2x faster than
     ``scaled_dot_product_attention``, with the bias broadcast over each block's tokens rather than
     materialised per token (at batch 16 the per-token bias cost more than the softmax); in fp32
-    (an int8 world's attention on a CPU without native bf16 included) SDPA is faster (`worldsim bench --compare-attention`, README
-    Speed), and on CUDA it is the fused kernel. Only inference takes SDPA; training keeps the
+    (an int8 world's attention on a CPU without native bf16 included) SDPA is faster (`worldsim
+    bench --compare-attention`, README Speed), and on CUDA it is the fused kernel. Only inference takes SDPA; training keeps the
     plain form, whose gradient reaches the learned tick-distance bias through the add."""
     B, H, Lq, _ = q.shape
     kernel = streaming_kernel(q.dtype, q.device) if ATTENTION_KERNEL == "auto" else ATTENTION_KERNEL
