@@ -45,31 +45,28 @@ class PrecisionError(WorldsimError, ValueError):
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16)."""
+def _cpu_flags(*names: str) -> dict[str, bool]:
+    """Which of the CPU features ``names`` this CPU has."""
     try:  # PyTorch's own CPU feature probe (cpuinfo): works on every OS it supports
         caps = torch._C._cpu._get_cpu_capability()
-        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+        return {n: bool(caps.get(n)) for n in names}
     except Exception:  # older/other builds: read the kernel's flags where there are some
         try:
             with open("/proc/cpuinfo") as f:
-                flags = f.read()
+                flags = f.read().split()
         except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
+            return {n: False for n in names}
+        return {n: n in flags for n in names}
 
 
-@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16)."""
+    return any(_cpu_flags("avx512_bf16", "amx_bf16").values())
+
+
 def cpu_has_amx() -> bool:
     """True when this CPU has AMX tiles for bf16 (where bf16 matmuls outrun fbgemm's int8)."""
-    try:
-        return bool(torch._C._cpu._get_cpu_capability().get("amx_bf16"))
-    except Exception:
-        try:
-            with open("/proc/cpuinfo") as f:
-                return "amx_bf16" in f.read()
-        except OSError:
-            return False
+    return _cpu_flags("amx_bf16")["amx_bf16"]
 
 
 def check_precision(name: str) -> str:
