@@ -257,6 +257,18 @@ def test_bad_cli_args(world, capsys, argv, message):
     assert err.startswith("worldsim eval: error:") and message in err and "\n" not in err and "Traceback" not in err
 
 
+def test_an_unwritable_output_fails_before_the_run(world, capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for opt in ("--json", "--plots"):
+        argv = ["--data", str(world["scroll"]), "--checkpoint", "baseline:copy-last", "--no-progress",
+                opt, str(blocker / "out")]
+        assert _cli(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"worldsim eval: error: {opt} ") and "cannot write" in err and "Traceback" not in err
+    assert not (tmp_path / "a_file").read_text()  # nothing written where it could not go
+
+
 def test_sampling_steps_override_a_worlds_sampler_only(world):
     from worldsim.model.world_model import WorldModel
 

@@ -112,9 +112,33 @@ def test_fused_commit_and_step_equals_commit_then_step():
         ff, fa = m.commit_and_step(b, torch.cat([fr[:, -1:], noisy], 1), torch.cat([au[:, -1:], au[:, -1:]], 1),
                                    torch.cat([pr[:, -1:], pr[:, -1:]], 1), torch.cat([lv[:, -1:], lv[:, -1:]], 1),
                                    torch.cat([act[:, -1:], act[:, -1:]], 1), tl + 1)
-    torch.testing.assert_close(ff[:, 1], sf[:, 0], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(fa[:, 1], sa[:, 0], atol=1e-5, rtol=1e-4)
+    assert ff.shape[1] == 1 and fa.shape[1] == 1  # the committed block's outputs are not computed
+    torch.testing.assert_close(ff[:, 0], sf[:, 0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fa[:, 0], sa[:, 0], atol=1e-5, rtol=1e-4)
     assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a.k + a.v, b.k + b.v)) and torch.equal(a.time, b.time)
+
+
+def test_skipping_the_committed_blocks_outputs_changes_nothing_else():
+    """clean_outputs=False: the last layer computes only the committed blocks' keys/values."""
+    m = _random_dynamics()
+    B, T = 2, 4
+    fr, au, pr, lv, act = _blocks(m, B, T)
+    with torch.no_grad():
+        a, b = m.new_cache(B, dtype=torch.float32), m.new_cache(B, dtype=torch.float32)
+        mods = m.modulate(m.condition(lv, act))
+        times = torch.arange(T).expand(B, T)
+        fa_, aa = m.stream(a, fr, au, pr, mods, times, 2)
+        fb, ab = m.stream(b, fr, au, pr, mods, times, 2, clean_outputs=False)
+        assert fb.shape[1] == ab.shape[1] == T - 2
+        torch.testing.assert_close(fb, fa_[:, 2:], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ab, aa[:, 2:], atol=1e-5, rtol=1e-4)
+        assert all(torch.equal(x, y) for x, y in zip(a.k + a.v, b.k + b.v))
+        # all blocks committed and no output wanted (priming): empty velocities, same cache
+        c, d = m.new_cache(B, dtype=torch.float32), m.new_cache(B, dtype=torch.float32)
+        m.stream(c, fr, au, pr, mods, times, T)
+        fe, ae = m.stream(d, fr, au, pr, mods, times, T, clean_outputs=False)
+        assert fe.shape[1] == 0 and ae.shape[1] == 0
+        assert all(torch.equal(x, y) for x, y in zip(c.k + c.v, d.k + d.v)) and torch.equal(c.time, d.time)
 
 
 def test_priming_a_context_in_one_forward_equals_committing_it_block_by_block():

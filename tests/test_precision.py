@@ -117,6 +117,14 @@ def test_int8_linears_stay_close_to_fp32_and_follow_weight_changes():
         xb = x.to(torch.bfloat16)
         yb, refb = packed_linear.apply(lb, xb, gelu=True), torch.nn.functional.gelu(lb.float()(xb.float()))
         assert yb.dtype == torch.bfloat16 and ((yb.float() - refb).norm() / refb.norm()).item() < 0.02
+        # an int8 MLP keeps its hidden activations in fp32 and gives back the input's dtype
+        down = torch.nn.Linear(1024, 256).to(torch.bfloat16)
+        packed_linear.use_int8(down)
+        mb = packed_linear.mlp(lb, down, xb)
+        refm = torch.nn.functional.linear(refb, down.weight.float(), down.bias.float())
+        assert mb.dtype == torch.bfloat16 and ((mb.float() - refm).norm() / refm.norm()).item() < 0.03
+        packed_linear.use_int8(down, False)  # not int8 on both sides: the ordinary path
+        torch.testing.assert_close(packed_linear.mlp(lb, down, xb), down(packed_linear.apply(lb, xb, gelu=True)))
     assert packed_linear.apply(lin, x.requires_grad_()).requires_grad  # training: the plain path
     packed_linear.use_int8(lin, False)
     with torch.no_grad():

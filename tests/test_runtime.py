@@ -1,6 +1,7 @@
 """Runtime: sessions, batching, snapshot/fork, clocks; Gymnasium and PettingZoo envs."""
 
 import gc
+import json
 import time
 
 import gymnasium as gym
@@ -230,6 +231,30 @@ def test_bench_smoke(world, tmp_path):
     linear = sum(p.numel() for n, p in dyn.layers.named_parameters() if n.endswith("weight") and p.dim() == 2
                  and ".ada." not in n)
     assert r["dynamics_gflop_per_tick"] * 1e9 >= 2 * linear * dyn.cfg.block_tokens * 2
+
+
+def test_bench_checks_its_json_path_before_measuring(tmp_path, monkeypatch):
+    import argparse
+    from worldsim.bench import runtime_bench
+    from worldsim.errors import WorldsimError
+    monkeypatch.setattr(runtime_bench, "run_bench", lambda *a, **k: pytest.fail("measured before the path check"))
+    p = argparse.ArgumentParser()
+    runtime_bench.add_bench_args(p)
+    (tmp_path / "f").write_text("")
+    with pytest.raises(WorldsimError, match="--json .*cannot write"):
+        runtime_bench.main_bench(p.parse_args(["--json", str(tmp_path / "f" / "x.json")]))
+    # a good path gets the figures, also printed first
+    monkeypatch.setattr(runtime_bench, "run_bench", lambda *a, **k: {"fps": 1.0})
+    assert runtime_bench.main_bench(p.parse_args(["--json", str(tmp_path / "d" / "x.json")])) == 0
+    assert json.loads((tmp_path / "d" / "x.json").read_text())["fps"] == 1.0
+
+
+def test_a_path_that_cannot_be_made_is_a_one_line_cli_error(world, tmp_path, capsys):
+    from worldsim.cli import main
+    (tmp_path / "f").write_text("")
+    assert main(["export", str(world.model.path), "--out", str(tmp_path / "f" / "w")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("worldsim export: error: ") and str(tmp_path / "f") in err and "\n" not in err
 
 
 def test_bench_at_another_sampling_step_count(world):

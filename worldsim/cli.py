@@ -379,6 +379,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WorldsimError, ActionError, EpisodeFormatError, FileNotFoundError, ValueError) as e:
         print(f"worldsim {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:
+        if e.filename is None:  # not a path's problem (a socket, the machine): keep the traceback
+            raise
+        # a path the user named (or one under it) that cannot be made, read or written:
+        # one line, as for any other bad argument
+        print(f"worldsim {args.command}: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"worldsim {args.command}: interrupted", file=sys.stderr)
         return 130

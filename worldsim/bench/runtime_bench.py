@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from worldsim.errors import WorldsimError, check_output_file
+
 from worldsim.precision import precision_name
 from worldsim.runtime.clock import freeze_heap
 
@@ -309,6 +311,8 @@ def main_bench(args) -> int:
         raise SystemExit(f"worldsim bench: {' and '.join(alone)} each run on their own: pick one")
     if args.sampling_steps is not None and args.compare_attention:
         raise SystemExit("worldsim bench: --compare-attention runs the world's own step count (no --sampling-steps)")
+    if args.json:
+        check_output_file(args.json)  # now, not after minutes of measuring
     from worldsim.bench.compare import compare_attention, compare_precisions, compare_worlds
     if args.compare_attention:
         return _emit({"attention_compare": compare_attention(args.world, ticks=args.ticks, progress=not args.quiet)},
@@ -333,10 +337,13 @@ def main_bench(args) -> int:
 
 def _emit(res: dict[str, Any], path: str | None) -> int:
     text = json.dumps(res, indent=1)
+    print(text, flush=True)  # first: a failed write below loses no figure
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text)
-    print(text)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text + "\n")
+        except OSError as e:
+            raise WorldsimError(f"--json {path}: cannot write there ({e.strerror or e}); the figures are above") from None
     return 0
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from worldsim.data.coverage import coverage_stats
 from worldsim.data.episode import Episode, EpisodeFormatError, list_episodes
+from worldsim.errors import check_output_file
 
 SILENCE_LEVEL = 64  # int16 peak below which a step counts as silent (ViZDoom's idle floor is ±1)
 
@@ -112,10 +113,12 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def main_info(root: str, json_out: str | None, verify: bool) -> int:
+    if json_out:
+        check_output_file(json_out)  # before --verify reads every file
     info = data_info(root, verify=verify)
     print(format_info(info))
     if json_out:
-        Path(json_out).write_text(json.dumps(info, indent=1))
+        Path(json_out).write_text(json.dumps(info, indent=1) + "\n")
     return 0
 
 

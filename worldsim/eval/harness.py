@@ -291,6 +291,7 @@ def main_eval(args: argparse.Namespace) -> int:
     """Run `worldsim eval`; returns the exit code (2 for bad arguments, with a one-line error)."""
     from worldsim.data.dataset import default_data_dir
     from worldsim.data.episode import EpisodeFormatError, list_episodes
+    from worldsim.errors import WorldsimError, check_output_file
     from worldsim.eval.probe import ProbeConfig
 
     g = lambda name, default=None: getattr(args, name, default)  # noqa: E731  (the CLI may build its own Namespace)
@@ -319,9 +320,12 @@ def main_eval(args: argparse.Namespace) -> int:
                 raise _ArgError(f"--loop-data {loop_data}: no such directory (record one with "
                                 "`worldsim record vizdoom --loops`)")
             list_episodes(loop_data)
+        for opt, out in (("--json", g("json")), ("--plots", g("plots"))):
+            if out:
+                check_output_file(out if opt == "--json" else Path(out) / "summary.md", opt)
         spec = str(g("checkpoint") or "default")
         model = load_model(spec, data, episodes=episodes, seed=seed, sampling_steps=steps)
-    except (_ArgError, ModelUnavailable, EpisodeFormatError) as e:
+    except (_ArgError, ModelUnavailable, EpisodeFormatError, WorldsimError) as e:
         return _fail(str(e))
     try:
         result = run_eval(model, data, horizons=horizons, episodes=episodes, seed=seed, json_out=g("json"),

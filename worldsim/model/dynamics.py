@@ -119,18 +119,26 @@ class Layer(nn.Module):
         nn.init.zeros_(self.ada.bias)
         self.dist_bias = nn.Parameter(torch.zeros(cfg.n_heads, cfg.context))  # bias by tick distance
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor, attend: "Attend") -> torch.Tensor:
-        # x (B, M·N, D); mod (B, M, 1, 6D): this layer's adaLN terms of each block (see Dynamics.modulate)
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, attend: "Attend", drop: int = 0) -> torch.Tensor:
+        # x (B, M·N, D); mod (B, M, 1, 6D): this layer's adaLN terms of each block (see Dynamics.modulate).
+        # drop: the leading blocks whose keys/values are wanted but not their outputs (the last
+        # layer of a forward that commits clean blocks); returns x of the other M - drop blocks
         B, M = mod.shape[:2]
         s1, b1, g1, s2, b2, g2 = mod.chunk(6, dim=-1)
         x = x.view(B, M, -1, x.shape[-1])  # (B, M, N, D)
         h = (self.norm1(x) * (1 + s1) + b1).flatten(1, 2)  # (B, M·N, D)
         lin = packed_linear.apply  # = the layer itself, or oneDNN with a packed weight (CPU fp32 inference)
         q, k, v = rearrange(lin(self.qkv, h), "b l (three h d) -> three b h l d", three=3, h=self.h)
-        x = x + g1 * lin(self.proj, attend(self, q, k, v)).view_as(x)
+        if drop:
+            x, g1, s2, b2, g2 = (t[:, drop:] for t in (x, g1, s2, b2, g2))  # (B, M - drop, ·, ·)
+            q = q[:, :, drop * x.shape[2]:]  # (B, H, (M - drop)·N, Dh)
+        out = attend(self, q, k, v, first=drop)
+        if drop == M:  # nothing is wanted of this layer but the keys/values just staged
+            return x.flatten(1, 2)
+        x = x + g1 * lin(self.proj, out).view_as(x)
         h = self.norm2(x) * (1 + s2) + b2
         up, _, down = self.mlp
-        return (x + g2 * lin(down, lin(up, h, gelu=True))).flatten(1, 2)
+        return (x + g2 * packed_linear.mlp(up, down, h)).flatten(1, 2)
 
 
 ATTENTION_KERNEL = "auto"  # "auto" | "plain" | "sdpa": tests and `worldsim bench --compare-attention` force one
@@ -187,15 +195,18 @@ class Attend:
             self._bias = b.to(dtype)
         return self._bias[li]
 
-    def __call__(self, layer: Layer, q, k, v):
+    def __call__(self, layer: Layer, q, k, v, first: int = 0):
+        """Attention of the query blocks ``first`` .. M-1 (q holds only those) to every key."""
         li = self.layer_index[id(layer)]
         if self.cache is not None:
             if self.commit_tokens:
                 n = self.commit_tokens
                 self.cache.append(li, k[:, :, :n], v[:, :, :n])
+            if q.shape[2] == 0:
+                return q.new_zeros(q.shape[0], 0, q.shape[1] * q.shape[3])  # (B, 0, D)
             k = torch.cat([self.cache.k[li].to(k.dtype), k], dim=2)
             v = torch.cat([self.cache.v[li].to(v.dtype), v], dim=2)
-        return attention(q, k, v, self.bias(li, q.dtype), self.N)
+        return attention(q, k, v, self.bias(li, q.dtype)[:, :, first:], self.N)
 
 
 class Dynamics(nn.Module):
@@ -283,16 +294,19 @@ class Dynamics(nn.Module):
 
     def head(self, x: torch.Tensor, head_mod: torch.Tensor, blocks: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         s, b = head_mod.chunk(2, dim=-1)  # (B, M, 1, D) each
-        h = rearrange(x, "b (m n) d -> b m n d", m=blocks)  # (B, M, N, D)
+        h = x.view(x.shape[0], blocks, self.cfg.block_tokens, x.shape[-1])  # (B, M, N, D); M may be 0
         h = self.norm_out(h) * (1 + s) + b
         P = self.cfg.frame_tokens
         v_frame = self.frame_out(h[:, :, :P])  # (B, M, P, Dt)
         v_audio = self.audio_out(h[:, :, P]) if self.audio_out is not None else None  # (B, M, Da)
         return v_frame, v_audio
 
-    def run(self, x: torch.Tensor, mods: list[torch.Tensor], attend: Attend) -> torch.Tensor:
-        for layer, mod in zip(self.layers, mods):
-            x = layer(x, mod, attend)
+    def run(self, x: torch.Tensor, mods: list[torch.Tensor], attend: Attend, drop: int = 0) -> torch.Tensor:
+        """All layers; the last one skips the outputs of the ``drop`` leading blocks (their keys and
+        values in every layer are all a commit needs: ~1/L of a committing forward saved)."""
+        last = len(self.layers) - 1
+        for i, (layer, mod) in enumerate(zip(self.layers, mods)):
+            x = layer(x, mod, attend, drop if i == last else 0)
         return x
 
     # ---- training: clean window + noisy targets in one sequence ----------------------
@@ -336,16 +350,21 @@ class Dynamics(nn.Module):
         """Two blocks per row in one forward: block 0 is the clean block of tick ``time - 1``
         (committed to the cache), block 1 the noisy block of tick ``time`` being generated, which
         sees block 0 exactly as it would see it in the cache. Saves the separate commit forward
-        of every tick; returns the velocities of both blocks (callers keep block 1's)."""
+        of every tick; returns the velocity of block 1 only (B, 1, ·)."""
         mods = mods if mods is not None else self.modulate(self.condition(level, action))
-        return self.stream(cache, frame, audio, prior, mods, torch.stack([time - 1, time], 1), True, memory)
+        return self.stream(cache, frame, audio, prior, mods, torch.stack([time - 1, time], 1), True, memory,
+                           clean_outputs=False)
 
     def stream(self, cache: KVCache, frame, audio, prior, mods: tuple[list[torch.Tensor], torch.Tensor],
-               times: torch.Tensor, commit_first: bool | int, memory: torch.Tensor | None = None):
+               times: torch.Tensor, commit_first: bool | int, memory: torch.Tensor | None = None,
+               clean_outputs: bool = True):
         """M blocks per row against the cache; ``times`` (B, M); ``mods`` from :meth:`modulate`.
         The first ``commit_first`` blocks (True = 1) are clean and written to the cache; the
         rest are noisy. Priming commits a whole real context in one such forward. ``memory``
-        (B, M, P, Dt + 1) or None: clean blocks take none (zero weight), as in training."""
+        (B, M, P, Dt + 1) or None: clean blocks take none (zero weight), as in training.
+        Returns the velocities of all M blocks, or with ``clean_outputs=False`` of the noisy
+        ones only (M - commit_first blocks, possibly 0): the committed blocks' last layer then
+        computes their keys and values and nothing else."""
         N, C = self.cfg.block_tokens, self.cfg.context
         B, M = times.shape
         x = self.embed(frame, audio, prior, memory)  # (B, M·N, D)
@@ -359,10 +378,11 @@ class Dynamics(nn.Module):
         rel = torch.cat([rel_c, rel_w], 2)  # (B, M, slots + M) per pair of blocks
         allowed = torch.cat([ok_c, ok_w], 2)
         attend = Attend(rel, allowed, N, cache=cache, commit_tokens=N * n_clean, layers=self.layers)
-        x = self.run(x, mods[0], attend)
+        drop = 0 if clean_outputs else n_clean
+        x = self.run(x, mods[0], attend, drop)
         if n_clean:
             cache.commit(times[:, :n_clean])
-        return self.head(x, mods[1], M)
+        return self.head(x, mods[1][:, drop:], M - drop)
 
 
 # ---- action features and the turn prior --------------------------------------------------

@@ -112,3 +112,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, own
 def apply(layer: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
     """An ``nn.Linear`` through :func:`linear`."""
     return linear(x, layer.weight, layer.bias, layer, gelu)
+
+
+def mlp(up: nn.Linear, down: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``down(gelu(up(x)))`` through :func:`linear`. In int8 the hidden activations stay in the
+    fp32 fbgemm gives and takes, instead of a round trip through a bf16 world's dtype: two
+    passes over the widest tensor of a layer saved (~8 % of an int8 MLP at 272-544 rows)."""
+    if up.__dict__.get(_INT8) and down.__dict__.get(_INT8) and _int8_usable(x):
+        lead = x.shape[:-1]
+        h = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]).float(), _int8_packed(up, up.weight, up.bias), True)
+        y = torch.ops.quantized.linear_dynamic(F.gelu(h), _int8_packed(down, down.weight, down.bias), True)
+        return y.view(*lead, y.shape[-1]).to(x.dtype)  # (..., out)
+    return apply(down, apply(up, x, gelu=True))

@@ -154,7 +154,9 @@ class WorldModel:
         if p is None:
             return
         with self.autocast:
-            self.dynamics.step(state.cache, p.frame, p.audio, p.prior, p.level, p.action, state.time, commit=True)
+            dyn = self.dynamics
+            dyn.stream(state.cache, p.frame, p.audio, p.prior, dyn.modulate(dyn.condition(p.level, p.action)),
+                       state.time[:, None], True, clean_outputs=False)
 
     @torch.no_grad()
     def prime(self, state: StreamState, frames: np.ndarray, audio: np.ndarray | None, buttons: np.ndarray,
@@ -205,7 +207,7 @@ class WorldModel:
             with self.autocast:
                 mods = dyn.modulate(dyn.condition(torch.zeros(B, m, device=self.device), act[:, :m]))
                 dyn.stream(state.cache, dyn.to_tokens(z[:, :m]), None if za is None else za[:, :m],
-                           dyn.to_tokens(prior[:, :m]), mods, times, m)
+                           dyn.to_tokens(prior[:, :m]), mods, times, m, clean_outputs=False)
             state.time += m
         # the last context tick stays pending: the first step commits it
         self._commit(state, z[:, -1], None if za is None else za[:, -1], act[:, -1], prior[:, -1], 0.0)
@@ -282,7 +284,6 @@ class WorldModel:
                     vf, va = dyn.commit_and_step(
                         state.cache, torch.cat([p.frame, xs[0]], 1), None if au is None else torch.cat([p.audio, au], 1),
                         torch.cat([p.prior, prior_tok], 1), None, None, t_next, mods=pick(slice(0, 2)), memory=mem2)
-                    vf, va = vf[:, 1:], None if va is None else va[:, 1:]
                 else:
                     vf, va = dyn.stream(state.cache, xs[0], au, prior_tok, pick(slice(off + i, off + i + 1)),
                                         t_next[:, None], False, mem_tok)

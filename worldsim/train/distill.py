@@ -92,7 +92,7 @@ def teacher_sample(teacher: Dynamics, p: dict[str, Any], steps: int, device: str
     with amp_ctx():
         mods = teacher.modulate(teacher.condition(level[:, ctx], action[:, ctx]))
         teacher.stream(cache, frame[:, ctx], None if audio is None else audio[:, ctx], prior[:, ctx], mods, t_ctx,
-                       T - 1, None if memory is None else memory[:, ctx])
+                       T - 1, None if memory is None else memory[:, ctx], clean_outputs=False)
 
     def velocity(xs, t):
         with amp_ctx():
