@@ -225,6 +225,14 @@ def test_bench_smoke(world, tmp_path):
     assert r["fps"] > 0 and r["baseline_fps"] > 0 and r["matmul_gflops"] > 0 and r["dynamics_gflops"] > 0
     assert set(r["batch_fps"]) == {"1", "2"} and r["ttff_ms_cold"] > r["ttff_ms_warm"]
     assert set(check_targets(r)) >= {"fps", "ratio_vs_baseline", "ttff_ms_warm"}
+    # each batch's tick split into its parts: they add up to the whole, and the model's methods are back
+    for b in ("1", "2"):
+        parts = r["tick_breakdown_ms"][b]
+        assert set(parts) == {"dynamics", "frame_decoder", "audio_decoder", "rest", "total"}
+        assert parts["dynamics"] > 0 and parts["frame_decoder"] > 0 and parts["audio_decoder"] > 0
+        assert abs(sum(v for k, v in parts.items() if k != "total") - parts["total"]) < 1e-6
+    m = world.model
+    assert "decode" not in m.frame_codec.__dict__ and "stream" not in m.dynamics.__dict__
     # the FLOP count sees every layer's linears (oneDNN's packed ones included): at least one
     # block's tokens through all of them for each of the tick's forwards (a commit + 2 sampling steps)
     dyn = world.model.dynamics

@@ -17,7 +17,9 @@ here, now) and ``dynamics_gflops``
 ``memory_overhead`` (tick time with long-term memory on ÷ off − 1, interleaved blocks of a
 turn in place, so that nearly every tick recalls a view — each recall costs an encode — with
 ``memory_hit_fraction`` the share that did) and
-``memory_views``/``memory_cap``/``memory_mb`` (the store after the long run).
+``memory_views``/``memory_cap``/``memory_mb`` (the store after the long run), and
+``tick_breakdown_ms`` (one session's tick and the largest batch's, split into the dynamics, the
+frame decoder, the audio decoder and the rest: :mod:`worldsim.bench.tick_parts`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch
 
 from worldsim.errors import WorldsimError, check_output_file
 
+from worldsim.bench.tick_parts import dynamics_flops, tick_breakdown, time_dynamics
 from worldsim.precision import precision_name
 from worldsim.runtime.clock import freeze_heap
 
@@ -63,53 +66,6 @@ def matmul_gflops(n: int = 1024, seconds: float = 1.0, dtype: torch.dtype = torc
         a @ b
         reps += 1
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
-
-
-def dynamics_flops(world) -> float:
-    """FLOPs of the dynamics part of one tick (all sampling steps + commit), counted once."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from worldsim.model import packed_linear
-
-    s = world.open(seed=0)
-    model = world.model
-    orig = model.frame_codec.decode, getattr(model.audio_codec, "decode", None)
-    # the counter knows aten's linear, not oneDNN's packed one: count the same tick through aten
-    packed_was, packed_linear.enabled = packed_linear.enabled, False
-    with FlopCounterMode(display=False) as fc:
-        with torch.no_grad():
-            model.frame_codec.decode = lambda z: torch.zeros(z.shape[0], *model.resolution, 3, dtype=torch.uint8)
-            if model.audio_codec is not None:
-                model.audio_codec.decode = lambda z: torch.zeros(z.shape[0], 1, 1, dtype=torch.int16)
-            try:
-                s.step()
-            finally:
-                model.frame_codec.decode = orig[0]
-                if model.audio_codec is not None:
-                    model.audio_codec.decode = orig[1]
-                packed_linear.enabled = packed_was
-    return float(fc.get_total_flops())
-
-
-def time_dynamics(world, ticks: int = 100) -> float:
-    """Seconds per tick of the dynamics alone (decoders stubbed), for the GFLOP/s figure."""
-    model = world.model
-    s = world.open(seed=1)
-    orig = model.frame_codec.decode, getattr(model.audio_codec, "decode", None)
-    model.frame_codec.decode = lambda z: torch.zeros(z.shape[0], *model.resolution, 3, dtype=torch.uint8)
-    if model.audio_codec is not None:
-        model.audio_codec.decode = lambda z: torch.zeros(z.shape[0], 1, 1, dtype=torch.int16)
-    try:
-        for _ in range(5):
-            s.step()
-        t0 = time.perf_counter()
-        for _ in range(ticks):
-            s.step()
-        return (time.perf_counter() - t0) / ticks
-    finally:
-        model.frame_codec.decode = orig[0]
-        if model.audio_codec is not None:
-            model.audio_codec.decode = orig[1]
 
 
 COLD_CODE = """
@@ -242,6 +198,11 @@ def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10
     res["dynamics_gflops"] = flops / sec / 1e9
     res["dynamics_fraction"] = res["dynamics_gflops"] / res["matmul_gflops"]
     say(f"matmul {res['matmul_gflops']:.0f} GFLOP/s, dynamics {res['dynamics_gflops']:.1f} GFLOP/s")
+    # where a tick's time goes, one session and the largest batch (worldsim.bench.tick_parts)
+    res["tick_breakdown_ms"] = {}
+    for b in sorted({1, max(batches)}):
+        parts = res["tick_breakdown_ms"][str(b)] = tick_breakdown(world, b, acts[:batch_ticks])
+        say(f"batch {b} tick {parts['total']:.1f} ms: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items() if k != "total"))
 
     # the DIAMOND-class baseline, same process, same thread
     if baseline:
