@@ -77,7 +77,7 @@ def test_start_image_via_cli(tmp_path, capsys):
     (["--headless"], "needs --ticks"),
     (["--headless", "--ticks", "0"], "--ticks must be"),
     (["--headless", "--ticks", "2", "--record", "x.avi"], "expected a .mp4"),
-    (["--headless", "--ticks", "2", "--record", "/proc/version/x.mp4"], "cannot create directory"),
+    (["--headless", "--ticks", "2", "--record", "/proc/version/x.mp4"], "cannot write there"),
     (["--headless", "--ticks", "2", "--start", "/no/such.png"], "no such image"),
     (["--headless", "--ticks", "2", "--actions", "/no/such.json"], "no such action script"),
     (["--connect", "localhost:5555"], "expected tcp://"),

@@ -18,6 +18,9 @@ def check_output_file(path, option: str = "--json"):
             pass
         if not existed:
             p.unlink()
+    except (FileExistsError, NotADirectoryError):  # a file where one of its folders should be
+        blocker = next((a for a in reversed(p.parents) if a.exists() and not a.is_dir()), p.parent)
+        raise WorldsimError(f"{option} {path}: cannot write there ({blocker} is not a folder)") from None
     except OSError as e:
         raise WorldsimError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
     return p

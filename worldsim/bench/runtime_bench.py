@@ -35,9 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldsim.errors import WorldsimError, check_output_file
-
 from worldsim.bench.tick_parts import dynamics_flops, tick_breakdown, time_dynamics
+from worldsim.errors import WorldsimError, check_output_file
 from worldsim.precision import precision_name
 from worldsim.runtime.clock import freeze_heap
 

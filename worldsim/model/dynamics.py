@@ -340,11 +340,12 @@ class Dynamics(nn.Module):
                        cfg.block_tokens, device=device, dtype=dtype)
 
     def step(self, cache: KVCache, frame, audio, prior, level, action, time: torch.Tensor, commit: bool,
-             memory: torch.Tensor | None = None):
+             memory: torch.Tensor | None = None, clean_outputs: bool = True):
         """One block per row (M = 1) attending to the cache. With ``commit`` its keys/values
-        are written to the cache under tick ``time`` (B,) — done for clean blocks only."""
+        are written to the cache under tick ``time`` (B,) — done for clean blocks only;
+        ``clean_outputs`` as in :meth:`stream`."""
         return self.stream(cache, frame, audio, prior, self.modulate(self.condition(level, action)), time[:, None],
-                           commit, memory)
+                           commit, memory, clean_outputs)
 
     def commit_and_step(self, cache: KVCache, frame, audio, prior, level, action, time: torch.Tensor,
                         mods: tuple[list[torch.Tensor], torch.Tensor] | None = None, memory: torch.Tensor | None = None):

@@ -154,9 +154,8 @@ class WorldModel:
         if p is None:
             return
         with self.autocast:
-            dyn = self.dynamics
-            dyn.stream(state.cache, p.frame, p.audio, p.prior, dyn.modulate(dyn.condition(p.level, p.action)),
-                       state.time[:, None], True, clean_outputs=False)
+            self.dynamics.step(state.cache, p.frame, p.audio, p.prior, p.level, p.action, state.time, commit=True,
+                               clean_outputs=False)
 
     @torch.no_grad()
     def prime(self, state: StreamState, frames: np.ndarray, audio: np.ndarray | None, buttons: np.ndarray,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from worldsim.errors import WorldsimError
+from worldsim.errors import WorldsimError, check_output_file
 
 HUD_KEYS = "F1 HUD · P pause · F5/F9 save/restore · F12 shot"
 
@@ -338,11 +338,8 @@ def main_play(args) -> int:
     for flag, path, kind in (("--record", args.record, ".mp4"), ("--screenshot", args.screenshot, ".png")):
         if path and not Path(path).suffix.lower() == kind:
             raise WorldsimError(f"{flag} {path}: expected a {kind} file name")
-        if path:  # a new user's `--record out/run.mp4` should just work
-            try:
-                Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise WorldsimError(f"{flag} {path}: cannot create directory {Path(path).parent} ({e})") from None
+        if path:  # a new user's `--record out/run.mp4` should just work: its folder is made here
+            check_output_file(path, flag)
     cfg = PlayConfig(world=args.world, connect=args.connect, seed=args.seed, start=args.start, scale=args.scale,
                      ticks=args.ticks, mute=args.mute, device=args.device, sampling_steps=args.sampling_steps,
                      memory=args.memory == "on",
