@@ -173,6 +173,64 @@ def test_train_bad_config_keys(tmp_path, toy, capsys):
     assert "YAML" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("yaml_text, message", [
+    ('dynamics_train: {steps: "abc"}', "dynamics_train: steps must be an integer, got 'abc'"),
+    ("dynamics_train: {steps: 1e5}", "write 100000 or 1.0e+5"),          # PyYAML reads 1e5 as a string
+    ('seed: "x"', "seed must be an integer"),
+    ("audio: 3", "audio must be true/false, got 3"),
+    ('frame_codec: {channels: [32, "a"]}', "frame_codec: channels[1] must be an integer"),
+    ("dynamics_train: {train_only: [a, 3]}", "train_only[1] must be a string"),
+    ("frame_codec_train: {batch: 0}", "frame_codec_train: batch must be >= 1, got 0"),
+    ("audio_codec_train: {lr: -1}", "audio_codec_train: lr must be > 0"),
+    ("dynamics: {d_model: 30, n_heads: 4}", "d_model 30 must be a multiple of n_heads 4"),
+    ("dynamics: {context: 0}", "dynamics.context must be >= 1"),
+    ("frame_codec: {resolution: 60}", "must be a multiple of 2**len(channels) = 8"),
+    ("sampler: {steps: 0}", "sampler.steps must be >= 1"),
+    ("sampler: {context_level: 2}", "sampler.context_level must be in [0, 1]"),
+    ("dynamics_train: {tau_max: 3}", "dynamics_train.tau_max must be in [0, 1]"),
+    ("audio_codec: {samples: 1000}", "audio_codec.samples (per tick) 1000 is not a multiple"),
+    ("dynamics_rounds: [{name: a, steps: 90000, batch: 0}]", "dynamics_rounds[0] (a): dynamics_train.batch must be >= 1"),
+    ("dynamics_rounds: [{name: a, steps: x}]", "dynamics_rounds[0] (a): steps must be an integer, got 'x'"),
+])
+def test_config_values_are_typed_and_bounded(tmp_path, yaml_text, message):
+    """A value no run could use stops `worldsim train` as the config is read (before any stage
+    runs and before --out is touched), naming the file, section and field."""
+    from worldsim.train.pipeline import TrainConfigError, load_run_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"name: x\n{yaml_text}\n")
+    with pytest.raises(TrainConfigError) as e:
+        load_run_config(bad)
+    assert str(e.value).startswith(str(bad)) and message in str(e.value)
+
+
+def test_config_values_are_coerced_where_lossless(tmp_path):
+    from worldsim.train.pipeline import load_run_config
+
+    good = tmp_path / "good.yaml"
+    good.write_text("dynamics_train: {steps: 30000.0, lr: 1}\nheldout: null\nframe_codec: {channels: [8, 16, 16]}\n")
+    cfg = load_run_config(good)
+    assert cfg.dynamics_train.steps == 30000 and isinstance(cfg.dynamics_train.steps, int)
+    assert cfg.dynamics_train.lr == 1.0 and isinstance(cfg.dynamics_train.lr, float)
+    assert cfg.heldout is None and cfg.frame_codec.channels == (8, 16, 16)
+
+
+def test_checkpoint_with_a_mistyped_config_is_a_clear_error(tmp_path):
+    import json
+    import shutil
+
+    from worldsim.model.checkpoint import CheckpointError
+    from worldsim.model.world_model import WorldModel
+
+    src = ROOT / "worldsim" / "assets" / "default_world"
+    shutil.copytree(src, tmp_path / "w")
+    meta = json.loads((tmp_path / "w" / "dynamics.json").read_text())
+    meta["config"]["n_heads"] = "4"
+    (tmp_path / "w" / "dynamics.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="dynamics.json: n_heads must be an integer, got '4'"):
+        WorldModel.load(tmp_path / "w")
+
+
 def test_load_bad_checkpoint_dir(tmp_path):
     from worldsim.model.checkpoint import CheckpointError
     from worldsim.model.world_model import WorldModel

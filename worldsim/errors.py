@@ -5,6 +5,21 @@ class WorldsimError(Exception):
     """A problem with the user's input or machine set-up, not a bug in worldsim."""
 
 
+def check_limits(cfg, prefix: str, at_least: "dict[str, float]", within: "tuple[str, ...]" = ()) -> None:
+    """ValueError naming the first field of the config ``cfg`` below its bound in ``at_least``
+    ({field: lowest allowed; a tuple field checks every element}) or outside [0, 1] (``within``):
+    values no run could use fail when the config is read, not in the middle of a run."""
+    for name, low in at_least.items():
+        value = getattr(cfg, name)
+        for v in (value if isinstance(value, tuple) else (value,)):
+            if v < low:  # a tiny positive bound stands for "> 0"
+                bound = "> 0" if 0 < low < 1e-3 else f">= {low:g}"
+                raise ValueError(f"{prefix}{'.' if prefix else ''}{name} must be {bound}, got {value}")
+    for name in within:
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"{prefix}{'.' if prefix else ''}{name} must be in [0, 1], got {getattr(cfg, name)}")
+
+
 def check_output_file(path, option: str = "--json"):
     """Fail before a long run, not after it, when ``path`` cannot be written: creates its folder
     and leaves no file behind. Returns the path."""

@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from worldsim.errors import check_limits
+
 
 @dataclass
 class AudioCodecConfig:
@@ -40,13 +42,17 @@ class AudioCodecConfig:
         return self.samples // math.prod(self.strides)
 
     def validate(self) -> None:
+        check_limits(self, "audio_codec", {"samples": 1, "channels": 1, "strides": 1, "widths": 1,
+                                           "latent_channels": 1, "stft_sizes": 2, "decoder_widths": 1})
+        if not self.strides:
+            raise ValueError("audio_codec.strides needs at least one level")
         if self.samples % math.prod(self.strides):
-            raise ValueError(f"audio codec: samples per tick {self.samples} is not a multiple of "
+            raise ValueError(f"audio_codec.samples (per tick) {self.samples} is not a multiple of "
                              f"prod(strides)={math.prod(self.strides)}")
         if len(self.widths) != len(self.strides):
-            raise ValueError(f"audio codec: widths needs one width per stride ({len(self.strides)}), got {len(self.widths)}")
+            raise ValueError(f"audio_codec.widths needs one width per stride ({len(self.strides)}), got {len(self.widths)}")
         if self.decoder_widths and len(self.decoder_widths) != len(self.strides):
-            raise ValueError(f"audio codec: decoder_widths needs one width per stride ({len(self.strides)}), "
+            raise ValueError(f"audio_codec.decoder_widths needs one width per stride ({len(self.strides)}), "
                              f"got {len(self.decoder_widths)}")
 
 

@@ -15,6 +15,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +38,59 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
 
 
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin in (tuple, list):
+        return f"a list of {_type_name(args[0])}s" if args else "a list"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def coerce_value(value: Any, tp: Any, where: str) -> Any:
+    """``value`` as the annotated type ``tp`` (int → float, list → tuple, 3.0 → 3), or a
+    :class:`CheckpointError` naming ``where`` — so that ``steps: "1e5"`` in a YAML file (PyYAML
+    reads it as a string) stops the run at once instead of after its first stage."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            try:
+                return coerce_value(value, a, where)
+            except CheckpointError:
+                pass
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin in (tuple, list):
+        if isinstance(value, (list, tuple)):
+            item = args[0] if args else Any
+            items = [coerce_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+            return tuple(items) if origin is tuple else items
+    else:
+        return value  # nested dataclasses and Any: checked where they are built
+    hint = ""
+    if isinstance(value, str) and tp in (int, float):
+        with contextlib.suppress(ValueError):
+            float(value)
+            hint = " (YAML reads 1e5 as text: write 100000 or 1.0e+5)"
+    raise CheckpointError(f"{where} must be {_type_name(tp)}, got {value!r}{hint}")
+
+
 def config_from_dict(cls: type[C], d: dict[str, Any], where: str = "config") -> C:
     if not isinstance(d, dict):
         raise CheckpointError(f"{where}: expected a mapping, got {type(d).__name__}")
@@ -44,16 +99,18 @@ def config_from_dict(cls: type[C], d: dict[str, Any], where: str = "config") -> 
     if unknown:
         raise CheckpointError(f"{where}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
                               f"known: {', '.join(fields)}")
-    kw = {}
-    for k, v in d.items():
-        default = fields[k].default
-        if isinstance(default, tuple) and isinstance(v, list):
-            v = tuple(v)
-        kw[k] = v
+    hints = typing.get_type_hints(cls)
+    kw = {k: coerce_value(v, hints.get(k, Any), f"{where}: {k}") for k, v in d.items()}
     try:
-        return cls(**kw)
-    except TypeError as e:
+        cfg = cls(**kw)
+        if hasattr(cfg, "validate"):
+            cfg.validate()
+    except (TypeError, ValueError) as e:
+        section = where.rsplit(": ", 1)
+        if len(section) == 2 and str(e).startswith(section[1] + "."):  # "f.yaml: sampler: sampler.steps …"
+            where = section[0]
         raise CheckpointError(f"{where}: {e}") from None
+    return cfg
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

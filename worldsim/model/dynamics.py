@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from worldsim.errors import check_limits
 from worldsim.model import packed_linear
 from worldsim.model.kv_cache import KVCache
 
@@ -66,6 +67,16 @@ class DynamicsConfig:
     px_per_degree: float = 0.6
     frame_size: int = 64
     memory_input: bool = False        # noisy blocks take a retrieved long-term memory (see above)
+
+    def validate(self) -> None:
+        check_limits(self, "dynamics", {"latent_channels": 1, "latent_size": 1, "patch": 1, "audio_channels": 0,
+                                        "audio_positions": 1, "n_buttons": 0, "n_axes": 0, "axis_scale": 1e-6,
+                                        "d_model": 1, "n_layers": 1, "n_heads": 1, "mlp_ratio": 1e-6, "context": 1,
+                                        "px_per_degree": 0, "frame_size": 1})
+        if self.d_model % self.n_heads:
+            raise ValueError(f"dynamics.d_model {self.d_model} must be a multiple of n_heads {self.n_heads}")
+        if self.latent_size % self.patch:
+            raise ValueError(f"dynamics.latent_size {self.latent_size} must be a multiple of patch {self.patch}")
 
     @property
     def frame_tokens(self) -> int:

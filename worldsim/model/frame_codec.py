@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from worldsim.errors import check_limits
+
 
 @dataclass
 class FrameCodecConfig:
@@ -35,6 +37,16 @@ class FrameCodecConfig:
     @property
     def latent_size(self) -> int:
         return self.resolution // 2 ** len(self.channels)
+
+    def validate(self) -> None:
+        check_limits(self, "frame_codec", {"resolution": 1, "channels": 1, "latent_channels": 1, "res_blocks": 0,
+                                           "decoder_channels": 1, "decoder_res_blocks": 0, "latent_noise": 0})
+        if not self.channels or self.resolution % 2 ** len(self.channels):
+            raise ValueError(f"frame_codec.resolution {self.resolution} must be a multiple of "
+                             f"2**len(channels) = {2 ** len(self.channels)} (one /2 level per width)")
+        if self.decoder_channels and len(self.decoder_channels) != len(self.channels):
+            raise ValueError(f"frame_codec.decoder_channels needs one width per level ({len(self.channels)}), "
+                             f"got {len(self.decoder_channels)}")
 
 
 class ResBlock(nn.Module):

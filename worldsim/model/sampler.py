@@ -12,12 +12,17 @@ from typing import Callable, Sequence
 
 import torch
 
+from worldsim.errors import check_limits
+
 
 @dataclass
 class FlowSamplerConfig:
     steps: int = 3
     shift: float = 1.0
     context_level: float = 0.0   # noise level generated ticks are committed to the context with
+
+    def validate(self) -> None:
+        check_limits(self, "sampler", {"steps": 1, "shift": 1e-6}, within=("context_level",))
 
 
 class FlowSampler:

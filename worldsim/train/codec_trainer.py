@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from worldsim.data.episode import Episode
+from worldsim.errors import check_limits
 from worldsim.model.audio_codec import AudioCodec, AudioCodecConfig
 from worldsim.model.checkpoint import load_component, save_component
 from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
@@ -32,6 +33,9 @@ class CodecTrainConfig:
     warmup: int = 200
     log_every: int = 50
     save_every: int = 500
+
+    def validate(self) -> None:
+        check_limits(self, "", {"steps": 0, "batch": 1, "lr": 1e-12, "warmup": 0, "log_every": 1, "save_every": 1})
 
 
 class StepSampler:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from worldsim.data.episode import Episode
+from worldsim.errors import check_limits
 from worldsim.model.checkpoint import save_component
 from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, shift_latent, turn_features, turn_prior
 from worldsim.model.memory import MemoryConfig
@@ -89,9 +90,12 @@ class DynamicsTrainConfig:
 
     def validate(self) -> None:
         """Clear errors for values no run could use (checked when a config file is read)."""
-        for k in ("rollout_frac", "memory_windows", "memory_drop", "distill_frac", "distill_at_steps", "tau_zero_prob"):
-            if not 0.0 <= getattr(self, k) <= 1.0:
-                raise ValueError(f"dynamics_train.{k} must be in [0, 1], got {getattr(self, k)}")
+        check_limits(self, "dynamics_train", {"steps": 0, "batch": 1, "lr": 1e-12, "warmup": 0, "weight_decay": 0,
+                                              "audio_weight": 0, "save_every": 1, "log_every": 1, "eval_every": 0,
+                                              "schedule_start": 0, "memory_min_age": 0, "rollout_ticks": 1,
+                                              "rollout_steps": 1},
+                     within=("tau_max", "rollout_frac", "memory_windows", "memory_drop", "distill_frac",
+                             "distill_at_steps", "tau_zero_prob"))
         if self.distill_steps < 0 or self.distill_student_steps < 1 or self.distill_reuse < 1:
             raise ValueError("dynamics_train.distill_steps must be >= 0, distill_student_steps and distill_reuse >= 1")
         if self.distill_steps and not self.distill_teacher:

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,7 +35,7 @@ import torch
 
 from worldsim.errors import WorldsimError
 from worldsim.model.audio_codec import AudioCodecConfig
-from worldsim.model.checkpoint import CheckpointError, config_from_dict, config_to_dict, save_component
+from worldsim.model.checkpoint import CheckpointError, coerce_value, config_from_dict, config_to_dict, save_component
 from worldsim.model.dynamics import DynamicsConfig
 from worldsim.model.frame_codec import FrameCodecConfig
 from worldsim.model.sampler import FlowSamplerConfig
@@ -90,6 +91,7 @@ def load_run_config(path: str | os.PathLike) -> RunConfig:
     if unknown:
         raise TrainConfigError(f"{p}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
     base = RunConfig()
+    hints = typing.get_type_hints(RunConfig)
     kw: dict[str, Any] = {}
     for k, v in raw.items():
         if k == "dynamics_rounds":
@@ -101,13 +103,11 @@ def load_run_config(path: str | os.PathLike) -> RunConfig:
             except CheckpointError as e:
                 raise TrainConfigError(str(e)) from None
         else:
-            kw[k] = v
-    cfg = RunConfig(**kw)
-    try:
-        cfg.audio_codec.validate()
-        cfg.dynamics_train.validate()
-    except ValueError as e:
-        raise TrainConfigError(f"{p}: {e}") from None
+            try:
+                kw[k] = coerce_value(v, hints[k], f"{p}: {k}")
+            except CheckpointError as e:
+                raise TrainConfigError(str(e)) from None
+    cfg = RunConfig(**kw)  # each section was validated as it was read
     try:
         cfg.dynamics_rounds = parse_rounds(raw.get("dynamics_rounds"), cfg.dynamics_train, str(p))
     except ValueError as e:

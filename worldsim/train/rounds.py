@@ -70,8 +70,11 @@ def parse_rounds(raw: Any, base: DynamicsTrainConfig, where: str) -> list[Dynami
             raise ValueError(f"{at} ({name}): needs steps (the cumulative step count it trains up to)")
         try:
             tcfg = config_from_dict(DynamicsTrainConfig, {**config_to_dict(base), **values}, where=f"{at} ({name})")
+        except CheckpointError as e:
+            raise ValueError(str(e)) from None
+        try:
             tcfg.validate()
-        except (CheckpointError, ValueError) as e:
+        except ValueError as e:
             raise ValueError(f"{at} ({name}): {e}") from None
         before = rounds[-1].train.steps if rounds else base.steps
         if tcfg.steps <= before:
