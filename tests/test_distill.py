@@ -178,6 +178,36 @@ def test_distill_config_and_teacher_errors(tmp_path):
     assert not any(q.requires_grad for q in t.parameters())  # frozen; the width may differ from the student's
 
 
+@pytest.mark.skipif(not __import__("worldsim.model.packed_linear", fromlist=["x"]).INT8_AVAILABLE,
+                    reason="no fbgemm int8 engine in this PyTorch")
+def test_teacher_precision_int8_samples_what_the_float_teacher_samples(tmp_path):
+    """``distill_precision``: the teacher's linears in int8 (what `auto` picks on a CPU without AMX,
+    as a loaded world does) give samples within int8's error of the float teacher's; bf16/fp32 keep
+    float linears; an unknown name is a config error."""
+    from worldsim.model import packed_linear
+    from worldsim.model.checkpoint import save_component
+    cfg = DynamicsConfig(d_model=64, n_layers=2, n_heads=2, context=4, audio_channels=4, audio_positions=4,
+                         turn_weights=(6.0, 4.5, 1.0))
+    torch.manual_seed(3)
+    net = Dynamics(cfg)
+    with torch.no_grad():  # no zero-initialised heads or gates: every layer shapes the samples
+        for q in net.parameters():
+            q.normal_(0, 0.1)
+    save_component(tmp_path, "dynamics", net, cfg)
+    float_t = load_teacher(tmp_path, cfg, "cpu", "fp32")
+    int8_t = load_teacher(tmp_path, cfg, "cpu", "int8")
+    marked = lambda m: bool(m.__dict__.get(packed_linear._INT8))  # noqa: E731
+    assert not any(marked(m) for m in float_t.modules()) and all(marked(m) for m in int8_t.modules())
+    p = pack_inputs(float_t, _batch(B=4, seed=4), DynamicsTrainConfig(tau_max=0.0), NAMES, torch.Generator().manual_seed(2))
+    xf, af = teacher_sample(float_t, p, 4, "cpu", amp=False)
+    xi, ai = teacher_sample(int8_t, p, 4, "cpu", amp=False)
+    assert not torch.equal(xi, xf)  # the int8 path ran
+    for a, b in ((xi, xf), (ai, af)):
+        assert float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()) < 0.05
+    with pytest.raises(ValueError, match="distill_precision must be one of"):
+        DynamicsTrainConfig(distill_precision="fp16").validate()
+
+
 def test_distilled_windows_can_keep_the_recorded_sound_as_their_audio_target(monkeypatch):
     """``distill_audio: real``: the frames of a distilled window take the teacher's sample, its
     audio the recorded tick's (flow matching at the same flow times), so the student may sound

@@ -32,10 +32,13 @@ from worldsim.model.sampler import FlowSampler, FlowSamplerConfig
 from worldsim.train.loop import autocast
 
 
-def load_teacher(path: str | Path, student: DynamicsConfig, device: str) -> Dynamics:
+def load_teacher(path: str | Path, student: DynamicsConfig, device: str, precision: str = "auto") -> Dynamics:
     """The frozen teacher: a world's (or a run's) dynamics (``"default"`` = the shipped world),
     which must share the student's tokens (latent grid, patch, audio): it answers for the same
-    packed sequences."""
+    packed sequences. ``precision`` (``DynamicsTrainConfig.distill_precision``): its linears run
+    in int8 where a world on ``device`` would (``auto``) or where asked (``int8``)."""
+    from worldsim.model.packed_linear import use_int8
+    from worldsim.precision import PrecisionError, int8_linears
     from worldsim.model.checkpoint import CheckpointError, load_component
     from worldsim.model.world_model import DEFAULT_WORLD_DIR
 
@@ -55,6 +58,12 @@ def load_teacher(path: str | Path, student: DynamicsConfig, device: str) -> Dyna
     teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    try:
+        int8 = int8_linears(device, precision)
+    except PrecisionError as e:
+        raise ValueError(f"dynamics_train.distill_precision: {e}") from None
+    if int8:
+        use_int8(teacher)
     return teacher
 
 

@@ -31,6 +31,7 @@ from worldsim.errors import check_limits
 from worldsim.model.checkpoint import save_component
 from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, shift_latent, turn_features, turn_prior
 from worldsim.model.memory import MemoryConfig
+from worldsim.precision import PRECISIONS
 from worldsim.train.latents import LatentStore
 from worldsim.train.adversarial import Adversary, clean_estimate
 from worldsim.train.distill import PairPool, couple, load_teacher, student_times, teacher_sample
@@ -78,6 +79,12 @@ class DynamicsTrainConfig:
     # each teacher-sampled batch trains this many student steps (each at fresh flow times): the
     # teacher's 16 Euler steps are ~70 % of a distillation step on a CPU; 1 = a new one every step
     distill_reuse: int = 1
+    # the teacher's arithmetic: "auto" = what a world loaded on this device runs in (on a CPU with
+    # fbgemm and no AMX: int8 linears around bf16). Measured on an AVX512-BF16 EPYC, one thread:
+    # the shipped teacher's 16 steps at batch 16 7.2 -> 4.7 s, a critic + rollout distillation step
+    # 5.0 -> 4.4 s; its samples 2.6 % (rms) from fp32's where bf16's are 0.2 % — the int8 world
+    # `worldsim eval` scores like fp32's (README, Speed). Or "bf16" / "fp32" / "int8"
+    distill_precision: str = "auto"
     # the sound's targets in distilled windows: "teacher" (its samples, like the frames') or "real"
     # (the recorded tick's audio, plain flow matching at the same flow times). A 2-step student
     # can sound only as often as its teacher does; the shipped world misses most real onsets by
@@ -100,6 +107,9 @@ class DynamicsTrainConfig:
             raise ValueError("dynamics_train.distill_steps must be >= 0, distill_student_steps and distill_reuse >= 1")
         if self.distill_steps and not self.distill_teacher:
             raise ValueError("dynamics_train.distill_steps > 0 needs distill_teacher (a world or run directory)")
+        if self.distill_precision not in PRECISIONS:
+            raise ValueError(f"dynamics_train.distill_precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.distill_precision!r}")
         if self.distill_audio not in ("teacher", "real"):
             raise ValueError(f"dynamics_train.distill_audio must be 'teacher' or 'real', got {self.distill_audio!r}")
         if self.adv_weight < 0 or self.adv_lr <= 0:
@@ -249,7 +259,8 @@ def dynamics_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tcfg: 
         if pair is None:
             p = packed()
             pick = torch.rand(p["t"].shape[0], device=p["t"].device) < tcfg.distill_frac
-            xs, xa = teacher_sample(teacher, p, tcfg.distill_steps, device, pick) if pick.any() else (None, None)
+            xs, xa = (teacher_sample(teacher, p, tcfg.distill_steps, device, pick, amp=tcfg.distill_precision != "fp32")
+                      if pick.any() else (None, None))
             pair = (p, pick, xs, xa)
             if pool is not None:
                 pool.add(pair)
@@ -327,7 +338,7 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
     teacher, pool = None, None
     if tcfg.distill_steps > 0:
         tcfg.validate()
-        teacher = load_teacher(tcfg.distill_teacher, cfg, device)
+        teacher = load_teacher(tcfg.distill_teacher, cfg, device, tcfg.distill_precision)
         pool = PairPool(tcfg.distill_reuse) if tcfg.distill_reuse > 1 else None
     adversary = None
     if tcfg.adv_weight > 0:
