@@ -266,6 +266,41 @@ def test_self_rollout_generates_only_the_chosen_context_ticks():
     assert torch.isfinite(loss) and m.frame_out.weight.grad is not None
 
 
+def test_training_forward_skips_only_what_the_loss_never_reads():
+    """``first_output=T``: the packed forward returns the noisy blocks' velocities only (the last
+    layer skips the clean blocks' queries, MLP and head); values and gradients are the full
+    forward's for those blocks."""
+    import torch
+
+    from worldsim.model.dynamics import Dynamics, DynamicsConfig
+    from worldsim.train.dynamics_trainer import DynamicsTrainConfig, pack_inputs
+
+    torch.manual_seed(0)
+    m = Dynamics(DynamicsConfig(d_model=32, n_layers=2, n_heads=2, context=4, audio_channels=4, audio_positions=4))
+    with torch.no_grad():  # no zero-initialised gates: every layer shapes the output
+        for q in m.parameters():
+            q.normal_(0, 0.1)
+    B, T = 3, 4
+    batch = {"frames": torch.randn(B, T, 16, 8, 8), "audio": torch.randn(B, T, 4, 4),
+             "buttons": torch.randint(0, 2, (B, T, 9), dtype=torch.uint8), "axes": torch.randn(B, T, 2)}
+    names = (["forward", "back", "strafe_left", "strafe_right", "turn_left", "turn_right", "attack", "use", "run"],
+             ["mouse_dx", "mouse_dy"])
+    p = pack_inputs(m, batch, DynamicsTrainConfig(), names, torch.Generator().manual_seed(1))
+    grads = []
+    for first in (0, p["T"]):
+        m.zero_grad()
+        pf, pa = m(*p["inputs"], first_output=first)
+        pf, pa = (pf[:, p["T"]:], pa[:, p["T"]:]) if first == 0 else (pf, pa)
+        assert pf.shape[1] == pa.shape[1] == T - 1
+        (pf.square().mean() + pa.square().mean()).backward()
+        grads.append((pf.detach(), pa.detach(), [q.grad.clone() for q in m.parameters()]))
+    (f0, a0, g0), (f1, a1, g1) = grads
+    torch.testing.assert_close(f1, f0, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a1, a0, atol=1e-5, rtol=1e-4)
+    for x, y in zip(g1, g0):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs").glob("*.yaml")))
 def test_every_shipped_config_loads(name):
     from worldsim.train.pipeline import load_run_config

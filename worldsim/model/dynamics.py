@@ -334,14 +334,16 @@ class Dynamics(nn.Module):
         allowed = clean_k & window & (noisy[:, None].logical_not() | (rel > 0)) | same
         return rel[None], allowed[None]
 
-    def forward(self, frame, audio, prior, level, action, times, noisy, memory=None):
+    def forward(self, frame, audio, prior, level, action, times, noisy, memory=None, first_output: int = 0):
         """Packed-sequence forward (training and full recompute). Shapes as in :meth:`embed`;
-        times/noisy (M,). Returns velocity predictions for every block."""
+        times/noisy (M,). Returns velocity predictions for blocks ``first_output`` .. M-1: training
+        scores only the noisy blocks, which follow the clean ones, so the last layer skips the
+        clean blocks' queries, MLP and head (their keys and values are all the others need)."""
         x = self.embed(frame, audio, prior, memory)
         mods, head_mod = self.modulate(self.condition(level, action))
         rel, allowed = self.window_mask(times, noisy)
-        x = self.run(x, mods, Attend(rel, allowed, self.cfg.block_tokens, layers=self.layers))
-        return self.head(x, head_mod, frame.shape[1])
+        x = self.run(x, mods, Attend(rel, allowed, self.cfg.block_tokens, layers=self.layers), drop=first_output)
+        return self.head(x, head_mod[:, first_output:], frame.shape[1] - first_output)
 
     # ---- streaming: one block against the cache --------------------------------------
     def new_cache(self, batch: int, device=None, dtype=torch.bfloat16) -> KVCache:

@@ -275,17 +275,17 @@ def dynamics_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tcfg: 
         p = packed()
     T = p["T"]
     with autocast(device):
-        pf, pa = model(*p["inputs"])
-    lf = F.mse_loss(pf[:, T:].float(), p["v_frame"])
+        pf, pa = model(*p["inputs"], first_output=T)  # the noisy blocks' velocities only (B, T-1, ·)
+    lf = F.mse_loss(pf.float(), p["v_frame"])
     stats = {"frame": lf.item()}
     loss = lf
     if pa is not None and p["v_audio"] is not None:
-        la = F.mse_loss(pa[:, T:].float(), p["v_audio"])
+        la = F.mse_loss(pa.float(), p["v_audio"])
         loss = loss + tcfg.audio_weight * la
         stats["audio"] = la.item()
     if adversary is not None and tcfg.adv_weight > 0:
         frame, level = p["inputs"][0], p["inputs"][3]
-        x0 = clean_estimate(frame[:, T:].float(), level[:, T:].float(), pf[:, T:].float())  # (B, T-1, P, Dt)
+        x0 = clean_estimate(frame[:, T:].float(), level[:, T:].float(), pf.float())  # (B, T-1, P, Dt)
         fake = core.from_tokens(x0).flatten(0, 1)  # (B·(T-1), C, h, w)
         real = p["real"]  # (B, T, C, h, w): the recorded ticks
         prev = real[:, :-1].flatten(0, 1)
