@@ -83,7 +83,8 @@ class DynamicsTrainConfig:
     # fbgemm and no AMX: int8 linears around bf16). Measured on an AVX512-BF16 EPYC, one thread:
     # the shipped teacher's 16 steps at batch 16 7.2 -> 4.7 s, a critic + rollout distillation step
     # 5.0 -> 4.4 s; its samples 2.6 % (rms) from fp32's where bf16's are 0.2 % — the int8 world
-    # `worldsim eval` scores like fp32's (README, Speed). Or "bf16" / "fp32" / "int8"
+    # `worldsim eval` scores like fp32's (README, Speed). "int8" asks for it anywhere it runs;
+    # "bf16" keeps float linears in the training's autocast, "fp32" runs the teacher without it
     distill_precision: str = "auto"
     # the sound's targets in distilled windows: "teacher" (its samples, like the frames') or "real"
     # (the recorded tick's audio, plain flow matching at the same flow times). A 2-step student
