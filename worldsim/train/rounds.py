@@ -68,14 +68,10 @@ def parse_rounds(raw: Any, base: DynamicsTrainConfig, where: str) -> list[Dynami
         values = {k: v for k, v in entry.items() if k != "name"}
         if "steps" not in values:
             raise ValueError(f"{at} ({name}): needs steps (the cumulative step count it trains up to)")
-        try:
+        try:  # typed and validated as it is built
             tcfg = config_from_dict(DynamicsTrainConfig, {**config_to_dict(base), **values}, where=f"{at} ({name})")
         except CheckpointError as e:
             raise ValueError(str(e)) from None
-        try:
-            tcfg.validate()
-        except ValueError as e:
-            raise ValueError(f"{at} ({name}): {e}") from None
         before = rounds[-1].train.steps if rounds else base.steps
         if tcfg.steps <= before:
             raise ValueError(f"{at} ({name}): steps {tcfg.steps} must exceed the stage before it ({before})")
