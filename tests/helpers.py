@@ -54,9 +54,24 @@ def toy_world(root: Path, episodes: int = 2, steps: int = 60, seed: int = 0) -> 
     return root
 
 
-def random_world(root: Path, context: int = 4, seed: int = 0) -> Path:
+def plain_episodes(root: Path, schema, episodes: int = 1, steps: int = 30, seed: int = 0, meta: dict | None = None
+                   ) -> Path:
+    """Random 64×64 frames, silent audio and no-op actions of any action ``schema``."""
+    rng = np.random.default_rng(seed)
+    for e in range(episodes):
+        arrays = {"frames": rng.integers(0, 256, (steps, 64, 64, 3), dtype=np.uint8),
+                  "buttons": np.zeros((steps, schema.num_buttons), np.uint8),
+                  "axes": np.zeros((steps, schema.num_axes), np.float32),
+                  "audio": np.zeros((steps, AUDIO["samples_per_step"], 2), np.int16)}
+        write_episode(root / f"ep_{e:06d}", schema, arrays,
+                      {"tick_rate": 17.5, "map": "plain", "source": "test", **(meta or {})}, audio_spec=AUDIO)
+    return root
+
+
+def random_world(root: Path, context: int = 4, seed: int = 0, schema=VIZDOOM_SCHEMA) -> Path:
     """A tiny untrained world checkpoint (random weights) with start contexts: for runtime,
-    env and bridge tests that need the plumbing, not a good model."""
+    env and bridge tests that need the plumbing, not a good model. ``schema``: its actions
+    (DOOM's by default; another one gets plain random start frames)."""
     import json
 
     import torch
@@ -73,7 +88,8 @@ def random_world(root: Path, context: int = 4, seed: int = 0) -> Path:
     fc_cfg = FrameCodecConfig(channels=(8, 16, 16), latent_channels=4)
     ac_cfg = AudioCodecConfig(widths=(8, 8, 16), latent_channels=4)
     dcfg = DynamicsConfig(latent_channels=4, audio_channels=4, audio_positions=4, d_model=32, n_layers=2, n_heads=2,
-                          context=context, turn_weights=(6.0, 4.5, 1.0))
+                          context=context, turn_weights=(6.0, 4.5, 1.0), n_buttons=schema.num_buttons,
+                          n_axes=schema.num_axes, axis_scale=(30.0,) * max(2, schema.num_axes))
     dyn = Dynamics(dcfg)
     with torch.no_grad():
         for p in dyn.parameters():
@@ -83,9 +99,13 @@ def random_world(root: Path, context: int = 4, seed: int = 0) -> Path:
     save_component(root, "dynamics", dyn, dcfg)
     (root / "world.json").write_text(json.dumps({
         "format": "worldsim-world", "version": 1, "name": "random-test-world", "wad": "freedoom2", "maps": ["MAP01"],
-        "tick_rate": 17.5, "resolution": [64, 64], "audio": AUDIO, "schema": VIZDOOM_SCHEMA.to_dict(),
+        "tick_rate": 17.5, "resolution": [64, 64], "audio": AUDIO, "schema": schema.to_dict(),
         "sampler": {"steps": 2}}))
-    data = toy_world(root.parent / f"{root.name}_data", episodes=1, steps=30, seed=seed)
+    data = root.parent / f"{root.name}_data"
+    if schema == VIZDOOM_SCHEMA:
+        toy_world(data, episodes=1, steps=30, seed=seed)
+    else:
+        plain_episodes(data, schema, seed=seed)
     from worldsim.data.episode import open_episodes
     write_starts(open_episodes(data), root, context - 1, n=3)
     return root

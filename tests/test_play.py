@@ -48,6 +48,68 @@ def test_headless_client_plays_100_scripted_ticks_with_sound_and_records(tmp_pat
     assert np.abs(ep.frames[0] - video0).mean() < 6 < np.abs(ep.frames[-1] - video0).mean()
 
 
+class _Keys:
+    """Key states for InputState.entry: the named keys held, every other key up."""
+
+    def __init__(self, *names):
+        import pygame
+
+        self.down = {pygame.key.key_code(n) for n in names}
+
+    def __getitem__(self, code):
+        return code in self.down
+
+
+@pytest.fixture
+def pygame_headless(monkeypatch):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    import pygame
+
+    pygame.init()
+    yield pygame
+    pygame.quit()
+
+
+def test_keys_play_worlds_whose_actions_are_not_dooms(pygame_headless):
+    from worldsim.actions import VIZDOOM_SCHEMA, ActionSchema
+    from worldsim.play.controls import InputState, key_bindings
+
+    # DOOM's own keys and the mouse, as before
+    doom = InputState(VIZDOOM_SCHEMA)
+    doom.grabbed, doom.dx = True, 4.0
+    e = doom.entry(_Keys("w", "left shift"), clicked=True)
+    assert e == {"keys": ["attack", "forward", "run"], "axes": {"mouse_dx": 4.0, "mouse_dy": 0.0}}
+    assert doom.describe() == "" and VIZDOOM_SCHEMA.parse(e).axes[0] == 4.0
+    # a Discrete env (CartPole): number keys, one action at a time, no mouse
+    cart = ActionSchema(buttons=("action_0", "action_1"), groups=(("action_0", "action_1"),))
+    inp = InputState(cart)
+    assert key_bindings(cart) == ({"1": "action_0", "2": "action_1"}, {})
+    e = inp.entry(_Keys("1", "2"), clicked=True)
+    assert e == {"keys": ["action_0"], "axes": {}} and cart.parse(e).buttons.tolist() == [1, 0]
+    assert inp.entry(_Keys("2"))["keys"] == ["action_1"] and "1 action_0 · 2 action_1" == inp.describe()
+    # a Box env (CarRacing-like): key pairs drive each axis to its bounds, none held = 0 (clipped)
+    car = ActionSchema(buttons=(), axes=("axis_0", "axis_1", "axis_2"), axis_low=(-1.0, 0.0, 0.0),
+                       axis_high=(1.0, 1.0, 1.0))
+    inp = InputState(car)
+    assert inp.entry(_Keys("left", "up"))["axes"] == {"axis_0": -1.0, "axis_1": 1.0, "axis_2": 0.0}
+    assert inp.entry(_Keys("x"))["axes"] == {"axis_0": 0.0, "axis_1": 0.0, "axis_2": 1.0}
+    assert "left/right axis_0" in inp.describe()
+    # more buttons than number keys: the rest are named as script-only
+    many = ActionSchema(buttons=tuple(f"button_{i}" for i in range(12)))
+    assert "unbound (scripts only): button_10, button_11" in InputState(many).describe()
+
+
+def test_player_plays_a_world_with_a_discrete_action_schema(tmp_path, capsys):
+    from worldsim.actions import ActionSchema
+
+    cart = ActionSchema(buttons=("action_0", "action_1"), groups=(("action_0", "action_1"),))
+    w = random_world(tmp_path / "w", schema=cart)
+    r = play(PlayConfig(world=str(w), headless=True, ticks=4, record_episode=str(tmp_path / "eps")))
+    assert r["ticks"] == 4 and "keys for random-test-world: 1 action_0 · 2 action_1" in capsys.readouterr().out
+    (ep,) = open_episodes(tmp_path / "eps")
+    assert ep.buttons.shape == (4, 2) and ep.axes.shape == (4, 0)
+
+
 def test_different_actions_give_different_frames(tmp_path):
     outs = []
     for name, entry in (("left", {"keys": ["turn_left"]}), ("right", {"keys": ["turn_right"]})):

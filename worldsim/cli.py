@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -95,6 +96,10 @@ def _run_record(args: argparse.Namespace) -> int:
     from worldsim.record.gym_recorder import GymRecordConfig, record_gym
     from worldsim.spaces import schema_from_space
 
+    # envs that draw with pygame (classic control, Box2D) start SDL's display and sound, which on a
+    # machine without a desktop session print "XDG_RUNTIME_DIR is invalid"; rgb_array needs neither
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     script = None
     if args.script:
         import gymnasium as gym

@@ -17,30 +17,75 @@ from typing import Any
 
 import numpy as np
 
+from worldsim.actions import ActionSchema
+
 KEYMAP = {  # pygame key name → button of the ViZDoom schema
     "w": "forward", "up": "forward", "s": "back", "down": "back", "a": "strafe_left", "d": "strafe_right",
     "left": "turn_left", "right": "turn_right", "left ctrl": "attack", "right ctrl": "attack",
     "e": "use", "space": "use", "left shift": "run", "right shift": "run",
 }
+# Worlds with other actions (a Gymnasium env's `action_0`, `button_3`, `axis_1`, …): the buttons
+# no DOOM key names take the number keys in schema order, and each axis other than the mouse's
+# a pair of keys (toward its low end, toward its high end) — listed by `describe()` at start.
+BUTTON_KEYS = tuple("1234567890")
+AXIS_KEYS = (("left", "right"), ("down", "up"), ("z", "x"), ("c", "v"), ("b", "n"))
+MOUSE_AXES = ("mouse_dx", "mouse_dy")
 CONTROLS_HELP = __doc__.split("Controls (DOOM-like):", 1)[1].strip("\n")
 MAX_MOUSE_DEG = 30.0  # one tick's turn is clipped here: a flick of the mouse is not a teleport
 
 
+def key_bindings(schema: ActionSchema) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """The keys that play ``schema``: {key name: button} and {axis: (low key, high key)}.
+    Buttons or axes beyond the free keys stay unbound (an action script can still drive them)."""
+    keys = {k: b for k, b in KEYMAP.items() if b in schema.buttons}
+    bound = set(keys.values())
+    free = [k for k in BUTTON_KEYS if k not in keys]
+    for b in schema.buttons:
+        if b not in bound and free:
+            keys[free.pop(0)] = b
+    axes: dict[str, tuple[str, str]] = {}
+    pairs = [p for p in AXIS_KEYS if p[0] not in keys and p[1] not in keys]
+    for a in schema.axes:
+        if a not in MOUSE_AXES and pairs:
+            axes[a] = pairs.pop(0)
+    return keys, axes
+
+
 @dataclass
 class InputState:
-    """Accumulates mouse motion between ticks; :meth:`action` samples the keyboard too."""
+    """Accumulates mouse motion between ticks; :meth:`action` samples the keyboard too and
+    returns an entry valid for ``schema`` (no mouse for a world without mouse axes, at most
+    one button of each exclusive group)."""
 
-    buttons: list[str]
+    schema: ActionSchema
     sensitivity: float = 0.15  # degrees per pixel of mouse motion
     grabbed: bool = False
     dx: float = 0.0
     dy: float = 0.0
     _codes: dict[int, str] = field(default_factory=dict)
+    _axis_codes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         import pygame
 
-        self._codes = {pygame.key.key_code(k): b for k, b in KEYMAP.items() if b in self.buttons}
+        keys, axes = key_bindings(self.schema)
+        self._codes = {pygame.key.key_code(k): b for k, b in keys.items()}
+        self._axis_codes = {a: (pygame.key.key_code(lo), pygame.key.key_code(hi)) for a, (lo, hi) in axes.items()}
+
+    @property
+    def buttons(self) -> tuple[str, ...]:
+        return self.schema.buttons
+
+    def describe(self) -> str:
+        """The bindings of a world whose actions are not DOOM's (empty for DOOM's)."""
+        keys, axes = key_bindings(self.schema)
+        parts = [f"{k} {b}" for k, b in keys.items() if k in BUTTON_KEYS]
+        parts += [f"{lo}/{hi} {a}" for a, (lo, hi) in axes.items()]
+        unbound = [n for n in (*self.schema.buttons, *self.schema.axes)
+                   if n not in keys.values() and n not in axes and n not in MOUSE_AXES]
+        if unbound:
+            parts.append(f"unbound (scripts only): {', '.join(unbound)}")
+        return " · ".join(parts)
 
     def grab(self, on: bool) -> None:
         import pygame
@@ -57,14 +102,30 @@ class InputState:
     def action(self) -> dict[str, Any]:
         import pygame
 
-        pressed = pygame.key.get_pressed()
-        keys = {b for code, b in self._codes.items() if pressed[code]}
-        if self.grabbed and pygame.mouse.get_pressed()[0] and "attack" in self.buttons:
-            keys.add("attack")
-        a = {"keys": sorted(keys), "mouse": [float(np.clip(self.dx, -MAX_MOUSE_DEG, MAX_MOUSE_DEG)),
-                                             float(np.clip(self.dy, -MAX_MOUSE_DEG, MAX_MOUSE_DEG))]}
+        return self.entry(pygame.key.get_pressed(), self.grabbed and pygame.mouse.get_pressed()[0])
+
+    def entry(self, pressed: Any, clicked: bool = False) -> dict[str, Any]:
+        """The action entry for the key states ``pressed`` (indexable by key code) and a held
+        mouse button; consumes the mouse motion gathered since the last call."""
+        held = {b for code, b in self._codes.items() if pressed[code]}
+        if clicked and "attack" in self.schema.buttons:
+            held.add("attack")
+        for group in self.schema.groups:  # exclusive: the first held in schema order wins
+            held -= set([b for b in group if b in held][1:])
+        axes: dict[str, float] = {}
+        mouse = {"mouse_dx": self.dx, "mouse_dy": self.dy}
+        for i, name in enumerate(self.schema.axes):
+            if name in mouse:
+                axes[name] = float(np.clip(mouse[name], -MAX_MOUSE_DEG, MAX_MOUSE_DEG))
+            elif name in self._axis_codes:
+                lo_code, hi_code = self._axis_codes[name]
+                lo = self.schema.axis_low[i] if self.schema.axis_low is not None else -1.0
+                hi = self.schema.axis_high[i] if self.schema.axis_high is not None else 1.0
+                lo, hi = (lo if np.isfinite(lo) else -1.0), (hi if np.isfinite(hi) else 1.0)
+                v = (hi if pressed[hi_code] else 0.0) + (lo if pressed[lo_code] else 0.0)
+                axes[name] = float(np.clip(v, lo, hi))  # none held: 0 (or the range's nearest end)
         self.dx = self.dy = 0.0
-        return a
+        return {"keys": sorted(held), "axes": axes}
 
 
 class AudioOut:

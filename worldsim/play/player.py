@@ -167,7 +167,9 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
         screen = pygame.display.set_mode((W * cfg.scale, H * cfg.scale), flags)
         pygame.display.set_caption(f"worldsim — {source.name} ({source.where})")
         fonts: dict = {}
-        inp = InputState(list(source.schema.buttons), cfg.mouse_sensitivity)
+        inp = InputState(source.schema, cfg.mouse_sensitivity)
+        if inp.describe():  # a world whose actions are not DOOM's: say which keys play it
+            print(f"worldsim play: keys for {source.name}: {inp.describe()}")
         if cfg.record:
             video = Mp4Writer(cfg.record, source.tick_rate, (H, W), cfg.record_scale, source.audio_spec)
         episodes = EpisodeSink(cfg.record_episode, source, cfg) if cfg.record_episode else None
