@@ -90,6 +90,7 @@ def test_gym_recording_and_script(tmp_path):
     assert e.schema.buttons == ("action_0", "action_1") and e.frames.shape[1:] == (32, 32, 3)
     assert (e.buttons.sum(axis=1) == 1).all()  # Discrete: exactly one held
     assert e.reward is not None and e.audio is None and e.meta["source"] == "gym"
+    assert e.meta["env_action_space"] == {"type": "Discrete", "n": 2, "start": 0}  # the env's own space, kept
     assert e.frames.std() > 0  # rendered something
     (tmp_path / "s.json").write_text(json.dumps([{"keys": ["action_1"]}, {}] * 3 + [{}, {"keys": ["action_1"]}] * 2))
     assert main(["record", "gym", "--env", "CartPole-v1", "--steps", "50", "--out", str(tmp_path / "scripted"),

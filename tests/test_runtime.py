@@ -205,6 +205,42 @@ def test_registered_and_vector_env(world, monkeypatch):
     venv.close()
 
 
+def test_a_world_of_a_gym_recording_takes_the_envs_own_actions(tmp_path):
+    """A world trained on `worldsim record gym` data keeps the env's action space: a CartPole
+    policy (an int) steps the learned CartPole, alone or batched."""
+    from gymnasium.utils.env_checker import check_env
+
+    from worldsim.actions import ActionSchema
+    from worldsim.envs import WorldModelEnv, WorldModelVectorEnv
+
+    cart = ActionSchema(buttons=("action_0", "action_1"), groups=(("action_0", "action_1"),))
+    root = random_world(tmp_path / "cart", schema=cart)
+    wj = json.loads((root / "world.json").read_text())
+    (root / "world.json").write_text(json.dumps({**wj, "env_action_space": {"type": "Discrete", "n": 2, "start": 0}}))
+    w = World.load(str(root))
+    env = WorldModelEnv(w, max_episode_steps=4)
+    assert env.action_space == gym.spaces.Discrete(2)
+    check_env(env, skip_render_check=True)
+    env.reset(seed=1)
+    one = env.step(1)[0]
+    env.reset(seed=1)
+    assert np.array_equal(env.step(np.int64(1))[0], one) and not np.array_equal(env.step(0)[0], one)
+    assert isinstance(WorldModelEnv(w, action_space="schema").action_space, gym.spaces.Dict)
+    venv = WorldModelVectorEnv(3, world=w, max_episode_steps=2)
+    assert venv.action_space == gym.spaces.MultiDiscrete([2, 2, 2])
+    venv.reset(seed=0)
+    assert venv.step(np.array([0, 1, 1]))[0].shape == (3, 64, 64, 3)
+    with pytest.raises(ValueError, match="action_space must be one of"):
+        WorldModelEnv(w, action_space="native")
+    # a world.json whose recorded space does not fit its schema is refused, not guessed at
+    (root / "world.json").write_text(json.dumps({**wj, "env_action_space": {"type": "Discrete", "n": 3}}))
+    with pytest.raises(ValueError, match="does not match its action schema"):
+        WorldModelEnv(World.load(str(root)))
+    (root / "world.json").write_text(json.dumps({**wj, "env_action_space": {"type": "Discrete"}}))
+    with pytest.raises(ActionError, match="env_action_space: bad Discrete"):
+        WorldModelEnv(World.load(str(root)))
+
+
 def test_pettingzoo_parallel_api(world):
     from pettingzoo.test import parallel_api_test
 

@@ -3,7 +3,8 @@ import pytest
 from gymnasium import spaces
 
 from worldsim.actions import ActionError
-from worldsim.spaces import from_env_action, schema_from_space, space_from_schema, to_env_action
+from worldsim.spaces import (from_env_action, schema_from_space, space_from_dict, space_from_schema, space_to_dict,
+                             to_env_action)
 
 
 @pytest.mark.parametrize("space", [
@@ -24,6 +25,30 @@ def test_space_roundtrip(space):
         assert space.contains(back)
         # every action is also expressible as a script entry
         assert schema.parse(schema.to_entry(a)) == a
+
+
+@pytest.mark.parametrize("space", [
+    spaces.Discrete(4, start=-1),
+    spaces.MultiBinary(5),
+    spaces.MultiDiscrete([3, 2, 4]),
+    spaces.Box(np.array([-1, 0, 0], np.float32), np.array([1, 1, 1], np.float32), dtype=np.float32),  # CarRacing's
+    spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float64),
+])
+def test_a_recorded_space_comes_back_from_json(space):
+    import json
+
+    d = json.loads(json.dumps(space_to_dict(space), allow_nan=False))  # strict JSON: inf bounds are null
+    assert space_from_dict(d) == space
+
+
+@pytest.mark.parametrize("d, msg", [
+    (None, "expected an object"), ({"type": "Tuple"}, "expected an object"), ({"type": "Discrete"}, "bad Discrete"),
+    ({"type": "Discrete", "n": 0}, "bad Discrete"), ({"type": "Box", "shape": [2], "low": [0], "high": [1, 1]}, "bad Box"),
+    ({"type": "MultiDiscrete", "nvec": "ab"}, "bad MultiDiscrete"),
+])
+def test_a_malformed_space_description_is_a_clear_error(d, msg):
+    with pytest.raises(ActionError, match=msg):
+        space_from_dict(d)
 
 
 def test_discrete_names_and_exclusivity():

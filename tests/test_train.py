@@ -134,6 +134,32 @@ def test_tiny_trains_evaluates_and_resumes(toy, tmp_path, capsys):
     assert main(["train", "--config", str(mem), "--latents", str(run / "latents"), "--out", str(run), "--quiet"]) == 2
 
 
+def test_a_gym_recordings_action_space_reaches_the_world(tmp_path):
+    """The env's own action space travels episodes → latent store → world.json (WorldModelEnv
+    reads it there); episodes that disagree on it give none."""
+    from tests.helpers import plain_episodes
+    from worldsim.actions import ActionSchema
+    from worldsim.data import open_episodes
+    from worldsim.model.audio_codec import AudioCodec, AudioCodecConfig
+    from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
+    from worldsim.train.latents import build_latents
+    from worldsim.train.pipeline import RunConfig, write_world_json
+
+    cart = ActionSchema(buttons=("action_0", "action_1"), groups=(("action_0", "action_1"),))
+    space = {"type": "Discrete", "n": 2, "start": 0}
+    fc, ac = FrameCodec(FrameCodecConfig(channels=(8, 16, 16), latent_channels=4)), AudioCodec(AudioCodecConfig(
+        widths=(8, 8, 16), latent_channels=4))
+    data = plain_episodes(tmp_path / "cp", cart, episodes=2, steps=8, meta={"env_action_space": space})
+    store = build_latents(open_episodes(data), fc, ac, tmp_path, tmp_path / "lat", progress=False)
+    assert store.info["env_action_space"] == space
+    write_world_json(tmp_path, RunConfig(name="cp"), store.info)
+    assert json.loads((tmp_path / "world.json").read_text())["env_action_space"] == space
+    plain_episodes(tmp_path / "mixed", cart, episodes=1, steps=8, meta={"env_action_space": space})
+    plain_episodes(tmp_path / "mixed2", cart, episodes=1, steps=8)
+    eps = open_episodes(tmp_path / "mixed") + open_episodes(tmp_path / "mixed2")
+    assert build_latents(eps, fc, ac, tmp_path, tmp_path / "lat2", progress=False).info["env_action_space"] is None
+
+
 def test_ddp_two_cpu_processes(toy, tmp_path):
     run = tmp_path / "ddp"
     assert main(["train", "--config", "tiny", "--data", str(toy), "--out", str(run), "--quiet",

@@ -6,6 +6,10 @@
 - ``MultiDiscrete(nvec)`` → per dimension d, buttons ``d<d>_<v>`` for v ≥ 1 in one exclusive
   group; no key held in a group means value 0.
 - ``Box(shape)`` → prod(shape) axes ``axis_<i>`` with the box's bounds (values are clipped).
+
+A recording keeps the env's own space as JSON (:func:`space_to_dict`, the episode key
+``env_action_space``) so that a world trained on it can take the env's actions unchanged
+(:class:`worldsim.envs.WorldModelEnv`): a policy written for the env steps its learned twin.
 """
 
 from __future__ import annotations
@@ -113,3 +117,47 @@ def space_from_schema(schema: ActionSchema, axis_bound: float | None = None) -> 
         high = np.array(schema.axis_high if schema.axis_high is not None else [inf] * schema.num_axes, np.float32)
         parts["axes"] = spaces.Box(low, high, dtype=np.float32)
     return spaces.Dict(parts)
+
+
+SPACE_TYPES = ("Discrete", "MultiBinary", "MultiDiscrete", "Box")
+
+
+def space_to_dict(space: Any) -> dict[str, Any]:
+    """An action space as JSON: ``{"type": ..., ...}`` (infinite Box bounds as ``null``)."""
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, spaces.MultiBinary):
+        return {"type": "MultiBinary", "shape": [int(n) for n in space.shape]}
+    if isinstance(space, spaces.MultiDiscrete):
+        return {"type": "MultiDiscrete", "nvec": np.asarray(space.nvec).tolist()}
+    if isinstance(space, spaces.Box):
+        def bound(a: np.ndarray) -> list:
+            return [float(v) if np.isfinite(v) else None for v in np.broadcast_to(a, space.shape).reshape(-1)]
+        return {"type": "Box", "shape": [int(n) for n in space.shape], "low": bound(space.low),
+                "high": bound(space.high), "dtype": str(np.dtype(space.dtype))}
+    raise ActionError(f"unsupported action space {space!r}: use Discrete, MultiBinary, MultiDiscrete or Box")
+
+
+def space_from_dict(d: Any, where: str = "env_action_space") -> Any:
+    """The inverse of :func:`space_to_dict`; a malformed description is an :class:`ActionError`."""
+    from gymnasium import spaces
+
+    if not isinstance(d, dict) or d.get("type") not in SPACE_TYPES:
+        raise ActionError(f"{where}: expected an object with \"type\" one of {list(SPACE_TYPES)}, got {d!r:.80}")
+    try:
+        kind = d["type"]
+        if kind == "Discrete":
+            return spaces.Discrete(int(d["n"]), start=int(d.get("start", 0)))
+        if kind == "MultiBinary":
+            shape = [int(n) for n in d["shape"]]
+            return spaces.MultiBinary(shape[0] if len(shape) == 1 else shape)  # MultiBinary(5) ≠ ([5]) to gymnasium
+        if kind == "MultiDiscrete":
+            return spaces.MultiDiscrete(np.asarray(d["nvec"], np.int64))
+        shape, dtype = tuple(int(n) for n in d["shape"]), np.dtype(d.get("dtype", "float32"))
+        low = np.array([-np.inf if v is None else float(v) for v in d["low"]], dtype).reshape(shape)
+        high = np.array([np.inf if v is None else float(v) for v in d["high"]], dtype).reshape(shape)
+        return spaces.Box(low, high, shape, dtype=dtype)
+    except (KeyError, TypeError, ValueError, AssertionError) as e:
+        raise ActionError(f"{where}: bad {d.get('type')} description {d!r:.80} ({e})") from None

@@ -2,7 +2,9 @@
 
 Observation: the generated frame ``(H, W, 3)`` uint8, or with ``audio=True`` a Dict
 ``{"frame": ..., "audio": (S, C) int16}``. Action: the world's action schema as
-``Dict(buttons=MultiBinary(NB), axes=Box(NA))`` (see :mod:`worldsim.spaces`). A learned
+``Dict(buttons=MultiBinary(NB), axes=Box(NA))`` (see :mod:`worldsim.spaces`) — or, for a world
+trained on a ``worldsim record gym`` recording, that env's own action space (``Discrete(2)``
+for CartPole), so a policy written for the env steps its learned twin unchanged. A learned
 simulator has no reward or terminal state of its own: reward is 0 unless a
 ``reward_fn(obs, action) -> float`` is given, and episodes end by truncation after
 ``max_episode_steps``. Seeding goes through ``reset(seed=...)``: the seed picks the start
@@ -21,7 +23,7 @@ from gymnasium.vector.utils import batch_space
 
 from worldsim.actions import Action
 from worldsim.runtime.session import Session, World
-from worldsim.spaces import from_env_action, space_from_schema
+from worldsim.spaces import from_env_action, schema_from_space, space_from_dict, space_from_schema
 
 _WORLDS: dict[tuple[str, str | None, int | None], World] = {}
 
@@ -47,12 +49,30 @@ def _obs_space(w: World, audio: bool) -> spaces.Space:
     return spaces.Dict({"frame": frame, "audio": spaces.Box(-32768, 32767, (a["samples_per_step"], a["channels"]), np.int16)})
 
 
+ACTION_SPACES = ("auto", "schema")
+
+
+def _action_space(w: World, which: str) -> spaces.Space:
+    """``auto``: the recorded env's own space when the world has one, else the schema's Dict."""
+    if which not in ACTION_SPACES:
+        raise ValueError(f"action_space must be one of {list(ACTION_SPACES)}, got {which!r}")
+    native = w.model.world.get("env_action_space")
+    if which == "auto" and native:
+        space = space_from_dict(native, f"world {w.name!r} world.json env_action_space")
+        if schema_from_space(space) != w.schema:
+            raise ValueError(f"world {w.name!r}: its env_action_space {native} does not match its action schema")
+        return space
+    return space_from_schema(w.schema, axis_bound=max(w.model.dynamics.cfg.axis_scale))
+
+
 class WorldModelEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 17.5}
 
     def __init__(self, world: str | World = "default", audio: bool = False, max_episode_steps: int = 1000,
                  render_mode: str | None = None, device: str | None = None, sampling_steps: int | None = None,
-                 reward_fn: Callable[[Any, Action], float] | None = None):
+                 reward_fn: Callable[[Any, Action], float] | None = None, action_space: str = "auto"):
+        """``action_space``: ``"auto"`` (the recorded env's own space where the world keeps one,
+        else the schema's Dict) or ``"schema"`` (always the Dict)."""
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.world = _world(world, device, sampling_steps)
@@ -62,7 +82,7 @@ class WorldModelEnv(gym.Env):
         self.reward_fn = reward_fn
         self.metadata = dict(self.metadata, render_fps=self.world.tick_rate)
         self.observation_space = _obs_space(self.world, audio)
-        self.action_space = space_from_schema(self.world.schema, axis_bound=max(self.world.model.dynamics.cfg.axis_scale))
+        self.action_space = _action_space(self.world, action_space)
         self.session: Session | None = None
         self._frame: np.ndarray | None = None
         self._t = 0
@@ -110,11 +130,11 @@ class WorldModelVectorEnv(VectorEnv):
 
     def __init__(self, num_envs: int = 1, world: str | World = "default", audio: bool = False,
                  max_episode_steps: int = 1000, render_mode: str | None = None, device: str | None = None,
-                 sampling_steps: int | None = None, **_: Any):
+                 sampling_steps: int | None = None, action_space: str = "auto", **_: Any):
         if num_envs < 1:
             raise ValueError(f"num_envs must be ≥ 1, got {num_envs}")
-        self.envs = [WorldModelEnv(world, audio, max_episode_steps, render_mode, device, sampling_steps)
-                     for _ in range(num_envs)]
+        self.envs = [WorldModelEnv(world, audio, max_episode_steps, render_mode, device, sampling_steps,
+                                   action_space=action_space) for _ in range(num_envs)]
         self.world = self.envs[0].world
         self.num_envs = num_envs
         self.render_mode = render_mode

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from worldsim.actions import Action
 from worldsim.data.episode import EpisodeWriter, next_episode_index
-from worldsim.spaces import from_env_action, schema_from_space, to_env_action
+from worldsim.spaces import from_env_action, schema_from_space, space_to_dict, to_env_action
 
 Policy = Callable[[Any, Any], Any]  # (observation, action_space) -> env action
 
@@ -72,7 +72,8 @@ def record_gym(cfg: GymRecordConfig) -> dict:
         while total < cfg.steps:
             obs, _ = env.reset(seed=cfg.seed + ep)
             meta = {"source": "gym", "env_id": cfg.env_id, "map": cfg.env_id, "tick_rate": fps, "frame_skip": 1,
-                    "seed": cfg.seed + ep, "policy": cfg.policy if cfg.script is None else "script"}
+                    "seed": cfg.seed + ep, "policy": cfg.policy if cfg.script is None else "script",
+                    "env_action_space": space_to_dict(env.action_space)}
             writer = EpisodeWriter(out / f"ep_{first + ep:06d}", schema, meta, (r, r), None)
             ended = "length"
             while total < cfg.steps:

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -107,11 +107,19 @@ def build_latents(episodes: Sequence[Episode], frame_codec, audio_codec, codec_d
     info = {"key": key, "bounds": np.concatenate([[0], np.cumsum(lengths)]).tolist(),
             "schema": e0.schema.to_dict(), "wad": e0.meta.get("wad"),
             "maps": sorted({e.map_id for e in episodes}), "tick_rate": e0.tick_rate,
-            "resolution": list(e0.resolution), "audio": e0.meta.get("audio")}
+            "resolution": list(e0.resolution), "audio": e0.meta.get("audio"),
+            # the recorded env's own action space, when every episode agrees on one (WorldModelEnv)
+            "env_action_space": _common(e.meta.get("env_action_space") for e in episodes)}
     tmp = out / "index.json.partial"
     tmp.write_text(json.dumps(info))
     os.replace(tmp, idx_file)
     return load_latents(out)
+
+
+def _common(values) -> Any:
+    """The one value all of ``values`` share, else None."""
+    vals = list(values)
+    return vals[0] if vals and all(v == vals[0] for v in vals) else None
 
 
 def _write_pose(episodes: Sequence[Episode], out: Path) -> None:

@@ -140,6 +140,8 @@ def write_world_json(out: Path, cfg: RunConfig, store_info: dict, extra: dict | 
              "maps": store_info.get("maps"), "tick_rate": store_info.get("tick_rate"),
              "resolution": store_info.get("resolution"), "audio": store_info.get("audio") if cfg.audio else None,
              "schema": store_info.get("schema"), "sampler": config_to_dict(cfg.sampler), **(extra or {})}
+    if store_info.get("env_action_space"):  # a Gymnasium recording's own space (worldsim.spaces)
+        world["env_action_space"] = store_info["env_action_space"]
     tmp = out / "world.json.partial"
     tmp.write_text(json.dumps(world, indent=1))
     os.replace(tmp, out / "world.json")
