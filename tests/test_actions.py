@@ -38,6 +38,20 @@ def test_bad_entries_are_clear_errors(entry, match):
         VIZDOOM_SCHEMA.parse(entry)
 
 
+def test_array_form_of_the_bridge_protocol():
+    """PROTOCOL.md's compact form: one 0/1 per button and one number per axis, schema order."""
+    a = VIZDOOM_SCHEMA.parse({"buttons": [1, 0, 0, 0, 0, 0, 1, 0, 0], "axes": [2.5, -1]})
+    assert a == VIZDOOM_SCHEMA.parse({"keys": ["forward", "attack"], "mouse": [2.5, -1]})
+    assert VIZDOOM_SCHEMA.parse({"axes": [0, 0]}) == VIZDOOM_SCHEMA.noop()  # buttons may be left out
+    s = ActionSchema(buttons=("a", "b"), axes=("x",), groups=(("a", "b"),), axis_low=(-1.0,), axis_high=(1.0,))
+    assert s.parse({"buttons": [True, False], "axes": [9]}).axes[0] == 1.0  # msgpack bools; clipped as named
+    for entry, match in [({"buttons": [1, 1], "axes": [0]}, "exclusive"), ({"buttons": [1]}, "2 values of 0/1"),
+                         ({"buttons": [0.5, 0]}, "0/1"), ({"buttons": "ab"}, "0/1"), ({"axes": [1, 2]}, "1 numbers"),
+                         ({"axes": [float("inf")]}, "finite"), ({"buttons": [0, 0], "mouse": [1, 1]}, "array form")]:
+        with pytest.raises(ActionError, match=match):
+            s.parse(entry)
+
+
 def test_exclusive_groups_and_bounds():
     s = ActionSchema(buttons=("a", "b", "c"), axes=("x",), groups=(("a", "b"),), axis_low=(-1.0,), axis_high=(1.0,))
     assert s.parse({"keys": ["a", "c"]}).buttons.tolist() == [1, 0, 1]

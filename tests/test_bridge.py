@@ -68,6 +68,17 @@ def test_lockstep_snapshot_fork_and_close(server):
     c.close()
 
 
+def test_step_takes_the_array_form_of_actions(server):
+    """PROTOCOL.md documents {"buttons": [...], "axes": [...]}; it equals the named form."""
+    c = BridgeClient(server.endpoint, timeout_ms=3000)
+    a, b = c.open(seed=5), c.open(seed=5)
+    named = c.step(a, {"keys": ["turn_left", "attack"], "mouse": [3.0, 0.0]})
+    arrays = c.step(b, {"buttons": [0, 0, 0, 0, 1, 0, 1, 0, 0], "axes": [3.0, 0.0]})
+    assert np.array_equal(named.frame, arrays.frame) and np.array_equal(named.audio, arrays.audio)
+    with pytest.raises(BridgeError, match="INVALID_ACTION: .*9 values of 0/1"):
+        c.step(b, {"buttons": [1, 0]})
+
+
 def test_realtime_latest_action_and_credit(server):
     c = BridgeClient(server.endpoint)
     sid = c.open(mode="realtime", credit=2, action={"keys": ["turn_left"]})

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 ENTRY_FIELDS = ("keys", "axes", "mouse")
+ARRAY_FIELDS = ("buttons", "axes")  # the array form (ActionSchema.parse)
 
 
 class ActionError(ValueError):
@@ -128,6 +129,8 @@ class ActionSchema:
             entry = {}
         if not isinstance(entry, Mapping):
             raise ActionError(f"{where}: expected an object like {{\"keys\": [...]}}, got {type(entry).__name__}")
+        if "buttons" in entry or isinstance(entry.get("axes"), (list, tuple)):
+            return self._parse_arrays(entry, where)
         unknown = set(entry) - set(ENTRY_FIELDS)
         if unknown:
             raise ActionError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {list(ENTRY_FIELDS)}")
@@ -167,6 +170,22 @@ class ActionSchema:
             hi = self.axis_high[i] if self.axis_high is not None else math.inf
             axes[i] = min(max(float(v), lo), hi)
         return Action(buttons, axes)
+
+    def _parse_arrays(self, entry: Mapping[str, Any], where: str) -> Action:
+        """The array form ``{"buttons": [0, 1, …], "axes": [dx, …]}``: one value per button (0/1)
+        and per axis of the schema, in its order (the bridge protocol's compact form)."""
+        unknown = set(entry) - set(ARRAY_FIELDS)
+        if unknown:
+            raise ActionError(f"{where}: the array form takes only {list(ARRAY_FIELDS)}, not {sorted(unknown)}")
+        b, x = entry.get("buttons", [0] * self.num_buttons), entry.get("axes", [0.0] * self.num_axes)
+        if (isinstance(b, (str, bytes)) or not isinstance(b, Sequence) or len(b) != self.num_buttons
+                or any(isinstance(v, float) or v not in (0, 1) for v in b)):
+            raise ActionError(f"{where}: 'buttons' must be {self.num_buttons} values of 0/1 in the order {list(self.buttons)}")
+        if (isinstance(x, (str, bytes)) or not isinstance(x, Sequence) or len(x) != self.num_axes
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in x)):
+            raise ActionError(f"{where}: 'axes' must be {self.num_axes} numbers in the order {list(self.axes)}")
+        return self.parse({"keys": [n for n, v in zip(self.buttons, b) if v],
+                           "axes": {n: v for n, v in zip(self.axes, x)}}, where)
 
     def to_entry(self, action: Action) -> dict[str, Any]:
         """The script entry for an action (inverse of :meth:`parse`)."""
