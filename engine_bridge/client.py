@@ -8,6 +8,12 @@ timeouts and Lazy-Pirate reconnects, numpy frames and audio out.
         rt = c.open(mode="realtime", credit=2)
         c.act(rt, {"keys": ["turn_left"]})             # latest wins, held until replaced
         obs = c.recv_obs(timeout_ms=500)                # the newest frame; returns one credit
+
+    with BridgeClient("tcp://127.0.0.1:5560") as c:     # `worldsim record bridge --out data/mygame`
+        rec = c.record_open({"buttons": ["jump", "fire"], "axes": ["steer"]}, tick_rate=30.0,
+                            audio={"sample_rate": 22050, "channels": 2, "samples_per_step": 735})
+        c.record_step(rec, frame, {"keys": ["jump"], "axes": {"steer": 0.5}}, audio=samples)  # once per tick
+        c.record_close(rec)                                                # → the episodes written
 """
 
 from __future__ import annotations
@@ -227,3 +233,34 @@ class BridgeClient:
 
     def ping(self) -> dict[str, Any]:
         return self.request(P.PING)
+
+    # ---- recording an engine's gameplay (a `worldsim record bridge` server) -------------
+    def record_open(self, schema: dict, tick_rate: float, audio: dict | None = None, fields: tuple[str, ...] = (),
+                    meta: dict | None = None) -> str:
+        """Start a recording: the engine's action ``schema`` ({buttons, axes, groups?, axis_low?,
+        axis_high?, units?}), ticks per second, ``audio`` {sample_rate, channels, samples_per_step}
+        or None, the optional per-tick ``fields`` it will send (pose, reward, terminated) and extra
+        episode ``meta`` (e.g. {"map": "level3"}). Returns the recording id."""
+        body = {"schema": schema, "tick_rate": tick_rate, "audio": audio, "fields": list(fields), "meta": meta or {}}
+        return self.request(P.REC_OPEN, body)["rec"]
+
+    def record_step(self, rec: str, frame: np.ndarray, action: dict | None = None, audio: np.ndarray | None = None,
+                    pose: np.ndarray | None = None, reward: float | None = None,
+                    terminated: bool | None = None) -> dict[str, Any]:
+        """One tick: the frame the player saw (uint8 (H, W, 3)), the action taken on it, that
+        tick's sound (int16 (S, C)) and the declared fields. A retry after a lost reply is
+        written once. Returns {rec, steps, episode}."""
+        body: dict[str, Any] = {"frame": P.encode_array(np.asarray(frame, np.uint8)), "action": action or {}}
+        if audio is not None:
+            body["audio"] = P.encode_array(np.asarray(audio, np.int16))
+        if pose is not None:
+            body["pose"] = P.encode_array(np.asarray(pose, np.float32))
+        if reward is not None:
+            body["reward"] = float(reward)
+        if terminated is not None:
+            body["terminated"] = bool(terminated)
+        return self.request(P.REC_STEP, body, rec)
+
+    def record_close(self, rec: str, ended_by: str | None = None) -> dict[str, Any]:
+        """Write the recording's last episode; returns {rec, steps, episodes, out}."""
+        return self.request(P.REC_CLOSE, {"ended_by": ended_by} if ended_by else {}, rec)

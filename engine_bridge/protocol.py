@@ -8,14 +8,16 @@ from typing import Any
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = (1, 0)
-CAPABILITIES = ("lockstep", "realtime", "snapshot", "fork", "resume")
+PROTOCOL_VERSION = (1, 1)
+CAPABILITIES = ("lockstep", "realtime", "snapshot", "fork", "resume", "record")
+WORLD_CAPABILITIES = ("lockstep", "realtime", "snapshot", "fork")  # what a server with a world offers
 MAX_MESSAGE_BYTES = 1 << 20
 
 # client → server
 HELLO, OPEN, STEP, ACT, CREDIT, SNAPSHOT, RESTORE, FORK, CLOSE, PING = (
     "HELLO", "OPEN", "STEP", "ACT", "CREDIT", "SNAPSHOT", "RESTORE", "FORK", "CLOSE", "PING")
-REQUESTS = (HELLO, OPEN, STEP, ACT, CREDIT, SNAPSHOT, RESTORE, FORK, CLOSE, PING)
+REC_OPEN, REC_STEP, REC_CLOSE = "REC_OPEN", "REC_STEP", "REC_CLOSE"  # 1.1, capability "record"
+REQUESTS = (HELLO, OPEN, STEP, ACT, CREDIT, SNAPSHOT, RESTORE, FORK, CLOSE, PING, REC_OPEN, REC_STEP, REC_CLOSE)
 # server → client
 WELCOME, OK, ERROR, OBS, PONG = "WELCOME", "OK", "ERROR", "OBS", "PONG"
 

@@ -1,4 +1,6 @@
 """`worldsim serve`: the ZeroMQ ROUTER server that streams worlds to engines (PROTOCOL.md).
+Without a world and with a :class:`Recorder` it is `worldsim record bridge`: engines record
+their own gameplay through it (engine_bridge/recording.py).
 
 One thread owns the socket and the world: it drains incoming messages, answers control
 requests at once, and runs every pending lockstep STEP plus every due realtime session as
@@ -23,6 +25,7 @@ import numpy as np
 import zmq
 
 from engine_bridge import protocol as P
+from engine_bridge.recording import Recorder
 from engine_bridge.security import setup_curve
 from worldsim import __version__
 from worldsim.actions import Action, ActionError
@@ -70,8 +73,13 @@ class _Sess:
 
 
 class BridgeServer:
-    def __init__(self, world: World, cfg: ServerConfig | None = None):
-        self.world = world
+    def __init__(self, world: World | None, cfg: ServerConfig | None = None, recorder: Recorder | None = None):
+        if world is None and recorder is None:
+            raise ValueError("a bridge server needs a world to serve, a recorder to record into, or both")
+        self.world, self.recorder = world, recorder
+        # capabilities this server offers: a world's sessions, recording, and resuming either
+        self.offered = [c for c in P.CAPABILITIES if (world is not None and c in P.WORLD_CAPABILITIES)
+                        or (recorder is not None and c == "record") or c == "resume"]
         self.cfg = cfg or ServerConfig()
         self.clients: dict[str, _Client] = {}
         self.by_identity: dict[bytes, str] = {}
@@ -84,9 +92,10 @@ class BridgeServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._done = threading.Event()  # set when the loop has ended and its clean-up has run
         self.error: BaseException | None = None
-        self.period = 1.0 / world.tick_rate
-        self.governor = StepGovernor(world.model.sampler.cfg.steps, self.period)
+        self.period = 1.0 / world.tick_rate if world is not None else 0.05
+        self.governor = StepGovernor(world.model.sampler.cfg.steps, self.period) if world is not None else None
         self.endpoint: str | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -99,10 +108,18 @@ class BridgeServer:
             raise self.error
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the loop and wait for its clean-up (open recordings written). Waits on an event,
+        not on ``Thread.join`` alone: a join interrupted by Ctrl-C can leave the thread looking
+        finished while it still runs, and the process would exit under it."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._done.wait(timeout)
+            self._thread.join(timeout=1)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped (True) or ``timeout`` seconds pass (False)."""
+        return self._done.wait(timeout)
 
     def serve_forever(self) -> None:
         self._main()
@@ -124,10 +141,12 @@ class BridgeServer:
             sock.bind(self.cfg.bind)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             self.sock = sock
-            self._event("listening", endpoint=self.endpoint, world=self.world.name, curve=bool(auth))
+            self._event("listening", endpoint=self.endpoint, world=self.world.name if self.world else None,
+                        record=str(self.recorder.out) if self.recorder else None, curve=bool(auth))
         except BaseException as e:
             self.error = e
             self._ready.set()
+            self._done.set()
             ctx.destroy(linger=0)
             return
         freeze_heap()  # the world is loaded: a full collection later would stall a tick (see freeze_heap)
@@ -162,10 +181,18 @@ class BridgeServer:
                     self._liveness(time.monotonic())
                     last_live = now
         finally:
-            if auth is not None:
-                auth.stop()
-            sock.close(0)
-            ctx.term()
+            try:
+                if self.recorder is not None:  # what engines sent so far is written, not lost
+                    try:
+                        self.recorder.close_all("server_stopped")
+                    except Exception as e:  # e.g. a full disk: say so, and still release the socket
+                        self._event("record_error", error=repr(e))
+                if auth is not None:
+                    auth.stop()
+                sock.close(0)
+                ctx.term()
+            finally:
+                self._done.set()
 
     # ---- sending ----------------------------------------------------------------------
     def _send(self, identity: bytes, msg: dict) -> bool:
@@ -219,7 +246,7 @@ class BridgeServer:
         caps = body.get("capabilities", list(P.CAPABILITIES))
         if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
             raise P.ProtocolError("BAD_REQUEST", "'capabilities' must be a list of strings")
-        common = [c for c in P.CAPABILITIES if c in caps]
+        common = [c for c in self.offered if c in caps]
         resume = body.get("resume")
         resumed = False
         client = None
@@ -238,15 +265,22 @@ class BridgeServer:
         client.identity, client.last_seen, client.detached, client.capabilities = identity, time.monotonic(), False, common
         self.by_identity[identity] = client.token
         w = self.world
-        info = w.model.info()
+        info = w.model.info() if w is not None else {}
         self._event("hello", client=body.get("client"), token=client.token, resumed=resumed)
+        limits = {"max_sessions": self.cfg.max_sessions, "max_message_bytes": self.cfg.max_message_bytes,
+                  "heartbeat_ms": self.cfg.heartbeat_ms, "heartbeat_timeout_ms": self.cfg.heartbeat_timeout_ms,
+                  "resume_ttl_ms": self.cfg.resume_ttl_ms, "max_credit": self.cfg.max_credit}
+        record = None
+        if self.recorder is not None:
+            rc = self.recorder.cfg
+            record = {"resolution": [rc.resolution] * 2, "episode_steps": rc.episode_steps, "max_open": rc.max_open,
+                      "open": self.recorder.open_for(client.token)}
         self._send(identity, P.envelope(P.WELCOME, {
             "server": f"worldsim {__version__}", "protocol": list(P.PROTOCOL_VERSION), "token": client.token,
-            "capabilities": common, "world": {k: info.get(k) for k in ("name", "wad", "maps", "tick_rate", "resolution", "audio")},
-            "schema": w.schema.to_dict(), "resumed": resumed, "sessions": sorted(client.sessions),
-            "limits": {"max_sessions": self.cfg.max_sessions, "max_message_bytes": self.cfg.max_message_bytes,
-                       "heartbeat_ms": self.cfg.heartbeat_ms, "heartbeat_timeout_ms": self.cfg.heartbeat_timeout_ms,
-                       "resume_ttl_ms": self.cfg.resume_ttl_ms, "max_credit": self.cfg.max_credit}}, rid))
+            "capabilities": common,
+            "world": {k: info.get(k) for k in ("name", "wad", "maps", "tick_rate", "resolution", "audio")} if w else None,
+            "schema": w.schema.to_dict() if w is not None else None, "resumed": resumed,
+            "sessions": sorted(client.sessions), "record": record, "limits": limits}, rid))
 
     # ---- requests ---------------------------------------------------------------------
     def _sess(self, client: _Client, sid: Any, body: dict) -> _Sess:
@@ -279,6 +313,9 @@ class BridgeServer:
             raise P.ProtocolError("CAPACITY", f"server holds its maximum of {self.cfg.max_sessions} sessions")
 
     def _on_open(self, client, rid, sid, body):
+        if self.world is None:
+            raise P.ProtocolError("BAD_REQUEST", "this server only records (worldsim record bridge): it has no world "
+                                                 "to open; REC_OPEN starts a recording")
         mode, credit = self._mode(client, body)
         seed = body.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
@@ -352,6 +389,30 @@ class BridgeServer:
         s = self._sess(client, sid, body)
         self._free(s)
         self._send(client.identity, P.envelope(P.OK, {}, rid, s.sid))
+
+    # ---- recording (capability "record", engine_bridge/recording.py) --------------------
+    def _recorder(self, client: _Client) -> Recorder:
+        if self.recorder is None:
+            raise P.ProtocolError("BAD_REQUEST", "this server does not record; run `worldsim record bridge --out DIR` "
+                                                 "for one that does")
+        if "record" not in client.capabilities:
+            raise P.ProtocolError("BAD_REQUEST", "capability 'record' was not negotiated in HELLO")
+        return self.recorder
+
+    def _on_rec_open(self, client, rid, sid, body):
+        reply = self._recorder(client).open(client.token, body)
+        self._event("rec_open", rec=reply["rec"], episode=reply["episode"], token=client.token)
+        self._send(client.identity, P.envelope(P.OK, reply, rid, reply["rec"]))
+
+    def _on_rec_step(self, client, rid, sid, body):
+        reply = self._recorder(client).step(client.token, sid if sid is not None else body.get("rec"), rid, body)
+        self._send(client.identity, P.envelope(P.OK, reply, rid, reply["rec"]))
+
+    def _on_rec_close(self, client, rid, sid, body):
+        reply = self._recorder(client).close(client.token, sid if sid is not None else body.get("rec"),
+                                             body.get("ended_by"))
+        self._event("rec_close", rec=reply["rec"], steps=reply["steps"], episodes=reply["episodes"], token=client.token)
+        self._send(client.identity, P.envelope(P.OK, reply, rid, reply["rec"]))
 
     def _on_ping(self, client, rid, sid, body):
         self._send(client.identity, P.envelope(P.PONG, {"server_time_ms": int(time.time() * 1e3),
@@ -437,6 +498,12 @@ class BridgeServer:
                 self.clients.pop(token, None)  # client before its sessions: no observer sees them gone while it lingers
                 for sid in list(c.sessions):
                     self._free(self.sessions[sid])
+                if self.recorder is not None:
+                    try:
+                        self.recorder.close_client(token, "disconnected")
+                    except Exception as e:  # the server outlives a failed write
+                        self.stats["internal_errors"] += 1
+                        self._event("record_error", token=token, error=repr(e))
                 if self.by_identity.get(c.identity) == token:
                     self.by_identity.pop(c.identity, None)
                 self._event("freed", token=token)

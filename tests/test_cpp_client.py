@@ -1,8 +1,10 @@
 """The C++ reference client (engine_bridge/clients/cpp) against a live bridge server.
 
 Builds `worldsim_client` with CMake into a temporary directory, serves a tiny random world on a
-free loopback port and runs 100 lockstep ticks. A missing toolchain or missing Debian headers
-FAIL this test (CI installs them): cmake g++ pkg-config libzmq3-dev cppzmq-dev libmsgpack-cxx-dev.
+free loopback port and runs 100 lockstep ticks; then records a raw RGB file through an in-process
+`worldsim record bridge` server (--record) and reads the episode it wrote. A missing toolchain or
+missing Debian headers FAIL these tests (CI installs them): cmake g++ pkg-config libzmq3-dev
+cppzmq-dev libmsgpack-cxx-dev.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,3 +99,103 @@ def test_cpp_client_100_lockstep_ticks(cpp_client, server, tmp_path):
     assert int(m.group(2)) == TICKS * H * W * 3
     assert world.name in p.stdout and "forward" in p.stdout, log  # WELCOME was read and printed
     assert srv.stats["frames_sent"] == TICKS and srv.stats["errors_sent"] == 0, srv.stats
+
+
+# ---- record mode (protocol 1.1, capability "record") ------------------------------------------
+REC_FRAMES = 60
+DOOM_BUTTONS = ["forward", "back", "strafe_left", "strafe_right", "turn_left", "turn_right", "attack", "use", "run"]
+
+
+@pytest.fixture
+def record_server(tmp_path):
+    from engine_bridge.recording import Recorder, RecordConfig
+    from engine_bridge.server import BridgeServer, ServerConfig
+
+    out = tmp_path / "rec"
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    srv = BridgeServer(None, ServerConfig(bind=addr), Recorder(RecordConfig(out=str(out)))).start()
+    try:
+        yield srv, addr, out
+    finally:
+        srv.stop()
+
+
+def _record(exe: Path, addr: str, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+    p = subprocess.run([str(exe), "--addr", addr, "--timeout-ms", "30000", *args], capture_output=True, text=True,
+                       timeout=400)
+    return p, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+
+
+def _scripted_buttons(n: int) -> np.ndarray:
+    """The buttons of the client's scripted input (pack_action), in DOOM schema order."""
+    b = np.zeros((n, len(DOOM_BUTTONS)), np.uint8)
+    for t in range(n):
+        b[t, DOOM_BUTTONS.index("turn_left" if 30 <= t < 45 else "forward")] = 1
+        if t % 10 == 9:
+            b[t, DOOM_BUTTONS.index("attack")] = 1
+    return b
+
+
+def test_cpp_client_records_a_frame_file(cpp_client, record_server, tmp_path):
+    from worldsim.data import open_episodes
+
+    srv, addr, out = record_server
+    frames = np.random.default_rng(7).integers(0, 256, (REC_FRAMES, 64, 64, 3), dtype=np.uint8)
+    frames[:, 0, 0, 0] = np.arange(REC_FRAMES)  # distinct even if the generator were not
+    src = tmp_path / "frames.rgb"
+    frames.tofile(src)
+
+    p, log = _record(cpp_client, addr, "--record", str(src), "--size", "64x64")
+    assert p.returncode == 0, log
+    assert p.stdout.strip().splitlines()[-1] == f"ok recorded={REC_FRAMES} episodes=ep_000000", log
+
+    eps = open_episodes(out)
+    assert len(eps) == 1, [e.path for e in eps]
+    ep = eps[0]
+    assert ep.path.name == "ep_000000" and len(ep) == REC_FRAMES
+    np.testing.assert_array_equal(np.asarray(ep.frames), frames)
+    assert ep.meta["source"] == "worldsim_client" and ep.meta["map"] == "replay", ep.meta
+    assert ep.meta["tick_rate"] == 17.5 and ep.meta["ended_by"] == "end_of_file", ep.meta
+    assert list(ep.schema.buttons) == DOOM_BUTTONS and list(ep.schema.axes) == ["mouse_dx", "mouse_dy"]
+    np.testing.assert_array_equal(np.asarray(ep.buttons), _scripted_buttons(REC_FRAMES))
+    np.testing.assert_array_equal(np.asarray(ep.axes), np.zeros((REC_FRAMES, 2), np.float32))
+    assert srv.stats["errors_sent"] == 0, srv.stats
+
+
+def test_cpp_client_record_ticks_caps_the_frames(cpp_client, record_server, tmp_path):
+    from worldsim.data import open_episodes
+
+    _, addr, out = record_server
+    src = tmp_path / "frames.rgb"
+    np.random.default_rng(1).integers(0, 256, (12, 32, 48, 3), dtype=np.uint8).tofile(src)
+    p, log = _record(cpp_client, addr, "--record", str(src), "--size", "32x48", "--ticks", "5", "--tick-rate", "30")
+    assert p.returncode == 0, log
+    assert p.stdout.strip().splitlines()[-1] == "ok recorded=5 episodes=ep_000000", log
+    (ep,) = open_episodes(out)
+    assert len(ep) == 5 and ep.frames.shape == (5, 64, 64, 3)  # resized to the server's resolution
+    assert ep.meta["tick_rate"] == 30.0 and ep.meta["ended_by"] == "tick_limit", ep.meta
+
+
+@pytest.mark.parametrize("size", [64 * 64 * 3 * 2 + 5, 0])
+def test_cpp_client_record_rejects_a_bad_frame_file(cpp_client, record_server, tmp_path, size):
+    srv, addr, out = record_server
+    src = tmp_path / "frames.rgb"
+    src.write_bytes(bytes(size))
+    p, log = _record(cpp_client, addr, "--record", str(src), "--size", "64x64")
+    assert p.returncode == 1, log
+    want = "not a whole number of 64x64x3 frames" if size else "is empty"
+    assert want in p.stderr and str(src) in p.stderr, log
+    assert srv.stats["messages"] == 0, srv.stats  # checked before connecting
+    assert not any(out.iterdir())
+
+    p, log = _record(cpp_client, addr, "--record", str(tmp_path / "missing.rgb"))
+    assert p.returncode == 1 and "no such file" in p.stderr, log
+
+
+def test_cpp_client_record_against_a_world_server(cpp_client, server, tmp_path):
+    _, addr, _ = server
+    src = tmp_path / "frames.rgb"
+    np.zeros((2, 64, 64, 3), np.uint8).tofile(src)
+    p, log = _record(cpp_client, addr, "--record", str(src))
+    assert p.returncode == 4, log  # protocol violation: the capability was not granted
+    assert "does not offer the 'record' capability" in p.stderr and "worldsim record bridge" in p.stderr, log

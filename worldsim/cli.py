@@ -70,9 +70,24 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-episode-steps", type=_positive_int)
     g.add_argument("--script", type=Path, help="replay this JSON action script (in the env's derived schema)")
     g.add_argument("--quiet", action="store_true")
+    b = rs.add_parser("bridge", help="your engine's gameplay, sent through the bridge (REC_OPEN/REC_STEP/REC_CLOSE, "
+                                     "engine_bridge/PROTOCOL.md)")
+    b.add_argument("--out", required=True, type=Path, help="data set directory (appends if it has episodes)")
+    b.add_argument("--bind", default="tcp://127.0.0.1:5560", help="ZeroMQ endpoint (loopback unless told otherwise)")
+    b.add_argument("--resolution", type=_positive_int, default=64, help="stored square frame size (frames are resized)")
+    b.add_argument("--episode-steps", type=_positive_int, default=2000,
+                   help="a longer recording continues in the next episode")
+    b.add_argument("--max-open", type=_positive_int, default=16, help="recordings open at once")
+    b.add_argument("--max-message-mb", type=_positive_int, default=4,
+                   help="largest message taken, MiB (a 1280×720 RGB frame is 2.6 MiB; frames are resized anyway)")
+    b.add_argument("--curve-keys", type=Path, help="directory from `worldsim keys`: CURVE encryption + client allow-list")
+    b.add_argument("--heartbeat-timeout-ms", type=_positive_int, default=5000)
+    b.add_argument("--resume-ttl-ms", type=_positive_int, default=30000)
 
 
 def _run_record(args: argparse.Namespace) -> int:
+    if args.source == "bridge":
+        return _run_record_bridge(args)
     if args.source == "vizdoom":
         from worldsim.record.doom import DoomConfig
         from worldsim.record.vizdoom_recorder import RecordConfig, record_vizdoom
@@ -214,7 +229,6 @@ def _run_serve(args: argparse.Namespace) -> int:
     import logging
 
     import torch
-    import zmq
 
     from engine_bridge.server import BridgeServer, ServerConfig
     from worldsim.runtime import World
@@ -227,19 +241,56 @@ def _run_serve(args: argparse.Namespace) -> int:
     cfg = ServerConfig(bind=args.bind, max_sessions=args.max_sessions,
                        curve_keys=str(args.curve_keys) if args.curve_keys else None,
                        heartbeat_timeout_ms=args.heartbeat_timeout_ms, resume_ttl_ms=args.resume_ttl_ms)
-    srv = BridgeServer(world, cfg)
+    return _bridge_server(BridgeServer(world, cfg), args.bind, f"serving {world.name} in {world.model.precision}")
+
+
+def _bridge_server(srv, bind: str, what: str) -> int:
+    """Start a bridge server, say where, run it until Ctrl-C or SIGTERM."""
+    import signal
+
+    import zmq
+
     try:
         srv.start()
     except zmq.ZMQError as e:
-        raise CLIError(f"cannot bind {args.bind}: {e} (is another server using the port? try --bind tcp://127.0.0.1:0)") from None
-    print(f"serving {world.name} on {srv.endpoint} in {world.model.precision} (Ctrl-C stops)",
-          file=sys.stderr)
+        raise CLIError(f"cannot bind {bind}: {e} (is another server using the port? try --bind tcp://127.0.0.1:0)") from None
+    print(f"{what} on {srv.endpoint} (Ctrl-C stops)", file=sys.stderr)
+
+    def _terminate(*_):  # SIGTERM stops like Ctrl-C: open recordings are written, not dropped
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        while srv._thread.is_alive():
-            srv._thread.join(0.5)
+        while not srv.wait(0.5):
+            pass
+    except KeyboardInterrupt:  # the usual way to stop a server: not an error
+        print("stopping", file=sys.stderr)
     finally:
         srv.stop()
     return 0
+
+
+def _run_record_bridge(args: argparse.Namespace) -> int:
+    import logging
+
+    from engine_bridge.recording import Recorder, RecordConfig
+    from engine_bridge.server import BridgeServer, ServerConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.curve_keys is not None and not args.curve_keys.is_dir():
+        raise CLIError(f"--curve-keys {args.curve_keys}: no such directory (make one with `worldsim keys DIR`)")
+    if args.out.exists() and not args.out.is_dir():
+        raise CLIError(f"--out {args.out}: exists and is not a directory")
+    rec = Recorder(RecordConfig(out=str(args.out), resolution=args.resolution, episode_steps=args.episode_steps,
+                                max_open=args.max_open))
+    if args.max_message_mb > 64:
+        raise CLIError(f"--max-message-mb {args.max_message_mb}: at most 64")
+    cfg = ServerConfig(bind=args.bind, curve_keys=str(args.curve_keys) if args.curve_keys else None,
+                       heartbeat_timeout_ms=args.heartbeat_timeout_ms, resume_ttl_ms=args.resume_ttl_ms,
+                       max_message_bytes=args.max_message_mb << 20)
+    rc = _bridge_server(BridgeServer(None, cfg, rec), args.bind, f"recording engines into {args.out}")
+    print(f"wrote {len(rec.written)} episode(s) to {args.out}", file=sys.stderr)
+    return rc
 
 
 def _add_keys(sub: argparse._SubParsersAction) -> None:

@@ -174,7 +174,9 @@ def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None
         spec = episodes[0].meta["audio"]
         if spec["samples_per_step"] != cfg.audio_codec.samples or spec["channels"] != cfg.audio_codec.channels:
             raise TrainConfigError(f"data audio is {spec['samples_per_step']}×{spec['channels']} per step, "
-                                   f"audio_codec expects {cfg.audio_codec.samples}×{cfg.audio_codec.channels}")
+                                   f"audio_codec expects {cfg.audio_codec.samples}×{cfg.audio_codec.channels}: set "
+                                   f"audio_codec {{samples: {spec['samples_per_step']}, channels: {spec['channels']}}} "
+                                   "in the config, with strides whose product divides samples")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     report: dict[str, Any] = {}

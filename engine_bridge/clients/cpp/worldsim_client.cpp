@@ -1,14 +1,25 @@
-// worldsim_client: reference C++17 client for the worldsim bridge protocol 1.0
+// worldsim_client: reference C++17 client for the worldsim bridge protocol 1.1
 // (engine_bridge/PROTOCOL.md), written as a starting point for an Unreal-side client.
 //
-//   worldsim_client --addr tcp://127.0.0.1:5555 --ticks 100 --out frames.rgb [--seed N] [--timeout-ms 5000]
-//                   [--retries 0]
+//   play:   worldsim_client --addr tcp://127.0.0.1:5555 --ticks 100 --out frames.rgb [--seed N]
+//   record: worldsim_client --addr tcp://127.0.0.1:5560 --record frames.rgb [--size 64x64] [--tick-rate 17.5]
+//                           [--ticks N]
+//   both:   [--timeout-ms 5000] [--retries 0]
 //
-// HELLO -> WELCOME, OPEN lockstep -> OK {sid}, then one STEP -> OBS per tick (raw RGB frames
-// are appended to --out), then CLOSE -> OK. Every message is one ZeroMQ frame holding one
-// MessagePack map {v, type, rid, sid, body}. Every receive waits at most --timeout-ms
-// (Lazy Pirate): on timeout the client reconnects, resumes with its token and resends the
-// request up to --retries times (default 0), then reports the timeout and exits.
+// Play mode (a server with a world, capability "lockstep"): HELLO -> WELCOME, OPEN lockstep ->
+// OK {sid}, then one STEP -> OBS per tick (raw RGB frames are appended to --out), then CLOSE -> OK.
+//
+// Record mode (a `worldsim record bridge --out DIR` server, capability "record", protocol 1.1):
+// the client plays the engine that records its own gameplay. HELLO -> WELCOME, REC_OPEN {DOOM
+// schema} -> OK {rec}, then one REC_STEP {frame, action} -> OK {steps} per frame of --record
+// (raw RGB, H*W*3 bytes per frame as --size says, concatenated: what play mode's --out writes;
+// at most --ticks frames), the action being play mode's scripted input for that tick, then
+// REC_CLOSE -> OK {episodes}. The server writes the episodes.
+//
+// Every message is one ZeroMQ frame holding one MessagePack map {v, type, rid, sid, body}.
+// Every receive waits at most --timeout-ms (Lazy Pirate): on timeout the client reconnects,
+// resumes with its token and resends the request up to --retries times (default 0), then
+// reports the timeout and exits.
 //
 // Exit codes: 0 ok, 1 usage or I/O error, 2 timeout, 3 ERROR reply, 4 protocol violation.
 #include <msgpack.hpp>
@@ -17,16 +28,19 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -35,7 +49,7 @@ using Clock = std::chrono::steady_clock;
 using Packer = msgpack::packer<msgpack::sbuffer>;
 using BodyFn = std::function<void(Packer&)>;  // must pack exactly one map
 
-constexpr int kMajor = 1, kMinor = 0;
+constexpr int kMajor = 1, kMinor = 1;
 constexpr const char* kClientName = "worldsim_client (C++ reference)";
 enum Exit { kOk = 0, kUsage = 1, kTimeout = 2, kErrorReply = 3, kProtocol = 4 };
 
@@ -46,16 +60,31 @@ enum Exit { kOk = 0, kUsage = 1, kTimeout = 2, kErrorReply = 3, kProtocol = 4 };
 
 struct Options {
     std::string addr = "tcp://127.0.0.1:5555";
-    long ticks = 100;
+    long ticks = 100;         // play: ticks to run; record: a cap on the frames sent (only if given)
+    bool ticks_given = false;
     std::string out = "frames.rgb";
     int64_t seed = 0;
     long timeout_ms = 5000;
     long retries = 0;
+    std::string record;       // non-empty: record mode, frames read from this file
+    long height = 64, width = 64;
+    double tick_rate = 17.5;
 };
 
 void usage(std::ostream& os) {
     os << "usage: worldsim_client [--addr tcp://127.0.0.1:5555] [--ticks 100] [--out frames.rgb]\n"
-          "                       [--seed N] [--timeout-ms 5000] [--retries 0]\n";
+          "                       [--seed N] [--timeout-ms 5000] [--retries 0]\n"
+          "       worldsim_client --record frames.rgb [--size 64x64] [--tick-rate 17.5] [--ticks N]\n"
+          "                       [--addr tcp://127.0.0.1:5555] [--timeout-ms 5000] [--retries 0]\n"
+          "play mode runs --ticks lockstep ticks of a served world and writes the frames to --out;\n"
+          "--record sends the raw RGB frames of a file (HxW by --size, e.g. play mode's --out) to a\n"
+          "`worldsim record bridge` server, with the scripted actions, as a recording\n";
+}
+
+std::string join(const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+    return s;
 }
 
 long parse_long(const std::string& flag, const std::string& s, long lo) {
@@ -67,21 +96,51 @@ long parse_long(const std::string& flag, const std::string& s, long lo) {
     return v;
 }
 
+// "HxW", e.g. 64x64. Bounded so that H*W*3 cannot overflow and one frame stays a sane message.
+void parse_size(const std::string& s, long& h, long& w) {
+    const size_t x = s.find('x');
+    if (x == std::string::npos) fail(kUsage, "--size: expected HxW (e.g. 64x64), got '" + s + "'");
+    h = parse_long("--size (height)", s.substr(0, x), 1);
+    w = parse_long("--size (width)", s.substr(x + 1), 1);
+    if (h > 16384 || w > 16384) fail(kUsage, "--size: at most 16384x16384, got '" + s + "'");
+}
+
+double parse_rate(const std::string& flag, const std::string& s) {
+    char* end = nullptr;
+    errno = 0;
+    double v = std::strtod(s.c_str(), &end);
+    if (s.empty() || *end != '\0' || errno != 0 || !std::isfinite(v) || v <= 0)
+        fail(kUsage, flag + ": expected a number > 0, got '" + s + "'");
+    return v;
+}
+
 Options parse_args(int argc, char** argv) {
     Options o;
+    std::vector<std::string> play_only, record_only;  // given options, to reject mixing the modes
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         if (a == "-h" || a == "--help") { usage(std::cout); std::exit(kOk); }
         if (i + 1 >= argc) { usage(std::cerr); fail(kUsage, "unknown option or missing value: " + a); }
         std::string v = argv[++i];
         if (a == "--addr") o.addr = v;
-        else if (a == "--ticks") o.ticks = parse_long(a, v, 1);
-        else if (a == "--out") o.out = v;
-        else if (a == "--seed") o.seed = parse_long(a, v, 0);
+        else if (a == "--ticks") { o.ticks = parse_long(a, v, 1); o.ticks_given = true; }
+        else if (a == "--out") { o.out = v; play_only.push_back(a); }
+        else if (a == "--seed") { o.seed = parse_long(a, v, 0); play_only.push_back(a); }
         else if (a == "--timeout-ms") o.timeout_ms = parse_long(a, v, 1);
         else if (a == "--retries") o.retries = parse_long(a, v, 0);
+        else if (a == "--record") {
+            if (v.empty()) fail(kUsage, "--record: expected a file name");
+            o.record = v;
+        }
+        else if (a == "--size") { parse_size(v, o.height, o.width); record_only.push_back(a); }
+        else if (a == "--tick-rate") { o.tick_rate = parse_rate(a, v); record_only.push_back(a); }
         else { usage(std::cerr); fail(kUsage, "unknown option: " + a); }
     }
+    // A flag of the other mode is almost surely a mistake (e.g. --out meant to name the input).
+    if (!o.record.empty() && !play_only.empty())
+        fail(kUsage, "play mode options cannot be used with --record: " + join(play_only));
+    if (o.record.empty() && !record_only.empty())
+        fail(kUsage, "record mode options need --record FILE: " + join(record_only));
     return o;
 }
 
@@ -115,12 +174,6 @@ const msgpack::object& get_map(const msgpack::object& map, const char* key, cons
     const msgpack::object* o = find(map, key);
     if (!o || o->type != msgpack::type::MAP) fail(kProtocol, where + "." + key + " must be a map");
     return *o;
-}
-
-std::string join(const std::vector<std::string>& v) {
-    std::string s;
-    for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
-    return s;
 }
 
 // An array {dtype, shape, data: bin} checked against the expected dtype and item size.
@@ -160,15 +213,19 @@ struct Reply {
 
 class Connection {
 public:
-    Connection(zmq::context_t& ctx, const Options& opt) : ctx_(ctx), opt_(opt) { reconnect(); }
+    // `capabilities`: what every HELLO asks for, the first and each HELLO {resume} alike (the
+    // server grants per HELLO, so a resume asking for less would lose the mode mid-run).
+    Connection(zmq::context_t& ctx, const Options& opt, std::vector<std::string> capabilities)
+        : ctx_(ctx), opt_(opt), caps_(std::move(capabilities)) { reconnect(); }
 
+    const std::vector<std::string>& capabilities() const { return caps_; }
     void set_token(const std::string& token) { token_ = token; }
 
     // Sends {v, type, rid, sid, body} and returns the reply carrying the same rid.
     // Lazy Pirate: on timeout (or a retryable ERROR such as CAPACITY), reconnect on a fresh
     // socket, HELLO {resume: token}, and resend the same bytes (same rid: the server answers a
-    // repeated STEP without a second tick), at most --retries times; then give up. Other ERROR
-    // replies end the program at once.
+    // repeated STEP without a second tick, a repeated REC_STEP without writing twice), at most
+    // --retries times; then give up. Other ERROR replies end the program at once.
     Reply request(const std::string& type, const std::string& sid, const BodyFn& body, const std::string& expected) {
         const int64_t rid = next_rid_++;
         msgpack::sbuffer buf;
@@ -225,7 +282,7 @@ private:
         pk.pack("sid");  pk.pack_nil();
         pk.pack("body"); pk.pack_map(3);
         pk.pack("client"); pk.pack(kClientName);
-        pk.pack("capabilities"); pk.pack(std::vector<std::string>{"lockstep"});
+        pk.pack("capabilities"); pk.pack(caps_);
         pk.pack("resume"); pk.pack(token_);
         Reply w;
         if (!sock_->send(zmq::buffer(buf.data(), buf.size()), zmq::send_flags::dontwait) ||
@@ -292,6 +349,7 @@ private:
 
     zmq::context_t& ctx_;
     const Options& opt_;
+    const std::vector<std::string> caps_;
     std::unique_ptr<zmq::socket_t> sock_;
     std::string token_;
     std::string last_error_;
@@ -309,29 +367,50 @@ void pack_action(Packer& pk, long t) {
     pk.pack("mouse"); pk.pack_array(2); pk.pack(0.0); pk.pack(0.0);
 }
 
-}  // namespace
-
-int main(int argc, char** argv) try {
-    const Options opt = parse_args(argc, argv);
-    std::ofstream out(opt.out, std::ios::binary | std::ios::trunc);
-    if (!out) fail(kUsage, "cannot open " + opt.out + " for writing");
-
-    zmq::context_t ctx(1);
-    Connection conn(ctx, opt);
-
-    // ---- handshake ----
-    Reply welcome = conn.request("HELLO", "", [](Packer& pk) {
+// HELLO asking for the connection's capabilities -> WELCOME: checks the major version and that
+// `needed` was granted, keeps the token for HELLO {resume} and prints the server line. What else
+// WELCOME holds depends on the server (world + schema, or record), so the caller reads that.
+Reply handshake(Connection& conn, const std::string& needed) {
+    Reply welcome = conn.request("HELLO", "", [&](Packer& pk) {
         pk.pack_map(2);
         pk.pack("client");       pk.pack(kClientName);
-        pk.pack("capabilities"); pk.pack(std::vector<std::string>{"lockstep"});
+        pk.pack("capabilities"); pk.pack(conn.capabilities());
     }, "WELCOME");
     const msgpack::object& wb = welcome.body;
     auto proto = get<std::vector<int64_t>>(wb, "protocol", "WELCOME.body");
     if (proto.size() != 2 || proto[0] != kMajor) fail(kProtocol, "server speaks another major protocol version");
     conn.set_token(get<std::string>(wb, "token", "WELCOME.body"));  // for HELLO {resume} after a timeout
     auto caps = get<std::vector<std::string>>(wb, "capabilities", "WELCOME.body");
-    if (std::find(caps.begin(), caps.end(), "lockstep") == caps.end())
-        fail(kProtocol, "server does not offer the 'lockstep' capability (offers: " + join(caps) + ")");
+    if (std::find(caps.begin(), caps.end(), needed) == caps.end()) {
+        // WELCOME lists only what we asked for and the server has; say which kind of server it is
+        const msgpack::object* world = find(wb, "world");
+        const msgpack::object* record = find(wb, "record");
+        std::string kind;
+        if (needed == "record" && world && world->type == msgpack::type::MAP)
+            kind = "; it serves a world, not recordings: record into a `worldsim record bridge --out DIR` server";
+        else if (needed != "record" && record && record->type == msgpack::type::MAP &&
+                 !(world && world->type == msgpack::type::MAP))
+            kind = "; it only records (worldsim record bridge): use --record";
+        fail(kProtocol, "server does not offer the '" + needed + "' capability (offers: " +
+                            (caps.empty() ? "none of " + join(conn.capabilities()) : join(caps)) + ")" + kind);
+    }
+    std::cout << "server: " << get<std::string>(wb, "server", "WELCOME.body") << ", protocol " << proto[0] << "."
+              << proto[1] << std::endl;
+    return welcome;
+}
+
+// ---- play mode: lockstep ticks of a served world, frames written to --out ----
+
+int run_play(const Options& opt) {
+    std::ofstream out(opt.out, std::ios::binary | std::ios::trunc);
+    if (!out) fail(kUsage, "cannot open " + opt.out + " for writing");
+
+    zmq::context_t ctx(1);
+    Connection conn(ctx, opt, {"lockstep"});
+
+    // ---- handshake ----
+    Reply welcome = handshake(conn, "lockstep");
+    const msgpack::object& wb = welcome.body;
     const msgpack::object& world = get_map(wb, "world", "WELCOME.body");
     auto name = get<std::string>(world, "name", "WELCOME.body.world");
     auto res = get<std::vector<int64_t>>(world, "resolution", "WELCOME.body.world");
@@ -340,9 +419,7 @@ int main(int argc, char** argv) try {
     const msgpack::object& schema = get_map(wb, "schema", "WELCOME.body");
     auto buttons = get<std::vector<std::string>>(schema, "buttons", "WELCOME.body.schema");
     const int64_t H = res[0], W = res[1];
-    std::cout << "server: " << get<std::string>(wb, "server", "WELCOME.body") << ", protocol " << proto[0] << "."
-              << proto[1] << "\n"
-              << "world: " << name << ", " << H << "x" << W << " (HxW), " << tick_rate << " ticks/s\n"
+    std::cout << "world: " << name << ", " << H << "x" << W << " (HxW), " << tick_rate << " ticks/s\n"
               << "buttons: " << join(buttons) << std::endl;
 
     // ---- open a lockstep session ----
@@ -404,6 +481,135 @@ int main(int argc, char** argv) try {
     std::cout << "ok ticks=" << opt.ticks << " frames_bytes=" << frames_bytes << " audio_samples=" << audio_samples
               << " mean_step_ms=" << mean << std::endl;
     return kOk;
+}
+
+// ---- record mode: the frames of --record sent as a recording to a `worldsim record bridge` ----
+
+// The schema the recording declares: DOOM as played in ViZDoom (worldsim.actions.VIZDOOM_SCHEMA),
+// the buttons pack_action's scripted input names.
+const std::vector<std::string> kRecordButtons = {"forward",   "back",       "strafe_left", "strafe_right", "turn_left",
+                                                 "turn_right", "attack",     "use",         "run"};
+const std::vector<std::string> kRecordAxes = {"mouse_dx", "mouse_dy"};
+
+// The --record file: H*W*3 bytes per frame, concatenated. Its size is checked before connecting,
+// so a wrong file or --size fails at once instead of leaving a half-written recording.
+class FrameFile {
+public:
+    FrameFile(const std::string& path, long H, long W) : path_(path), frame_(static_cast<size_t>(H * W * 3)) {
+        std::error_code ec;
+        if (!std::filesystem::exists(path, ec)) fail(kUsage, "--record: no such file: " + path);
+        if (!std::filesystem::is_regular_file(path, ec)) fail(kUsage, "--record: " + path + " is not a regular file");
+        const uintmax_t size = std::filesystem::file_size(path, ec);
+        if (ec) fail(kUsage, "--record: cannot read the size of " + path + ": " + ec.message());
+        const std::string dims = std::to_string(H) + "x" + std::to_string(W) + "x3";
+        if (size == 0) fail(kUsage, "--record: " + path + " is empty (expected raw RGB frames, " + dims + " bytes each)");
+        if (size % frame_.size() != 0)
+            fail(kUsage, "--record: " + path + " has " + std::to_string(size) + " bytes, not a whole number of " + dims +
+                             " frames (" + std::to_string(frame_.size()) + " bytes each): is --size right?");
+        frames_ = static_cast<long>(size / frame_.size());
+        in_.open(path, std::ios::binary);
+        if (!in_) fail(kUsage, "--record: cannot open " + path);
+    }
+
+    long frames() const { return frames_; }
+
+    // The next frame's bytes (valid until the next call).
+    const std::vector<char>& next() {
+        in_.read(frame_.data(), static_cast<std::streamsize>(frame_.size()));
+        if (!in_) fail(kUsage, "--record: reading " + path_ + " failed");
+        return frame_;
+    }
+
+private:
+    std::string path_;
+    std::vector<char> frame_;
+    std::ifstream in_;
+    long frames_ = 0;
+};
+
+int run_record(const Options& opt) {
+    const int64_t H = opt.height, W = opt.width;
+    FrameFile file(opt.record, opt.height, opt.width);
+    const long n = opt.ticks_given ? std::min(opt.ticks, file.frames()) : file.frames();
+
+    zmq::context_t ctx(1);
+    Connection conn(ctx, opt, {"record"});
+
+    // ---- handshake: a record server has no world or schema, only `record` ----
+    Reply welcome = handshake(conn, "record");
+    const msgpack::object& rec_info = get_map(welcome.body, "record", "WELCOME.body");
+    auto res = get<std::vector<int64_t>>(rec_info, "resolution", "WELCOME.body.record");
+    if (res.size() != 2 || res[0] <= 0 || res[1] <= 0) fail(kProtocol, "WELCOME.body.record.resolution must be [H, W]");
+    // The server drops the connection of an oversized message without a reply (ZMQ_MAXMSGSIZE),
+    // which would look like a timeout: say so up front instead.
+    const size_t frame_bytes = static_cast<size_t>(H * W * 3);
+    if (const msgpack::object* limits = find(welcome.body, "limits")) {
+        const msgpack::object* max = find(*limits, "max_message_bytes");
+        if (max && max->type == msgpack::type::POSITIVE_INTEGER && frame_bytes + 1024 > max->as<uint64_t>())
+            fail(kUsage, "--size " + std::to_string(H) + "x" + std::to_string(W) + ": a frame is " +
+                             std::to_string(frame_bytes) + " bytes, the server takes messages of at most " +
+                             std::to_string(max->as<uint64_t>()) + " bytes");
+    }
+    std::cout << "record: " << n << " frames of " << H << "x" << W << " (HxW) from " << opt.record << ", stored at "
+              << res[0] << "x" << res[1] << ", " << opt.tick_rate << " ticks/s" << std::endl;
+
+    // ---- open the recording ----
+    Reply opened = conn.request("REC_OPEN", "", [&](Packer& pk) {
+        pk.pack_map(5);
+        pk.pack("schema");    pk.pack_map(2);
+        pk.pack("buttons");   pk.pack(kRecordButtons);
+        pk.pack("axes");      pk.pack(kRecordAxes);
+        pk.pack("tick_rate"); pk.pack(opt.tick_rate);
+        pk.pack("audio");     pk.pack_nil();  // raw RGB files carry no sound
+        pk.pack("fields");    pk.pack_array(0);
+        pk.pack("meta");      pk.pack_map(2);
+        pk.pack("source");    pk.pack("worldsim_client");
+        pk.pack("map");       pk.pack("replay");
+    }, "OK");
+    const std::string rec = get<std::string>(opened.body, "rec", "OK.body");
+    std::cout << "recording: " << rec << " (episode " << get<std::string>(opened.body, "episode", "OK.body") << ")"
+              << std::endl;
+
+    // ---- one REC_STEP per frame: what the player saw, and the scripted action taken on it ----
+    for (long t = 0; t < n; ++t) {
+        const std::vector<char>& frame = file.next();
+        Reply ok = conn.request("REC_STEP", rec, [&](Packer& pk) {
+            pk.pack_map(2);
+            pk.pack("frame");  pk.pack_map(3);
+            pk.pack("dtype");  pk.pack("uint8");
+            pk.pack("shape");  pk.pack_array(3); pk.pack(H); pk.pack(W); pk.pack(3);
+            pk.pack("data");   pk.pack_bin(static_cast<uint32_t>(frame.size()));
+                               pk.pack_bin_body(frame.data(), static_cast<uint32_t>(frame.size()));
+            pk.pack("action"); pack_action(pk, t);
+        }, "OK");
+        // steps counts what the server wrote: a skipped or doubled step would show here
+        const std::string where = "OK(REC_STEP " + std::to_string(t) + ").body";
+        const int64_t steps = get<int64_t>(ok.body, "steps", where);
+        if (steps != t + 1)
+            fail(kProtocol, where + ".steps is " + std::to_string(steps) + ", expected " + std::to_string(t + 1));
+    }
+
+    // ---- close: the server writes the last episode and lists them all ----
+    Reply closed = conn.request("REC_CLOSE", rec, [&](Packer& pk) {
+        pk.pack_map(1);
+        pk.pack("ended_by"); pk.pack(n < file.frames() ? "tick_limit" : "end_of_file");
+    }, "OK");
+    const int64_t steps = get<int64_t>(closed.body, "steps", "OK(REC_CLOSE).body");
+    if (steps != n)
+        fail(kProtocol, "OK(REC_CLOSE).body.steps is " + std::to_string(steps) + ", expected " + std::to_string(n));
+    auto episodes = get<std::vector<std::string>>(closed.body, "episodes", "OK(REC_CLOSE).body");
+    std::string list;
+    for (const auto& e : episodes) list += (list.empty() ? "" : ",") + e;
+    std::cout << "written to: " << get<std::string>(closed.body, "out", "OK(REC_CLOSE).body") << "\n"
+              << "ok recorded=" << steps << " episodes=" << list << std::endl;
+    return kOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+    const Options opt = parse_args(argc, argv);
+    return opt.record.empty() ? run_play(opt) : run_record(opt);
 } catch (const std::exception& e) {  // msgpack::unpack_error, zmq::error_t, ...
     fail(kProtocol, std::string("unexpected exception: ") + e.what());
 }
