@@ -58,7 +58,7 @@ def main() -> None:
     brains = {"guard": patrol, "ambusher": ambush, "runner": door_runner}
     try:
         with BridgeClient(args.connect, timeout_ms=10000) as client:
-            world = client.welcome["world"]
+            world = client.world
             sids = {name: client.open(mode="lockstep", seed=i) for i, name in enumerate(brains)}
             frames = {n: [] for n in brains}
             sound = {n: [] for n in brains}

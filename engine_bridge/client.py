@@ -94,6 +94,15 @@ class BridgeClient:
         self.token = self.welcome["token"]
         return self.welcome
 
+    @property
+    def world(self) -> dict[str, Any]:
+        """The served world's description from WELCOME; a recording-only server has none."""
+        w = self.welcome.get("world")
+        if not w:
+            raise BridgeError("NO_WORLD", f"{self.addr} serves no world (a `worldsim record bridge` server records "
+                                          "engines' gameplay); connect to a `worldsim serve` endpoint to play")
+        return w
+
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close(0)

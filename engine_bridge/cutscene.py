@@ -151,7 +151,7 @@ def _start_image(timeline: Path, start: Any, where: str) -> np.ndarray | None:
 def play_timeline(tl: Timeline, client, progress: bool = False) -> dict[str, dict[str, Any]]:
     """Open one lockstep session per NPC, step them together for ``tl.ticks`` ticks; returns
     ``{name: {"frames": (T, H, W, 3) uint8, "audio": (S, C) int16 | None}}``."""
-    res = client.welcome["world"]["resolution"]
+    res = client.world["resolution"]
     sids = {}
     for npc in tl.npcs:
         start = None
@@ -185,10 +185,10 @@ def play_timeline(tl: Timeline, client, progress: bool = False) -> dict[str, dic
 def render_cutscene(timeline: str | Path, out: str | Path, client, scale: int = 4,
                     progress: bool = False) -> dict[str, list[str]]:
     """Play ``timeline`` through ``client`` and write ``<out>/<npc>.mp4`` (+ ``.wav``)."""
-    w = client.welcome
-    tl = load_timeline(timeline, list(w["schema"]["buttons"]))
+    world = client.world  # first: a recording-only server has no world (and no schema)
+    tl = load_timeline(timeline, list(client.welcome["schema"]["buttons"]))
     result = play_timeline(tl, client, progress=progress)
-    return {name: write_npc_media(out, name, r["frames"], r["audio"], w["world"], scale=scale)
+    return {name: write_npc_media(out, name, r["frames"], r["audio"], world, scale=scale)
             for name, r in result.items()}
 
 

@@ -175,6 +175,18 @@ def test_capacity_and_what_a_vanished_or_stopped_engine_leaves(tmp_path):
     assert [(len(e), e.meta["ended_by"]) for e in eps] == [(5, "disconnected"), (1, "server_stopped")]
 
 
+def test_players_pointed_at_a_recording_server_are_told_so(rec_server, tmp_path):
+    from engine_bridge.cutscene import render_cutscene
+    from worldsim.errors import WorldsimError
+    from worldsim.play.sources import RemoteSource
+
+    with pytest.raises(WorldsimError, match="serves no world .*worldsim serve"):
+        RemoteSource(rec_server.endpoint)
+    (tmp_path / "t.yaml").write_text("ticks: 2\nnpcs: {guard: {actions: [{}]}}\n")
+    with pytest.raises(BridgeError, match="NO_WORLD"):
+        render_cutscene(tmp_path / "t.yaml", tmp_path / "out", BridgeClient(rec_server.endpoint, timeout_ms=3000))
+
+
 def test_record_bridge_cli_writes_open_episodes_on_sigterm(tmp_path):
     port = _free_port()
     p = subprocess.Popen([sys.executable, "-m", "worldsim.cli", "record", "bridge", "--out", str(tmp_path / "d"),

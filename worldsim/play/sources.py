@@ -119,10 +119,11 @@ class RemoteSource:
         self.client = BridgeClient(addr, timeout_ms=timeout_ms, retries=2, name="worldsim-play", connect=False)
         try:
             w = self.client.connect()
+            spec = self.client.world
         except BridgeError as e:
             self.client.close()
-            raise WorldsimError(f"--connect {addr}: {e} (is `worldsim serve` running there?)") from None
-        spec = w["world"]
+            hint = "" if e.code == "NO_WORLD" else " (is `worldsim serve` running there?)"
+            raise WorldsimError(f"--connect {addr}: {e}{hint}") from None
         self.schema = ActionSchema.from_dict(w["schema"])
         self.name, self.resolution = spec["name"], tuple(spec["resolution"])
         self.tick_rate, self.audio_spec = float(spec["tick_rate"]), spec.get("audio") or None
