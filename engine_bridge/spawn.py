@@ -1,4 +1,4 @@
-"""Start `worldsim serve` as a process of its own and wait until it answers.
+"""Start `worldsim serve` (or `worldsim record bridge`) as a process of its own and wait until it answers.
 
 Used by the bridge benchmark and the demos: the server gets its own CPU core (one torch
 thread), as an engine deployment would run it. Its log goes to a temporary file rather than
@@ -23,21 +23,24 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A running `worldsim serve` on a loopback port; ``addr`` is its endpoint. Use as a context manager."""
+    """A running `worldsim serve` on a loopback port; ``addr`` is its endpoint. Use as a context manager.
+    ``command`` replaces ``serve --world WORLD``, e.g. ``("record", "bridge", "--out", "data/x")``."""
 
-    def __init__(self, world: str = "default", args: Sequence[str] = (), timeout_s: float = 120.0):
+    def __init__(self, world: str = "default", args: Sequence[str] = (), timeout_s: float = 120.0,
+                 command: Sequence[str] | None = None):
         from engine_bridge.client import BridgeClient, BridgeError
 
         self.addr = f"tcp://127.0.0.1:{free_port()}"
         self.log = tempfile.TemporaryFile()
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="33554432", MALLOC_TRIM_THRESHOLD_="1073741824")
-        self.proc = subprocess.Popen([sys.executable, "-m", "worldsim.cli", "serve", "--world", world,
-                                      "--bind", self.addr, *args],
+        cmd = list(command) if command is not None else ["serve", "--world", world]
+        self.what = "worldsim " + (" ".join(cmd[:2]) if command is not None else "serve")
+        self.proc = subprocess.Popen([sys.executable, "-m", "worldsim.cli", *cmd, "--bind", self.addr, *args],
                                      stdout=subprocess.DEVNULL, stderr=self.log, env=env)
         deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worldsim serve exited with status {self.proc.returncode}: {self.tail()}")
+                raise RuntimeError(f"{self.what} exited with status {self.proc.returncode}: {self.tail()}")
             try:
                 with BridgeClient(self.addr, timeout_ms=500, retries=0) as c:
                     c.ping()
@@ -45,7 +48,7 @@ class ServerProcess:
             except BridgeError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"worldsim serve did not answer on {self.addr} within {timeout_s:.0f} s")
+                    raise RuntimeError(f"{self.what} did not answer on {self.addr} within {timeout_s:.0f} s")
                 time.sleep(0.2)
 
     def tail(self, n: int = 2000) -> str:

@@ -187,6 +187,26 @@ def test_players_pointed_at_a_recording_server_are_told_so(rec_server, tmp_path)
         render_cutscene(tmp_path / "t.yaml", tmp_path / "out", BridgeClient(rec_server.endpoint, timeout_ms=3000))
 
 
+def test_engine_recording_demo_writes_a_trainable_data_set(tmp_path, capsys):
+    """demos/engine_recording.py against a spawned `worldsim record bridge`: frames, sound, pose."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "demos" / "engine_recording.py"
+    spec = importlib.util.spec_from_file_location("demo_engine_recording", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.main(["--spawn-server", "--out", str(tmp_path / "arena"), "--ticks", "120"]) == 0
+    assert "recorded 120 ticks as ep_000000" in capsys.readouterr().out
+    (ep,) = open_episodes(tmp_path / "arena")
+    ep.verify()
+    assert ep.frames.shape == (120, 64, 64, 3) and ep.audio.shape == (120, 1260, 2) and ep.pose.shape == (120, 5)
+    fired = ep.buttons[:, ep.schema.buttons.index("fire")].astype(bool)
+    loud = np.abs(ep.audio.astype(np.int32)).max(axis=(1, 2)) > 1000
+    assert fired.any() and loud[1:][fired[:-1]].all()  # a shot is heard with the next frame
+    assert np.abs(np.diff(ep.pose[:, :2], axis=0)).sum() > 100  # the ship moves
+
+
 def test_record_bridge_cli_writes_open_episodes_on_sigterm(tmp_path):
     port = _free_port()
     p = subprocess.Popen([sys.executable, "-m", "worldsim.cli", "record", "bridge", "--out", str(tmp_path / "d"),
