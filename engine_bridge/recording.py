@@ -39,6 +39,8 @@ class RecordConfig:
     resolution: int = 64          # stored frames are resolution × resolution
     episode_steps: int = 2000     # a longer recording continues in the next episode
     max_open: int = 16            # recordings open at once, over all clients
+    episode_mb: int = 128         # and sooner when its steps would hold more than this in memory
+                                  # (a recording declaring huge sound chunks cannot exhaust the server)
 
 
 @dataclass
@@ -50,6 +52,7 @@ class _Rec:
     tick_rate: float
     audio: dict[str, int] | None
     fields: tuple[str, ...]
+    episode_steps: int = 1        # steps per episode file for this recording (see RecordConfig)
     writer: EpisodeWriter | None = None
     episodes: list[str] = field(default_factory=list)
     steps: int = 0
@@ -115,9 +118,14 @@ class Recorder:
         self._n += 1
         rec = _Rec(f"r{self._n}", token, schema, _meta(body.get("meta")), float(rate), _audio_spec(body.get("audio")),
                    tuple(f for f in STEP_FIELDS if f in fields))
+        step_bytes = self.cfg.resolution ** 2 * 3 + schema.num_buttons + 4 * schema.num_axes + 64
+        if rec.audio is not None:
+            step_bytes += 2 * rec.audio["samples_per_step"] * rec.audio["channels"]
+        rec.episode_steps = max(1, min(self.cfg.episode_steps, (self.cfg.episode_mb << 20) // step_bytes))
         self.recs[rec.id] = rec
         self._new_episode(rec)
-        return {"rec": rec.id, "episode": rec.writer.path.name, "resolution": [self.cfg.resolution] * 2}
+        return {"rec": rec.id, "episode": rec.writer.path.name, "resolution": [self.cfg.resolution] * 2,
+                "episode_steps": rec.episode_steps}
 
     def step(self, token: str, rec_id: Any, rid: int | None, body: dict) -> dict[str, Any]:
         rec = self._rec(token, rec_id)
@@ -156,7 +164,7 @@ class Recorder:
         rec.writer.append(frame, action.buttons, action.axes, audio, pose=pose, reward=reward, terminated=terminated)
         rec.steps += 1
         reply = {"rec": rec.id, "steps": rec.steps, "episode": rec.writer.path.name}
-        if len(rec.writer) >= self.cfg.episode_steps:
+        if len(rec.writer) >= rec.episode_steps:
             self._finish(rec, "length")
             self._new_episode(rec)
         rec.last = (rid, reply) if rid is not None else None

@@ -74,6 +74,16 @@ def test_an_engine_records_episodes_that_open_verify_and_roll_over(rec_server):
     assert c.record_close(rec2)["episodes"] == ["ep_000003"]
 
 
+def test_memory_per_open_recording_is_bounded(tmp_path):
+    """Sound declared huge makes shorter episodes, not a server holding gigabytes per recording."""
+    r = Recorder(RecordConfig(out=str(tmp_path), episode_mb=128))
+    small = r.open("t", {"schema": {"buttons": ["a"]}, "tick_rate": 10.0, "audio": AUDIO})
+    big = r.open("t", {"schema": {"buttons": ["a"]}, "tick_rate": 10.0,
+                       "audio": {"sample_rate": 48000, "channels": 8, "samples_per_step": 65536}})
+    assert small["episode_steps"] == 2000 and big["episode_steps"] == (128 << 20) // (64 * 64 * 3 + 65 + 2 * 65536 * 8)
+    assert r.close("t", big["rec"])["episodes"] == []  # nothing sent, nothing written
+
+
 @pytest.mark.parametrize("body, msg", [
     ({"tick_rate": 30.0}, "schema"),
     ({"schema": SCHEMA, "tick_rate": 0}, "tick_rate"),
