@@ -265,7 +265,10 @@ class BridgeServer:
         client.identity, client.last_seen, client.detached, client.capabilities = identity, time.monotonic(), False, common
         self.by_identity[identity] = client.token
         w = self.world
-        info = w.model.info() if w is not None else {}
+        world = None  # a recording-only server has no world to describe
+        if w is not None:
+            info = w.model.info()
+            world = {k: info.get(k) for k in ("name", "wad", "maps", "tick_rate", "resolution", "audio")}
         self._event("hello", client=body.get("client"), token=client.token, resumed=resumed)
         limits = {"max_sessions": self.cfg.max_sessions, "max_message_bytes": self.cfg.max_message_bytes,
                   "heartbeat_ms": self.cfg.heartbeat_ms, "heartbeat_timeout_ms": self.cfg.heartbeat_timeout_ms,
@@ -277,9 +280,8 @@ class BridgeServer:
                       "open": self.recorder.open_for(client.token)}
         self._send(identity, P.envelope(P.WELCOME, {
             "server": f"worldsim {__version__}", "protocol": list(P.PROTOCOL_VERSION), "token": client.token,
-            "capabilities": common,
-            "world": {k: info.get(k) for k in ("name", "wad", "maps", "tick_rate", "resolution", "audio")} if w else None,
-            "schema": w.schema.to_dict() if w is not None else None, "resumed": resumed,
+            "capabilities": common, "world": world, "schema": w.schema.to_dict() if w is not None else None,
+            "resumed": resumed,
             "sessions": sorted(client.sessions), "record": record, "limits": limits}, rid))
 
     # ---- requests ---------------------------------------------------------------------
