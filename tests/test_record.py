@@ -99,6 +99,45 @@ def test_gym_recording_and_script(tmp_path):
     assert len(s) == 10 and s.buttons[:6:2, 1].all() and s.buttons[1:6:2, 0].all() and s.buttons[9, 1]
 
 
+def test_ctrl_c_keeps_what_was_recorded(tmp_path, monkeypatch):
+    """A recording interrupted mid-episode writes that episode's steps (ended_by: interrupted)."""
+    from worldsim.record.gym_recorder import GymRecordConfig, record_gym
+
+    (tmp_path / "impatient.py").write_text(
+        "calls = 0\n"
+        "def policy(obs, space):\n"
+        "    global calls\n"
+        "    calls += 1\n"
+        "    if calls > 7:\n"
+        "        raise KeyboardInterrupt\n"
+        "    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        record_gym(GymRecordConfig(env_id="CartPole-v1", out=str(tmp_path / "cp"), steps=100, seed=3,
+                                   policy="impatient:policy", progress=False))
+    (e,) = open_episodes(tmp_path / "cp")
+    e.verify()
+    assert len(e) == 7 and e.meta["ended_by"] == "interrupted" and e.buttons[:, 1].all()
+
+
+def test_ctrl_c_keeps_what_vizdoom_recorded(tmp_path, monkeypatch, capsys):
+    from worldsim.record import vizdoom_recorder
+
+    real, calls = vizdoom_recorder.Explorer.act, []
+
+    def act(self, *a, **k):
+        calls.append(1)
+        if len(calls) > 25:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+    monkeypatch.setattr(vizdoom_recorder.Explorer, "act", act)
+    assert main(["record", "vizdoom", "--steps", "100", "--out", str(tmp_path / "d"), "--no-depth", "--quiet"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    (e,) = open_episodes(tmp_path / "d")
+    e.verify()
+    assert len(e) == 25 and e.meta["ended_by"] == "interrupted" and e.audio.shape[0] == 25
+
+
 def test_gym_box_space(tmp_path):
     assert main(["record", "gym", "--env", "Pendulum-v1", "--steps", "20", "--out", str(tmp_path / "p"),
                  "--quiet"]) == 0

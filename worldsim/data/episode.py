@@ -213,6 +213,13 @@ class EpisodeWriter:
             if v is not None:
                 self._cols[name].append(np.asarray(v))
 
+    def drop_partial_step(self) -> None:
+        """Forget a step whose :meth:`append` was interrupted (Ctrl-C between its fields), so that
+        what came before can still be closed as an episode."""
+        n = min(len(v) for k, v in self._cols.items() if v or k in REQUIRED_FIELDS)
+        for v in self._cols.values():
+            del v[n:]
+
     def close(self, extra_meta: dict[str, Any] | None = None) -> Path:
         cols = {k: v for k, v in self._cols.items() if v}
         arrays = {k: np.stack(v) for k, v in cols.items()}

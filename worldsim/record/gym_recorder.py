@@ -49,6 +49,34 @@ def load_policy(spec: str) -> Policy | None:
     return f
 
 
+def _episode(env: Any, obs: Any, cfg: GymRecordConfig, policy: Policy | None, schema: Any, writer: EpisodeWriter,
+             bar: tqdm, total: int) -> str:
+    """Record one episode into ``writer`` (from the observation ``obs`` of its reset) until it
+    ends or the run has its ``cfg.steps``; returns how it ended."""
+    r = cfg.resolution
+    while total + len(writer) < cfg.steps:
+        frame = env.render()
+        if frame is None:
+            raise ValueError(f"{cfg.env_id} rendered nothing: it needs render_mode='rgb_array' support")
+        frame = cv2.resize(np.asarray(frame, np.uint8)[..., :3], (r, r), interpolation=cv2.INTER_AREA)
+        t = len(writer)
+        if cfg.script is not None:
+            if t >= len(cfg.script):
+                break
+            value = to_env_action(cfg.script[t], env.action_space, schema)
+            # store what the env received ("no key" on a Discrete space is its first action)
+            action = from_env_action(value, env.action_space, schema)
+        else:
+            value = env.action_space.sample() if policy is None else policy(obs, env.action_space)
+            action = from_env_action(value, env.action_space, schema)
+        obs, reward, terminated, truncated, _ = env.step(value)
+        writer.append(frame, action.buttons, action.axes, reward=float(reward), terminated=bool(terminated))
+        bar.update(1)
+        if terminated or truncated:
+            return "terminated" if terminated else "truncated"
+    return "length"
+
+
 def record_gym(cfg: GymRecordConfig) -> dict:
     import gymnasium as gym
 
@@ -63,7 +91,6 @@ def record_gym(cfg: GymRecordConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     fps = float(env.metadata.get("render_fps") or 30)
-    r = cfg.resolution
     total, ep, summaries = 0, 0, []
     first = next_episode_index(out)
     bar = tqdm(total=cfg.steps, unit="step", disable=not cfg.progress, desc=f"record {cfg.env_id}")
@@ -74,30 +101,15 @@ def record_gym(cfg: GymRecordConfig) -> dict:
             meta = {"source": "gym", "env_id": cfg.env_id, "map": cfg.env_id, "tick_rate": fps, "frame_skip": 1,
                     "seed": cfg.seed + ep, "policy": cfg.policy if cfg.script is None else "script",
                     "env_action_space": space_to_dict(env.action_space)}
-            writer = EpisodeWriter(out / f"ep_{first + ep:06d}", schema, meta, (r, r), None)
-            ended = "length"
-            while total < cfg.steps:
-                frame = env.render()
-                if frame is None:
-                    raise ValueError(f"{cfg.env_id} rendered nothing: it needs render_mode='rgb_array' support")
-                frame = cv2.resize(np.asarray(frame, np.uint8)[..., :3], (r, r), interpolation=cv2.INTER_AREA)
-                t = len(writer)
-                if cfg.script is not None:
-                    if t >= len(cfg.script):
-                        break
-                    value = to_env_action(cfg.script[t], env.action_space, schema)
-                    # store what the env received ("no key" on a Discrete space is its first action)
-                    action = from_env_action(value, env.action_space, schema)
-                else:
-                    value = env.action_space.sample() if policy is None else policy(obs, env.action_space)
-                    action = from_env_action(value, env.action_space, schema)
-                obs, reward, terminated, truncated, _ = env.step(value)
-                writer.append(frame, action.buttons, action.axes, reward=float(reward), terminated=bool(terminated))
-                total += 1
-                bar.update(1)
-                if terminated or truncated:
-                    ended = "terminated" if terminated else "truncated"
-                    break
+            writer = EpisodeWriter(out / f"ep_{first + ep:06d}", schema, meta, (cfg.resolution,) * 2, None)
+            try:
+                ended = _episode(env, obs, cfg, policy, schema, writer, bar, total)
+            except KeyboardInterrupt:  # Ctrl-C keeps what this episode recorded so far
+                writer.drop_partial_step()
+                if len(writer):
+                    writer.close({"ended_by": "interrupted"})
+                raise
+            total += len(writer)
             if len(writer) == 0:
                 break
             writer.close({"ended_by": ended})

@@ -85,24 +85,30 @@ def record_vizdoom(cfg: RecordConfig) -> dict:
             terminated = False
             poses = []
             audible = 0
-            for t in range(limit):
-                frame, audio, pose, depth = game.observe()
-                if audio is not None:
-                    audible += bool(np.any(audio))
-                if loop is not None and loop[0] - SETTLE <= t < loop[0]:
-                    action = VIZDOOM_SCHEMA.noop()  # come to rest before the pattern
-                elif loop is not None and loop[0] <= t < loop[0] + len(loop[2]):
-                    action = loop[2][t - loop[0]]
-                else:
-                    action = script[t] if script is not None else explorer.act(pose, game.full_depth)
-                game.act(action)
-                terminated = game.finished
-                writer.append(frame, action.buttons, action.axes, audio=audio, pose=pose,
-                              terminated=terminated, depth=depth, reward=game.last_reward)
-                poses.append(pose)
-                bar.update(1)
-                if terminated:
-                    break
+            try:
+                for t in range(limit):
+                    frame, audio, pose, depth = game.observe()
+                    if audio is not None:
+                        audible += bool(np.any(audio))
+                    if loop is not None and loop[0] - SETTLE <= t < loop[0]:
+                        action = VIZDOOM_SCHEMA.noop()  # come to rest before the pattern
+                    elif loop is not None and loop[0] <= t < loop[0] + len(loop[2]):
+                        action = loop[2][t - loop[0]]
+                    else:
+                        action = script[t] if script is not None else explorer.act(pose, game.full_depth)
+                    game.act(action)
+                    terminated = game.finished
+                    writer.append(frame, action.buttons, action.axes, audio=audio, pose=pose,
+                                  terminated=terminated, depth=depth, reward=game.last_reward)
+                    poses.append(pose)
+                    bar.update(1)
+                    if terminated:
+                        break
+            except KeyboardInterrupt:  # Ctrl-C keeps what this episode recorded so far
+                writer.drop_partial_step()
+                if len(writer):
+                    writer.close({"ended_by": "interrupted"})
+                raise
             n = len(writer)
             if doom.audio and script is None and n >= SILENCE_CHECK_STEPS and audible == 0:
                 # OpenAL that loads but finds no usable output records zeros without an error
