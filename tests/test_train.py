@@ -160,6 +160,36 @@ def test_a_gym_recordings_action_space_reaches_the_world(tmp_path):
     assert build_latents(eps, fc, ac, tmp_path, tmp_path / "lat2", progress=False).info["env_action_space"] is None
 
 
+def test_ctrl_c_saves_the_step_it_stops_at_and_resume_continues(toy, tmp_path):
+    """A long run interrupted between saves keeps every step: Ctrl-C finishes the step, saves
+    weights + optimizer state, exits 130; a second run with --resume picks up there."""
+    import signal
+    import time
+
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text((ROOT / "configs" / "tiny.yaml").read_text().replace(
+        "dynamics_train: {steps: 30, batch: 4, lr: 0.002, warmup: 5, save_every: 10, log_every: 5}",
+        "dynamics_train: {steps: 100000, batch: 4, lr: 0.002, warmup: 5, save_every: 100000, log_every: 1}"))
+    run = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "worldsim.cli", "train", "--config", str(cfg), "--data", str(toy),
+                          "--out", str(run), "--quiet", "--threads", "1"], stderr=subprocess.PIPE, text=True)
+    log = run / "dynamics.log.jsonl"
+    deadline = time.monotonic() + 240
+    while not (log.exists() and len(log.read_text().splitlines()) >= 12) and time.monotonic() < deadline:
+        assert p.poll() is None, p.stderr.read()
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=120)[1]
+    assert p.returncode == 130, err
+    step = json.loads((run / "dynamics.json").read_text())["meta"]["train_steps"]
+    assert step >= 12 and f"stopped: dynamics at step {step} (saved)" in err
+    import torch
+    assert torch.load(run / "dynamics.train.pt", weights_only=True)["step"] == step
+    assert main(["train", "--config", str(cfg), "--data", str(toy), "--out", str(run), "--resume", "--quiet",
+                 "--stage", "dynamics", "--max-steps", "3"]) == 0
+    assert json.loads((run / "dynamics.json").read_text())["meta"]["train_steps"] == step + 3
+
+
 def test_ddp_two_cpu_processes(toy, tmp_path):
     run = tmp_path / "ddp"
     assert main(["train", "--config", "tiny", "--data", str(toy), "--out", str(run), "--quiet",

@@ -22,7 +22,8 @@ from worldsim.errors import check_limits
 from worldsim.model.audio_codec import AudioCodec, AudioCodecConfig
 from worldsim.model.checkpoint import load_component, save_component
 from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
-from worldsim.train.loop import Prefetcher, ProgressLog, autocast, resume_state, save_train_state
+from worldsim.train.loop import (Prefetcher, ProgressLog, TrainingStopped, autocast, resume_state, save_train_state,
+                                 stop_requested)
 
 
 @dataclass
@@ -163,7 +164,8 @@ def _fit(name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sampler:
     model.eval()  # no dropout/norm layers: train() only matters for what is trained
     (model_train or model).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    while step < total:
+    start = step
+    while step < total and not stop_requested():
         lr = float(cfg.lr) * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + np.cos(np.pi * step / max(cfg.steps, 1)))
         for g in opt.param_groups:
             g["lr"] = float(lr)
@@ -176,10 +178,12 @@ def _fit(name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sampler:
         opt.step()
         step += 1
         log.update(step, cfg.batch, loss=loss.item(), **stats)
-        if step % cfg.save_every == 0 or step == total:
+        if step % cfg.save_every == 0 or step == total or stop_requested():
             save(step)
     fetch.close()
     log.close()
+    if stop_requested():
+        raise TrainingStopped(f"{name} at step {step}" + (" (saved)" if step > start else ""))
     return {"steps": step}
 
 

@@ -37,7 +37,8 @@ from worldsim.train.adversarial import Adversary, clean_estimate
 from worldsim.train.distill import PairPool, couple, load_teacher, student_times, teacher_sample
 from worldsim.train.recall import RecallTargets, recall_targets
 from worldsim.train.rollout import self_rollout
-from worldsim.train.loop import Prefetcher, ProgressLog, autocast, resume_state, save_train_state
+from worldsim.train.loop import (Prefetcher, ProgressLog, TrainingStopped, autocast, resume_state, save_train_state,
+                                 stop_requested)
 
 
 @dataclass
@@ -360,7 +361,8 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
     net.train()
     t_start = time.time()
     s0 = min(tcfg.schedule_start, max(tcfg.steps - 1, 0))
-    while step < total:
+    start, stopping = step, stop_requested()
+    while step < total and not stopping:
         prog = min(max(step - s0, 0) / max(tcfg.steps - s0, 1), 1.0)
         if max_seconds is not None:  # a run bounded by wall time anneals by its deadline at the latest
             prog = max(prog, min((time.time() - t_start) / max_seconds, 1.0))
@@ -377,11 +379,12 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
         step += 1
         log.update(step, tcfg.batch * world * (cfg.context - 1), loss=loss.item(), lr=float(lr), **stats)
         out_of_time = max_seconds is not None and time.time() - t_start > max_seconds
-        if ddp and max_seconds is not None:  # every rank stops at the same step
-            flag = torch.tensor([float(out_of_time)], device=device)
+        stopping = stop_requested()
+        if ddp:  # every rank stops at the same step, whichever saw the deadline or the signal
+            flag = torch.tensor([float(out_of_time), float(stopping)], device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            out_of_time = bool(flag.item())
-        if out_of_time:
+            out_of_time, stopping = bool(flag[0].item()), bool(flag[1].item())
+        if out_of_time or stopping:
             total = step
         if rank == 0 and (step % tcfg.save_every == 0 or step == total):
             samples = seen0 + (step - step0) * tcfg.batch * world * (cfg.context - 1)
@@ -392,4 +395,6 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
             on_eval(step)
     fetch.close()
     log.close()
+    if stopping:
+        raise TrainingStopped(f"dynamics at step {step}" + (" (saved)" if step > start else ""))
     return {"steps": step}

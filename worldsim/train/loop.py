@@ -1,11 +1,14 @@
 """Pieces every training stage shares: autocast (bf16 where native), a batch prefetcher, progress + JSONL
-logs, and optimizer state for ``--resume``."""
+logs, optimizer state for ``--resume``, and stopping on Ctrl-C without losing the steps since the
+last save."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import queue
+import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +18,47 @@ import torch
 
 from worldsim.model.checkpoint import CheckpointError, load_component  # noqa: F401  (re-export)
 from worldsim.precision import autocast as precision_autocast
+
+
+class TrainingStopped(Exception):
+    """A run stopped on request (Ctrl-C / SIGTERM) after saving its state: ``--resume`` continues."""
+
+
+_stop = threading.Event()
+
+
+def stop_requested() -> bool:
+    """True once Ctrl-C or SIGTERM arrived under :func:`stop_on_signal`: training loops finish the
+    step they are in, save (weights + optimizer state) and raise :class:`TrainingStopped`."""
+    return _stop.is_set()
+
+
+@contextlib.contextmanager
+def stop_on_signal():
+    """The first Ctrl-C / SIGTERM asks the training loop to stop after its current step and save
+    (a long run loses nothing); a second one interrupts at once. Only the main thread can own
+    signal handlers: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if _stop.is_set():
+            raise KeyboardInterrupt
+        _stop.set()
+        print("\nworldsim train: stopping after this step and saving (Ctrl-C again stops at once)",
+              file=sys.stderr, flush=True)
+
+    _stop.clear()
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _stop.clear()
 
 
 def autocast(device: str):

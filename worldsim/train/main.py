@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import torch
 
+from worldsim.train.loop import TrainingStopped, stop_on_signal
 from worldsim.train.pipeline import STAGES, TrainConfigError, export_world, load_run_config, run_training
 
 
@@ -49,10 +51,15 @@ def main_train(args: argparse.Namespace) -> int:
         import torch.distributed as dist
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     try:
-        report = run_training(cfg, out, data=args.data, resume=args.resume, max_steps=args.max_steps,
-                              stages=tuple(args.stage or STAGES), device=device, progress=not args.quiet,
-                              latents=args.latents,
-                              max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes)
+        with stop_on_signal():  # Ctrl-C: finish the step, save, stop (see worldsim.train.loop)
+            report = run_training(cfg, out, data=args.data, resume=args.resume, max_steps=args.max_steps,
+                                  stages=tuple(args.stage or STAGES), device=device, progress=not args.quiet,
+                                  latents=args.latents,
+                                  max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes)
+    except TrainingStopped as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"worldsim train: stopped: {e}; `--resume` continues {out}", file=sys.stderr)
+        return 130
     finally:
         if world > 1:
             import torch.distributed as dist
