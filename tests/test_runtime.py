@@ -232,6 +232,12 @@ def test_a_world_of_a_gym_recording_takes_the_envs_own_actions(tmp_path):
     assert venv.step(np.array([0, 1, 1]))[0].shape == (3, 64, 64, 3)
     with pytest.raises(ValueError, match="action_space must be one of"):
         WorldModelEnv(w, action_space="native")
+    from pettingzoo.test import parallel_api_test
+
+    from worldsim.envs.npc import WorldModelParallelEnv
+    npcs = WorldModelParallelEnv(num_agents=2, world=w, max_cycles=3)
+    assert npcs.action_space("npc_0") == gym.spaces.Discrete(2)
+    parallel_api_test(npcs, num_cycles=4)
     # a world.json whose recorded space does not fit its schema is refused, not guessed at
     (root / "world.json").write_text(json.dumps({**wj, "env_action_space": {"type": "Discrete", "n": 3}}))
     with pytest.raises(ValueError, match="does not match its action schema"):

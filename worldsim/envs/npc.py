@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from pettingzoo import ParallelEnv
 
-from worldsim.envs.gym_env import _obs_space, _world
+from worldsim.envs.gym_env import _action_space, _obs_space, _world
 from worldsim.runtime.session import Session, World
-from worldsim.spaces import from_env_action, space_from_schema
+from worldsim.spaces import from_env_action
 
 
 class WorldModelParallelEnv(ParallelEnv):
@@ -21,10 +21,11 @@ class WorldModelParallelEnv(ParallelEnv):
 
     def __init__(self, num_agents: int = 2, world: str | World = "default", audio: bool = False,
                  max_cycles: int = 200, render_mode: str | None = None, device: str | None = None,
-                 sampling_steps: int | None = None):
+                 sampling_steps: int | None = None, action_space: str = "auto"):
         if num_agents < 1:
             raise ValueError(f"num_agents must be ≥ 1, got {num_agents}")
         self.world = _world(world, device, sampling_steps)
+        self._action = _action_space(self.world, action_space)  # shared by every agent (read-only)
         self.audio = audio
         self.max_cycles = max_cycles
         self.render_mode = render_mode
@@ -41,7 +42,7 @@ class WorldModelParallelEnv(ParallelEnv):
 
     @functools.lru_cache(maxsize=None)
     def action_space(self, agent: str):
-        return space_from_schema(self.world.schema, axis_bound=max(self.world.model.dynamics.cfg.axis_scale))
+        return self._action
 
     def _obs(self, agent: str, frame: np.ndarray, audio: np.ndarray | None) -> Any:
         self._frames[agent] = frame
