@@ -283,6 +283,24 @@ def test_bench_smoke(world, tmp_path):
     assert r["dynamics_gflop_per_tick"] * 1e9 >= 2 * linear * dyn.cfg.block_tokens * 2
 
 
+def test_bench_runs_any_worlds_actions(tmp_path):
+    """The bench's action sequence comes from the world's schema: DOOM's fixed walk/turn/fire
+    sequence for DOOM's, random buttons (one per exclusive group) and bounded axes otherwise."""
+    from worldsim.actions import ActionSchema
+    from worldsim.bench.runtime_bench import _actions, run_bench
+
+    car = ActionSchema(buttons=("b0", "b1", "b2"), axes=("axis_0",), groups=(("b0", "b1"),),
+                       axis_low=(0.0,), axis_high=(2.0,))
+    w = World.load(str(random_world(tmp_path / "car", schema=car)))
+    acts = _actions(w, 40)
+    assert all(w.schema.parse(a) is not None for a in acts)  # every one valid for the world
+    assert not any({"b0", "b1"} <= set(a["keys"]) for a in acts) and any(a["keys"] for a in acts)
+    assert all(0.0 <= a["axes"]["axis_0"] <= 2.0 for a in acts)
+    r = run_bench(str(w.model.path), ticks=4, rss_ticks=0, batches=(1, 2), batch_ticks=2, progress=False,
+                  baseline=False, cold=False)
+    assert r["fps"] > 0 and set(r["batch_fps"]) == {"1", "2"}
+
+
 def test_bench_checks_its_json_path_before_measuring(tmp_path, monkeypatch):
     import argparse
     from worldsim.bench import runtime_bench

@@ -59,12 +59,12 @@ def _inprocess(world_spec: str, actions: list) -> float:
     return float(np.percentile(ts, 50))
 
 
-def _realtime(client, n: int, seconds: float, tick_rate: float) -> dict[str, Any]:
+def _realtime(client, n: int, seconds: float, tick_rate: float, action: dict) -> dict[str, Any]:
     from engine_bridge.client import BridgeError
 
     sids = [client.open(mode="realtime", seed=i, credit=4) for i in range(n)]
     for sid in sids:
-        client.act(sid, {"keys": ["forward"]})
+        client.act(sid, action)
     counts = dict.fromkeys(sids, 0)
     dropped = dict.fromkeys(sids, 0)
     steps: list[float] = []  # sampling steps of each counted frame: under load the server sheds them
@@ -109,7 +109,7 @@ def run_bridge_bench(world: str = "default", ticks: int = 300, session_counts=(1
             say(f"bridge lockstep: rtt p50 {res['rtt_ms_p50']:.2f} ms, overhead p50 {res['overhead_ms_p50']:.3f} ms")
             res["realtime"] = []
             for n in session_counts:
-                r = _realtime(client, n, seconds, tick_rate)
+                r = _realtime(client, n, seconds, tick_rate, acts[0])
                 res["realtime"].append(r)
                 say(f"bridge realtime: {n} sessions, slowest {r['min_fps']:.1f} fps, "
                     f"{r['mean_sampling_steps'] or 0:.2f} sampling steps per frame on average")

@@ -49,11 +49,28 @@ def rss_mb() -> float:
     return float("nan")
 
 
+DOOM_KEYS = [["forward"], ["forward", "turn_left"], ["turn_right"], ["attack"], [], ["forward", "run"]]
+
+
 def _actions(world, n: int, seed: int = 0) -> list:
-    """A fixed, varied action sequence (walk, turn, mouse, fire) so timings include every path."""
+    """A fixed, varied action sequence so timings include every path: for DOOM's schema walk,
+    turn, mouse, fire (the sequence every published figure used); for any other world random
+    buttons (one per exclusive group) and axis values inside their bounds."""
     rng = np.random.default_rng(seed)
-    keys = [["forward"], ["forward", "turn_left"], ["turn_right"], ["attack"], [], ["forward", "run"]]
-    return [{"keys": keys[int(rng.integers(len(keys)))], "mouse": [float(rng.normal(0, 2)), 0.0]} for _ in range(n)]
+    sch = world.schema
+    if {k for ks in DOOM_KEYS for k in ks} <= set(sch.buttons) and {"mouse_dx", "mouse_dy"} <= set(sch.axes):
+        return [{"keys": DOOM_KEYS[int(rng.integers(len(DOOM_KEYS)))], "mouse": [float(rng.normal(0, 2)), 0.0]}
+                for _ in range(n)]
+    lo = sch.axis_low if sch.axis_low is not None else (-1.0,) * sch.num_axes
+    hi = sch.axis_high if sch.axis_high is not None else (1.0,) * sch.num_axes
+    out = []
+    for _ in range(n):
+        held = {b for b in sch.buttons if rng.random() < 0.3}
+        for group in sch.groups:  # at most one of an exclusive group
+            held -= set(sorted(held & set(group), key=sch.buttons.index)[1:])
+        axes = {a: float(rng.uniform(max(lo[i], -1e3), min(hi[i], 1e3))) for i, a in enumerate(sch.axes)}
+        out.append({"keys": sorted(held), "axes": axes})
+    return out
 
 
 def matmul_gflops(n: int = 1024, seconds: float = 1.0, dtype: torch.dtype = torch.bfloat16) -> float:
@@ -168,7 +185,10 @@ def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10
     # long-term memory: the same ticks with it on and off, interleaved in blocks, turning in
     # place (10°/tick) so that after the first turn nearly every tick recalls a view: the worst case
     if world.model.memory_cfg.enabled:
-        spin = {"keys": [], "mouse": [10.0, 0.0]}
+        sch = world.schema
+        spin = ({"keys": [], "mouse": [10.0, 0.0]} if {"mouse_dx", "mouse_dy"} <= set(sch.axes)
+                else {"keys": ["turn_right"]} if "turn_right" in sch.buttons
+                else acts[0])  # a world without a turn control: the memory at whatever it recalls
         world.model.set_memory(False)
         s_off = world.open(seed=0)
         world.model.set_memory(True)
