@@ -112,6 +112,18 @@ def test_data_info_keys(tmp_path):
     assert info["steps"] == 150 and info["episodes"] == 3 and set(info["maps"]) == {"MAP01", "MAP02"}
     assert 0 < info["audio_nonsilent_fraction"] < 1  # counting audio: silent for the first steps only
     assert len(open_episodes(tmp_path)) == 3
+    # the printed summary says how often each button is held and whether the schemas agree
+    from worldsim.data.info import format_info
+    text = format_info(info)
+    assert "actions         9 buttons (forward 50%, back 0%," in text and "2 axes (mouse_dx, mouse_dy)" in text
+    assert info["schemas_agree"] and "WARNING" not in text
+    from tests.helpers import plain_episodes
+    from worldsim.actions import ActionSchema
+    plain_episodes(tmp_path / "other", ActionSchema(buttons=("jump",)), steps=8)
+    import shutil
+    shutil.move(str(tmp_path / "other" / "ep_000000"), str(tmp_path / "ep_000009"))
+    mixed = data_info(tmp_path)
+    assert not mixed["schemas_agree"] and "different action schemas" in format_info(mixed)
 
 
 def test_missing_and_empty_dirs(tmp_path):

@@ -75,6 +75,8 @@ def data_info(root: str | Path, verify: bool = False) -> dict[str, Any]:
         "revisit_fraction": float(np.average(rev, weights=cov_w)) if rev else None,
         "record_steps_per_s": float(np.average([r for r, _ in rate_w], weights=[w for _, w in rate_w])) if rate_w else None,
         "button_press_fraction": dict(zip(first.schema.buttons, _button_means(eps))),
+        "env_action_space": first.meta.get("env_action_space"),
+        "schemas_agree": all(e.schema == first.schema for e in eps),
         "verified": verify,
     }
     return info
@@ -108,8 +110,25 @@ def format_info(info: dict[str, Any]) -> str:
         f"coverage        {f(info['coverage_cells_per_1k'], '{:.1f}')} cells per 1k steps, "
         f"revisits {f(info['revisit_fraction'], '{:.1%}')} of steps",
         f"recorded at     {f(info['record_steps_per_s'], '{:.0f}')} steps/s",
+        f"actions         {_actions_line(info)}",
     ]
+    if not info.get("schemas_agree", True):
+        lines.append("WARNING         episodes have different action schemas (one data set trains one schema)")
     return "\n".join(lines)
+
+
+def _actions_line(info: dict[str, Any]) -> str:
+    """Buttons with how often each is held (a recording whose engine sent no input shows 0 %),
+    axes by name, and the recorded env's own action space when there is one."""
+    sch, press = info["action_schema"], info["button_press_fraction"]
+    parts = [f"{len(sch['buttons'])} buttons" + (" (" + ", ".join(f"{b} {p:.0%}" for b, p in press.items()) + ")"
+                                                 if press else "")]
+    if sch.get("axes"):
+        parts.append(f"{len(sch['axes'])} axes ({', '.join(sch['axes'])})")
+    env = info.get("env_action_space")
+    if env:
+        parts.append(f"env space {env.get('type')}")
+    return ", ".join(parts)
 
 
 def main_info(root: str, json_out: str | None, verify: bool) -> int:
