@@ -160,6 +160,20 @@ def test_a_gym_recordings_action_space_reaches_the_world(tmp_path):
     assert build_latents(eps, fc, ac, tmp_path, tmp_path / "lat2", progress=False).info["env_action_space"] is None
 
 
+def test_episodes_recorded_differently_are_refused_before_training(tmp_path, capsys):
+    import shutil
+
+    from tests.helpers import plain_episodes
+    from worldsim.actions import ActionSchema
+    plain_episodes(tmp_path / "a", ActionSchema(buttons=("jump",)), steps=12)
+    plain_episodes(tmp_path / "b", ActionSchema(buttons=("jump", "duck")), steps=12)
+    shutil.move(str(tmp_path / "b" / "ep_000000"), str(tmp_path / "a" / "ep_000001"))
+    assert main(["train", "--config", "tiny", "--data", str(tmp_path / "a"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "ep_000001: its action schema" in err and "differs from ep_000000" in err
+    assert not (tmp_path / "run" / "frame_codec.safetensors").exists()  # refused before any training
+
+
 def test_ctrl_c_saves_the_step_it_stops_at_and_resume_continues(toy, tmp_path):
     """A long run interrupted between saves keeps every step: Ctrl-C finishes the step, saves
     weights + optimizer state, exits 130; a second run with --resume picks up there."""

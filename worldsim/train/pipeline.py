@@ -166,6 +166,13 @@ def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None
     episodes = open_episodes(data_dir)
     if not episodes:
         raise TrainConfigError(f"{data_dir}: holds no episodes")
+    e0 = episodes[0]
+    for e in episodes[1:]:  # one data set, one kind of episode: say which one differs before any training
+        for what, a, b in (("action schema", e.schema.to_dict(), e0.schema.to_dict()),
+                           ("resolution", e.resolution, e0.resolution), ("audio", e.meta.get("audio"), e0.meta.get("audio"))):
+            if a != b:
+                raise TrainConfigError(f"{e.path}: its {what} {a} differs from {e0.path.name}'s {b}; "
+                                       "train on episodes recorded alike (one directory per kind)")
     res = episodes[0].resolution
     if res[0] != cfg.frame_codec.resolution or res[1] != cfg.frame_codec.resolution:
         raise TrainConfigError(f"data is {res[0]}×{res[1]} but frame_codec.resolution is {cfg.frame_codec.resolution}")
