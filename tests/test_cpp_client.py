@@ -1,7 +1,8 @@
 """The C++ reference client (engine_bridge/clients/cpp) against a live bridge server.
 
 Builds `worldsim_client` with CMake into a temporary directory, serves a tiny random world on a
-free loopback port and runs 100 lockstep ticks; then records a raw RGB file through an in-process
+free loopback port and runs 100 lockstep ticks, then 20 realtime frames (--realtime: the server ticks,
+the client returns credit and acts); then records a raw RGB file through an in-process
 `worldsim record bridge` server (--record) and reads the episode it wrote. A missing toolchain or
 missing Debian headers FAIL these tests (CI installs them): cmake g++ pkg-config libzmq3-dev
 cppzmq-dev libmsgpack-cxx-dev.
@@ -199,3 +200,53 @@ def test_cpp_client_record_against_a_world_server(cpp_client, server, tmp_path):
     p, log = _record(cpp_client, addr, "--record", str(src))
     assert p.returncode == 4, log  # protocol violation: the capability was not granted
     assert "does not offer the 'record' capability" in p.stderr and "worldsim record bridge" in p.stderr, log
+
+
+# ---- realtime mode (capability "realtime": the server ticks, the client returns credit) -------
+RT_TICKS = 20
+
+
+def test_cpp_client_plays_realtime(cpp_client, server, tmp_path):
+    srv, addr, world = server
+    H, W = world.resolution
+    out = tmp_path / "rt.rgb"
+    p = subprocess.run([str(cpp_client), "--addr", addr, "--realtime", "--ticks", str(RT_TICKS), "--out", str(out),
+                        "--seed", "2", "--timeout-ms", "30000"], capture_output=True, text=True, timeout=400)
+    log = f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    assert p.returncode == 0, log
+    summary = p.stdout.strip().splitlines()[-1]
+    assert summary.startswith(f"ok realtime ticks={RT_TICKS} "), log
+    m = re.fullmatch(r"ok realtime ticks=(\d+) frames_bytes=(\d+) dropped=(\d+) fps=([0-9]+\.[0-9])", summary)
+    assert m, f"bad summary line {summary!r}\n{log}"
+    assert int(m.group(2)) == RT_TICKS * H * W * 3, log
+    assert float(m.group(4)) > 0, log  # no timing threshold: the machine is shared
+    assert out.stat().st_size == RT_TICKS * H * W * 3, log
+    frames = np.fromfile(out, np.uint8).reshape(RT_TICKS, H, W, 3)
+    assert not (frames == frames[:1]).all(), "all realtime frames are identical"
+    assert world.name in p.stdout, log  # WELCOME was read and printed
+    assert srv.stats["errors_sent"] == 0, srv.stats  # every ACT and CREDIT was accepted
+    assert srv.stats["frames_sent"] >= RT_TICKS, srv.stats
+    assert not srv.sessions, srv.sessions  # CLOSE freed the session
+
+
+@pytest.mark.parametrize("args, want", [
+    (["--record", "x.rgb"], "--realtime and --record are different modes"),
+    (["--size", "64x64"], "record mode options cannot be used with --realtime: --size"),
+    (["--tick-rate", "30"], "record mode options cannot be used with --realtime: --tick-rate"),
+    (["--retries", "2"], "realtime mode does not reconnect"),
+])
+def test_cpp_client_realtime_rejects_other_modes_options(cpp_client, tmp_path, args, want):
+    # checked before anything connects: no server needed
+    p = subprocess.run([str(cpp_client), "--addr", f"tcp://127.0.0.1:{_free_port()}", "--realtime", *args],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert p.returncode == 1, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+    assert want in p.stderr, p.stderr
+    assert not (tmp_path / "frames.rgb").exists()  # failed before opening --out
+
+
+def test_cpp_client_realtime_against_a_record_server(cpp_client, record_server, tmp_path):
+    _, addr, _ = record_server
+    p = subprocess.run([str(cpp_client), "--addr", addr, "--realtime", "--ticks", "3", "--out",
+                        str(tmp_path / "rt.rgb"), "--timeout-ms", "30000"], capture_output=True, text=True, timeout=400)
+    assert p.returncode == 4, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+    assert "does not offer the 'realtime' capability" in p.stderr and "use --record" in p.stderr, p.stderr
