@@ -85,9 +85,14 @@ def _meta(m: Any) -> dict[str, Any]:
         raise P.ProtocolError("BAD_REQUEST", f"meta keys {owned} belong to the episode format (declare them with "
                                              "schema / tick_rate / audio instead)")
     for k, v in m.items():
-        if not (v is None or isinstance(v, (str, int, float, bool, list))):
-            raise P.ProtocolError("BAD_REQUEST", f"meta[{k!r}] must be a string, number, bool, list or nil")
+        if not (_plain(v) or isinstance(v, list) and all(_plain(x) for x in v)):
+            raise P.ProtocolError("BAD_REQUEST", f"meta[{k!r}] must be a string, finite number, bool, nil or a list "
+                                                 "of those (it is written to the episode's meta.json)")
     return dict(m)
+
+
+def _plain(v: Any) -> bool:
+    return v is None or isinstance(v, (str, bool, int)) or isinstance(v, float) and math.isfinite(v)
 
 
 class Recorder:
@@ -113,7 +118,8 @@ class Recorder:
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and 0 < rate <= 1000):
             raise P.ProtocolError("BAD_REQUEST", f"tick_rate must be a number in (0, 1000] ticks/s, got {rate!r:.40}")
         fields = body.get("fields", [])
-        if not isinstance(fields, list) or not set(fields) <= set(STEP_FIELDS) or len(set(fields)) != len(fields):
+        if (not isinstance(fields, list) or not all(isinstance(f, str) for f in fields)
+                or not set(fields) <= set(STEP_FIELDS) or len(set(fields)) != len(fields)):
             raise P.ProtocolError("BAD_REQUEST", f"fields must be a list of distinct names from {list(STEP_FIELDS)}")
         self._n += 1
         rec = _Rec(f"r{self._n}", token, schema, _meta(body.get("meta")), float(rate), _audio_spec(body.get("audio")),
@@ -164,10 +170,10 @@ class Recorder:
         rec.writer.append(frame, action.buttons, action.axes, audio, pose=pose, reward=reward, terminated=terminated)
         rec.steps += 1
         reply = {"rec": rec.id, "steps": rec.steps, "episode": rec.writer.path.name}
+        rec.last = (rid, reply) if rid is not None else None  # before the roll-over: a retry must not append twice
         if len(rec.writer) >= rec.episode_steps:
             self._finish(rec, "length")
             self._new_episode(rec)
-        rec.last = (rid, reply) if rid is not None else None
         return reply
 
     def close(self, token: str, rec_id: Any, ended_by: Any = None) -> dict[str, Any]:

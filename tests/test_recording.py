@@ -93,6 +93,9 @@ def test_memory_per_open_recording_is_bounded(tmp_path):
     ({"schema": SCHEMA, "tick_rate": 30, "meta": {"steps": 5}}, "belong to the episode format"),
     ({"schema": SCHEMA, "tick_rate": 30, "meta": {"x": {"nested": 1}}}, "meta"),
     ({"schema": SCHEMA, "tick_rate": 30, "fields": ["depth"]}, "fields"),
+    ({"schema": SCHEMA, "tick_rate": 30, "fields": [["pose"]]}, "fields"),
+    ({"schema": SCHEMA, "tick_rate": 30, "meta": {"x": [b"\x00"]}}, "meta"),
+    ({"schema": SCHEMA, "tick_rate": 30, "meta": {"x": float("nan")}}, "finite"),
     ({"schema": {"buttons": ["a", "a"]}, "tick_rate": 30}, "duplicate"),
 ])
 def test_bad_rec_open_is_refused(rec_server, body, msg):
