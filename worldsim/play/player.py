@@ -293,7 +293,7 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
             "dropped": st.dropped,
             "first_frame_ms": round(first_frame_ms, 1), "latency_p50_ms": round(float(np.median(lat)), 2),
             "latency_p99_ms": round(float(np.percentile(lat, 99)), 2), "audio": audio.on,
-            "audio_queued": audio.queued, "audio_dropped": audio.dropped, "written": written,
+            "audio_queued": audio.queued, "audio_dropped": audio.dropped, "written": written, "paced": realtime,
             "sampling_steps_mean": round(st.steps_total / st.steps_ticks, 2) if st.steps_ticks else None,
             "screenshot": cfg.screenshot, "source": source.where}
 
@@ -351,7 +351,9 @@ def main_play(args) -> int:
     r = play(cfg)
     print(f"played {r['ticks']} ticks ({r['source']}): first frame {r['first_frame_ms']} ms, "
           f"input→frame p50 {r['latency_p50_ms']} ms, late {r['late']}, dropped {r['dropped']}, "
-          f"sound {'on' if r['audio'] else 'off'} ({r['audio_queued']} chunks queued, {r['audio_dropped']} dropped)"
+          f"sound {'on' if r['audio'] else 'off'} ({r['audio_queued']} chunks queued, {r['audio_dropped']} dropped"
+          + ("" if r["paced"] or not r["audio_dropped"] else ": unpaced, ticks come faster than sound plays")
+          + ")"
           + (f", sampling steps {r['sampling_steps_mean']:g} a tick on average" if r["sampling_steps_mean"] else ""))
     for f in r["written"] + ([r["screenshot"]] if r["screenshot"] else []):
         print(f"wrote {f}")
