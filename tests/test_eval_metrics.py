@@ -172,8 +172,13 @@ def test_action_labels_priority():
     cls, sign = label_actions(VIZDOOM_SCHEMA, b, a, cfg)
     assert [ACTION_CLASSES[c] for c in cls] == ["none", "forward", "turn_left", "turn_right", "strafe_right", "none"]
     assert sign.tolist() == [1, 1, 1, 2, 1, 1]
-    with pytest.raises(ProbeUnavailable):
-        label_actions(ActionSchema(buttons=("jump",)), np.zeros((3, 1)), np.zeros((3, 0)), cfg)
+    # another game's buttons are their own classes ("none" + each button, the first held wins) and its
+    # first axis feeds the sign head (a tenth of its half-range either side of 0 is "none")
+    jump = ActionSchema(buttons=("jump", "duck"), axes=("steer",), axis_low=(-2.0,), axis_high=(2.0,))
+    cls, sign = label_actions(jump, np.array([[0, 0], [1, 1], [0, 1]]), np.array([[0.1], [-0.5], [0.3]]), cfg)
+    assert cls.tolist() == [0, 1, 2] and sign.tolist() == [1, 0, 2]
+    with pytest.raises(ProbeUnavailable, match="no buttons and no axes"):
+        label_actions(ActionSchema(buttons=()), np.zeros((3, 0)), np.zeros((3, 0)), cfg)
 
 
 def test_balanced_accuracy_constant_prediction_is_chance():

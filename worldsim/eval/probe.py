@@ -15,6 +15,11 @@ Action classes (from ``buttons[t]``/``axes[t]``, first rule that applies wins):
 6. ``none``: anything else (``attack``, ``use``, ``run``, pitch alone count as none).
 
 A second head predicts the sign of ``mouse_dx``: left (< −0.5°), none, right (> +0.5°).
+
+Any other game (a schema with none of those controls: a Gymnasium env, an engine recorded
+through the bridge): the classes are ``none`` plus each button, the first held in schema order
+(at most ``MAX_GENERIC_BUTTONS``), and the sign head reads the first axis (below / inside / above
+a tenth of its half-range around 0); no mirroring (what "left" means is the game's).
 Reported accuracy is *balanced* (mean per-class recall over the classes with at least 5
 examples among the pairs scored), so a constant prediction scores ``1 / classes`` whatever
 the class frequencies.
@@ -43,6 +48,30 @@ MOUSE_SIGNS = ("left", "none", "right")
 MIRROR = {"turn_left": "turn_right", "turn_right": "turn_left", "strafe_left": "strafe_right", "strafe_right": "strafe_left"}
 PROBE_VERSION = 2
 _LABEL_NAMES = ("mouse_dx", "turn_left", "turn_right", "forward", "back", "strafe_left", "strafe_right")
+
+
+MAX_GENERIC_BUTTONS = 16
+
+
+@dataclass(frozen=True)
+class Classes:
+    """What the probe predicts for a schema: class names, the axis its sign head reads (or None),
+    and the left/right mirror of the classes (empty: no mirror augmentation)."""
+    names: tuple[str, ...]
+    sign_axis: str | None
+    mirror: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def doom(self) -> bool:
+        return self.names == ACTION_CLASSES
+
+
+def probe_classes(schema: ActionSchema) -> Classes:
+    if any(n in schema.buttons or n in schema.axes for n in _LABEL_NAMES):
+        return Classes(ACTION_CLASSES, "mouse_dx" if "mouse_dx" in schema.axes else None, tuple(MIRROR.items()))
+    if not schema.buttons and not schema.axes:
+        raise ProbeUnavailable("the action schema has no buttons and no axes")
+    return Classes(("none",) + tuple(schema.buttons[:MAX_GENERIC_BUTTONS]), schema.axes[0] if schema.axes else None)
 
 
 class ProbeUnavailable(Exception):
@@ -82,11 +111,13 @@ class ProbeConfig:
 
 def label_actions(schema: ActionSchema, buttons: np.ndarray, axes: np.ndarray,
                   cfg: ProbeConfig) -> tuple[np.ndarray, np.ndarray | None]:
-    """Class index per step ``(T,)`` and mouse-sign index ``(T,)`` (None without ``mouse_dx``)."""
-    if not any(n in schema.buttons or n in schema.axes for n in _LABEL_NAMES):
-        raise ProbeUnavailable(f"the action schema has none of {list(_LABEL_NAMES)}, so no action classes can be defined")
+    """Class index per step ``(T,)`` and sign index ``(T,)`` of the sign axis (None without one);
+    classes as :func:`probe_classes` says."""
+    classes = probe_classes(schema)
     b = np.asarray(buttons)
     t = len(b)
+    if not classes.doom:
+        return _label_generic(schema, classes, b, np.asarray(axes))
 
     def held(name: str) -> np.ndarray:
         return (b[:, schema.buttons.index(name)] > 0) if name in schema.buttons else np.zeros(t, bool)
@@ -103,6 +134,24 @@ def label_actions(schema: ActionSchema, buttons: np.ndarray, axes: np.ndarray,
         sign = np.ones(t, np.int64)
         sign[dx < -cfg.mouse_threshold_deg] = 0
         sign[dx > cfg.mouse_threshold_deg] = 2
+    return cls, sign
+
+
+def _label_generic(schema: ActionSchema, classes: Classes, b: np.ndarray, axes: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    cls = np.zeros(len(b), np.int64)
+    for c in range(len(classes.names) - 1, 0, -1):  # the first held button in schema order wins
+        cls[b[:, c - 1] > 0] = c
+    if classes.sign_axis is None:
+        return cls, None
+    i = schema.axes.index(classes.sign_axis)
+    lo = schema.axis_low[i] if schema.axis_low is not None else -np.inf
+    hi = schema.axis_high[i] if schema.axis_high is not None else np.inf
+    half = (hi - lo) / 2 if np.isfinite(lo) and np.isfinite(hi) else 1.0
+    x = axes[:, i].astype(np.float64)
+    sign = np.ones(len(b), np.int64)
+    sign[x < -0.1 * half] = 0
+    sign[x > 0.1 * half] = 2
     return cls, sign
 
 
@@ -130,7 +179,7 @@ V_SHIFTS = (-3, -2, -1, 1, 2, 3)
 N_INPUTS = 6 + len(H_SHIFTS) + len(V_SHIFTS)
 
 
-def _make_net(width: int):
+def _make_net(width: int, n_classes: int = len(ACTION_CLASSES)):
     import torch.nn as nn
 
     w = width
@@ -140,7 +189,7 @@ def _make_net(width: int):
         nn.Conv2d(2 * w, 4 * w, 3, 2, 1), nn.ReLU(),  # (B, 4w, 8, 8)
         nn.Conv2d(4 * w, 4 * w, 3, 2, 1), nn.ReLU(),  # (B, 4w, 4, 4)
         nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * w * 16, 128), nn.ReLU(),
-        nn.Linear(128, len(ACTION_CLASSES) + len(MOUSE_SIGNS)),
+        nn.Linear(128, n_classes + len(MOUSE_SIGNS)),
     )
 
 
@@ -176,8 +225,9 @@ def _mirror_inputs(x):
 class ActionProbe:
     """A trained probe; :meth:`predict` maps frame pairs to (class, mouse sign) indices."""
 
-    def __init__(self, net, cfg: ProbeConfig, info: dict[str, Any]):
+    def __init__(self, net, cfg: ProbeConfig, info: dict[str, Any], classes: Classes | None = None):
         self.net, self.cfg, self.info = net, cfg, info
+        self.classes = classes or Classes(ACTION_CLASSES, "mouse_dx", tuple(MIRROR.items()))
 
     def predict(self, prev: np.ndarray, nxt: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -190,8 +240,9 @@ class ActionProbe:
         with torch.no_grad(), autocast("cpu", compute_dtype("cpu", self.cfg.precision)):
             for lo in range(0, len(prev), batch):
                 out = self.net(_inputs(prev[lo:lo + batch], nxt[lo:lo + batch])).float()
-                cls.append(out[:, :len(ACTION_CLASSES)].argmax(1).numpy())
-                sign.append(out[:, len(ACTION_CLASSES):].argmax(1).numpy())
+                k = len(self.classes.names)
+                cls.append(out[:, :k].argmax(1).numpy())
+                sign.append(out[:, k:].argmax(1).numpy())
         if not cls:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(cls), np.concatenate(sign)
@@ -204,7 +255,11 @@ def cache_key(episodes: Sequence[Any], cfg: ProbeConfig) -> str:
         fp = Path(e.path) / "frames.npy"
         items.append([e.path.name, e.steps, ck.get("frames"), ck.get("buttons"), ck.get("axes"),
                       None if ck else fp.stat().st_size, None if ck else int(fp.stat().st_mtime)])
-    blob = json.dumps({"v": PROBE_VERSION, "episodes": items, "cfg": cfg.key_dict()}, sort_keys=True)
+    key: dict[str, Any] = {"v": PROBE_VERSION, "episodes": items, "cfg": cfg.key_dict()}
+    classes = probe_classes(episodes[0].schema)
+    if not classes.doom:  # DOOM's keys stay as they were: its cached probes stay valid
+        key["classes"] = [list(classes.names), classes.sign_axis]
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -246,7 +301,10 @@ def train_probe(episodes: Sequence[Any], cfg: ProbeConfig, progress: bool = Fals
     for k in range(PROBE_ATTEMPTS):
         probe = _train_once(episodes, dataclasses.replace(cfg, seed=cfg.seed + k), progress)
         vc = probe.info.get("val_class") or {}
-        if vc.get("balanced_acc") is None or vc["balanced_acc"] >= vc["chance"] + LEARNED_MARGIN:
+        if vc.get("balanced_acc") is None:  # an instrument nobody checked reads nothing: say so instead
+            raise ProbeUnavailable(f"no held-out pairs to check the action probe on (every {cfg.val_every}th block of "
+                                   f"{cfg.block_len} steps is held out: episodes need ≥ {cfg.block_len * cfg.val_every} steps)")
+        if vc["balanced_acc"] >= vc["chance"] + LEARNED_MARGIN:
             probe.info["attempts"] = k + 1
             return probe
     raise ProbeUnavailable(f"the action probe did not learn from these episodes (held-out balanced accuracy "
@@ -261,15 +319,17 @@ def _train_once(episodes: Sequence[Any], cfg: ProbeConfig, progress: bool = Fals
     from worldsim.precision import autocast, compute_dtype
 
     schema = episodes[0].schema
+    classes = probe_classes(schema)
+    names = classes.names
     labels = [label_actions(schema, e.buttons, e.axes, cfg) for e in episodes]
     rng = np.random.default_rng(cfg.seed)
     train = _pairs(episodes, cfg, val=False)
     if len(train) > cfg.max_pairs:
         train = [train[i] for i in sorted(rng.choice(len(train), cfg.max_pairs, replace=False))]
     prev, nxt, cls, sign = _gather(episodes, train, labels)
-    counts = np.bincount(cls, minlength=len(ACTION_CLASSES))
+    counts = np.bincount(cls, minlength=len(names))
     if (counts > 0).sum() < 2:
-        raise ProbeUnavailable(f"the data's actions fall in fewer than two classes ({dict(zip(ACTION_CLASSES, counts.tolist()))})")
+        raise ProbeUnavailable(f"the data's actions fall in fewer than two classes ({dict(zip(names, counts.tolist()))})")
     # inverse-frequency class weights: the reported accuracy is balanced over classes
     def inverse_freq(c: np.ndarray):
         w = np.where(c > 0, c.sum() / np.maximum(c, 1) / (c > 0).sum(), 0.0)
@@ -279,13 +339,14 @@ def _train_once(episodes: Sequence[Any], cfg: ProbeConfig, progress: bool = Fals
     sign_w = inverse_freq(np.bincount(sign[sign >= 0], minlength=3) if (sign >= 0).any() else np.ones(3))
 
     torch.manual_seed(cfg.seed)
-    net = _make_net(cfg.width)
+    net = _make_net(cfg.width, len(names))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     n = len(train)
     steps_total = cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, steps_total), pct_start=0.15)
     y_cls, y_sign = torch.from_numpy(cls), torch.from_numpy(sign)
-    mirrored_cls = torch.tensor([ACTION_CLASSES.index(MIRROR.get(c, c)) for c in ACTION_CLASSES])
+    mirror = dict(classes.mirror)
+    mirrored_cls = torch.tensor([names.index(mirror.get(c, c)) for c in names])
     t0, stopped_early, done = time.perf_counter(), False, 0
     bar = tqdm(total=steps_total, desc="probe: training", disable=not progress, leave=False)
     net.train()
@@ -294,7 +355,7 @@ def _train_once(episodes: Sequence[Any], cfg: ProbeConfig, progress: bool = Fals
         for lo in range(0, n, cfg.batch_size):
             idx = order[lo:lo + cfg.batch_size]
             x = _inputs(prev[idx], nxt[idx])
-            if rng.random() < 0.5:  # mirror the pair and swap left/right labels: halves what must be learnt
+            if mirror and rng.random() < 0.5:  # mirror the pair and swap left/right labels: halves what must be learnt
                 x = _mirror_inputs(x)
                 yc = mirrored_cls[y_cls[idx]]
                 ys = torch.where(y_sign[idx] >= 0, 2 - y_sign[idx], y_sign[idx])
@@ -302,9 +363,9 @@ def _train_once(episodes: Sequence[Any], cfg: ProbeConfig, progress: bool = Fals
                 yc, ys = y_cls[idx], y_sign[idx]
             with autocast("cpu", compute_dtype("cpu", cfg.precision)):
                 out = net(x).float()
-            loss = F.cross_entropy(out[:, :len(ACTION_CLASSES)], yc, weight=cls_w)
+            loss = F.cross_entropy(out[:, :len(names)], yc, weight=cls_w)
             if (ys >= 0).any():
-                loss = loss + 0.5 * F.cross_entropy(out[:, len(ACTION_CLASSES):], ys, weight=sign_w, ignore_index=-100)
+                loss = loss + 0.5 * F.cross_entropy(out[:, len(names):], ys, weight=sign_w, ignore_index=-100)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -317,11 +378,11 @@ def _train_once(episodes: Sequence[Any], cfg: ProbeConfig, progress: bool = Fals
         if stopped_early:
             break
     bar.close()
-    probe = ActionProbe(net, cfg, {})
+    probe = ActionProbe(net, cfg, {}, classes)
     val = _pairs(episodes, cfg, val=True)
     info: dict[str, Any] = {"train_pairs": n, "train_seconds": round(time.perf_counter() - t0, 1),
                             "steps": done, "steps_planned": steps_total, "stopped_early": stopped_early,
-                            "train_class_counts": dict(zip(ACTION_CLASSES, counts.tolist()))}
+                            "train_class_counts": dict(zip(names, counts.tolist())), "sign_axis": classes.sign_axis}
     if val:
         vp, vn, vc, vs = _gather(episodes, val, labels)
         pc, ps = probe.predict(vp, vn)
@@ -346,10 +407,11 @@ def load_or_train_probe(episodes: Sequence[Any], cfg: ProbeConfig, cache_dir: st
                 info = json.loads(f.metadata()["info"])
             if info.get("stopped_early"):
                 raise ValueError("cut short by max_train_seconds: train it in full this time")
-            net = _make_net(cfg.width)
+            classes = probe_classes(episodes[0].schema)
+            net = _make_net(cfg.width, len(classes.names))
             net.load_state_dict(load_file(str(path)))
             info["cached"] = True
-            return ActionProbe(net, cfg, info)
+            return ActionProbe(net, cfg, info, classes)
         except Exception:  # a corrupt or stale cache file is retrained, not fatal
             pass
     probe = train_probe(episodes, cfg, progress=progress)
