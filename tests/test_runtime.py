@@ -216,6 +216,12 @@ def test_a_world_of_a_gym_recording_takes_the_envs_own_actions(tmp_path):
     cart = ActionSchema(buttons=("action_0", "action_1"), groups=(("action_0", "action_1"),))
     root = random_world(tmp_path / "cart", schema=cart)
     wj = json.loads((root / "world.json").read_text())
+    # a world of another game (no DOOM wad): its scene memory, which places views by DOOM's
+    # player physics, is off unless world.json or the caller turns it on
+    game = {k: v for k, v in wj.items() if k != "wad"}
+    (root / "world.json").write_text(json.dumps({**game, "env_action_space": {"type": "Discrete", "n": 2, "start": 0}}))
+    assert World.load(str(root)).open(seed=0).state.memories == [None]
+    assert World.load(str(root), memory=True).open(seed=0).state.memories[0] is not None
     (root / "world.json").write_text(json.dumps({**wj, "env_action_space": {"type": "Discrete", "n": 2, "start": 0}}))
     w = World.load(str(root))
     env = WorldModelEnv(w, max_episode_steps=4)

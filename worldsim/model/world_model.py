@@ -71,6 +71,12 @@ class WorldModel:
         self._names = (list(self.schema.buttons), list(self.schema.axes))
         self.autocast = autocast(device, wd)
         mem = dict(world.get("memory") or {})
+        if "enabled" not in mem and not world.get("wad"):
+            # the memory places views by dead reckoning with DOOM's player physics: in another game
+            # (a Gymnasium env, an engine's recording) that pose is meaningless — a CartPole world
+            # never "moves", so every tick looked like a return and old frames were blended in.
+            # Off unless world.json's memory section turns it on (or World.load(memory=True))
+            mem["enabled"] = False
         self.memory_cfg = config_from_dict(MemoryConfig, mem, "world.json memory")
         try:  # a bad overlay fails at load, not when the first session opens
             runs_to_mask(self.memory_cfg.overlay, *self.resolution)
