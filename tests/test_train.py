@@ -160,6 +160,26 @@ def test_a_gym_recordings_action_space_reaches_the_world(tmp_path):
     assert build_latents(eps, fc, ac, tmp_path, tmp_path / "lat2", progress=False).info["env_action_space"] is None
 
 
+def test_turn_prior_only_where_the_picture_turns(toy, tmp_path):
+    """The turn prior slides the last frame by the commanded yaw: kept for a camera that turns
+    with the player (the toy's scrolling wall), dropped for one that does not (same actions and
+    poses, a still picture — a top-down or fixed camera)."""
+    from worldsim.data import open_episodes, write_episode
+    from worldsim.train.dynamics_trainer import camera_turns, fit_turn_weights
+
+    eps = open_episodes(toy)
+    w = fit_turn_weights(eps)
+    assert abs(w[0]) > 1 and camera_turns(eps, w, 0.6)
+    for e in eps:
+        write_episode(tmp_path / "still" / e.path.name, e.schema, {
+            "frames": np.repeat(np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8), len(e), 0)
+            + (np.arange(len(e)) % 2).astype(np.uint8)[:, None, None, None],  # a still picture, a little noise
+            "buttons": np.asarray(e.buttons),
+            "axes": np.asarray(e.axes), "pose": np.asarray(e.pose)}, {"tick_rate": e.tick_rate, "map": "still"})
+    still = open_episodes(tmp_path / "still")
+    assert fit_turn_weights(still) == w and not camera_turns(still, w, 0.6)
+
+
 def test_episodes_recorded_differently_are_refused_before_training(tmp_path, capsys):
     import shutil
 

@@ -136,6 +136,37 @@ def fit_turn_weights(episodes: Sequence[Episode]) -> tuple[float, ...]:
     return tuple(round(float(x), 4) for x in w)
 
 
+def camera_turns(episodes: Sequence[Episode], weights: tuple[float, ...], px_per_degree: float,
+                 min_pairs: int = 20, max_pairs: int = 400) -> bool:
+    """Whether the picture slides when the player turns, as the turn prior assumes (a first-person
+    camera): on steps whose fitted yaw is ≥ 3°, the measured horizontal shift between the real
+    frames must reach a quarter of what the prior predicts. A top-down or fixed camera (a toy
+    arena, a board game) turns nothing, and a prior there would slide every turning frame for the
+    network to undo. Too few turning steps to tell: keep the prior."""
+    from worldsim.eval.baselines import estimate_shifts
+
+    w = np.asarray(weights, np.float64)
+    prev, nxt, want = [], [], []
+    for e in episodes:
+        if len(e) < 2:
+            continue
+        f = turn_features(torch.from_numpy(np.array(e.buttons[:-1])), torch.from_numpy(np.array(e.axes[:-1])),
+                          list(e.schema.buttons), list(e.schema.axes)).numpy()
+        yaw = f @ w  # (T-1,) degrees to the right
+        for t in np.flatnonzero(np.abs(yaw) >= 3.0)[: max_pairs - len(want)]:
+            prev.append(e.frames[t])
+            nxt.append(e.frames[t + 1])
+            want.append(abs(yaw[t]) * px_per_degree * e.resolution[1] / 64)
+        if len(want) >= max_pairs:
+            break
+    if len(want) < min_pairs:
+        return True
+    prev, nxt = np.stack(prev), np.stack(nxt)
+    same = (prev == nxt).reshape(len(prev), -1).all(1)  # a picture that did not change moved by 0 (a periodic
+    got = np.where(same, 0.0, np.abs(estimate_shifts(prev, nxt)))  # texture would tie 0 with its period)
+    return float(np.median(got)) >= 0.25 * float(np.median(want))
+
+
 class WindowSampler:
     """Random windows of ``length`` ticks; with ``recall``, also each tick's remembered latent
     (``memory`` (B, T, C, h, w), ``memory_w`` (B, T), ``memory_dyaw`` (B, T)), and a fraction

@@ -40,7 +40,7 @@ from worldsim.model.dynamics import DynamicsConfig
 from worldsim.model.frame_codec import FrameCodecConfig
 from worldsim.model.sampler import FlowSamplerConfig
 from worldsim.train.codec_trainer import DECODER_FIELDS, CodecTrainConfig, load_codec, train_codec, train_decoder
-from worldsim.train.dynamics_trainer import DynamicsTrainConfig, fit_turn_weights
+from worldsim.train.dynamics_trainer import DynamicsTrainConfig, camera_turns, fit_turn_weights
 from worldsim.train.rounds import DynamicsRound, parse_rounds, train_chain
 
 STAGES = ("frame_codec", "audio_codec", "frame_decoder", "audio_decoder", "latents", "dynamics")
@@ -233,7 +233,11 @@ def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None
                 from worldsim.model.checkpoint import read_component_json
                 dcfg = dataclasses.replace(dcfg, turn_weights=tuple(read_component_json(out, "dynamics")["config"]["turn_weights"]))
             elif not dcfg.turn_weights:
-                dcfg = dataclasses.replace(dcfg, turn_weights=fit_turn_weights(episodes))
+                weights = fit_turn_weights(episodes)
+                if weights and not camera_turns(episodes, weights, dcfg.px_per_degree):
+                    print(f"{out}: the picture does not slide when the player turns: no turn prior")
+                    weights = ()
+                dcfg = dataclasses.replace(dcfg, turn_weights=weights)
             on_eval = None
             if cfg.heldout and Path(cfg.heldout).is_dir() and cfg.dynamics_train.eval_every:
                 on_eval = lambda step: quick_eval(out, cfg, store.info, step)  # noqa: E731
