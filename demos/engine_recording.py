@@ -95,18 +95,19 @@ def bot(t: int, rng: np.random.Generator, held: set[str]) -> set[str]:
 
 def record(addr: str, ticks: int, seed: int = 0) -> dict:
     game, rng, held = Arena(seed), np.random.default_rng(seed + 1), set()
+    audio = {"sample_rate": SAMPLE_RATE, "channels": 2, "samples_per_step": SAMPLES}
     with BridgeClient(addr, timeout_ms=10000) as c:
-        rec = c.record_open(SCHEMA, TICK_RATE, audio={"sample_rate": SAMPLE_RATE, "channels": 2,
-                                                      "samples_per_step": SAMPLES},
-                            fields=("pose",), meta={"source": "arena-demo", "map": "arena"})
-        sound = np.zeros((SAMPLES, 2), np.int16)  # what was heard with the first frame
-        for t in range(ticks):
-            keys = bot(t, rng, held)
-            # frames[t] and audio[t]: what the player saw and heard before choosing actions[t]
-            c.record_step(rec, game.frame(), {"keys": sorted(keys)}, audio=sound, pose=game.pose())
-            game.step(keys)
-            sound = game.sound()
-        return c.record_close(rec, ended_by="demo_end")
+        # the recording closes on leaving the block, also when the engine fails (ended_by: error)
+        with c.recording(SCHEMA, TICK_RATE, audio=audio, fields=("pose",),
+                         meta={"source": "arena-demo", "map": "arena"}) as rec:
+            sound = np.zeros((SAMPLES, 2), np.int16)  # what was heard with the first frame
+            for t in range(ticks):
+                keys = bot(t, rng, held)
+                # frames[t] and audio[t]: what the player saw and heard before choosing actions[t]
+                rec.step(game.frame(), {"keys": sorted(keys)}, audio=sound, pose=game.pose())
+                game.step(keys)
+                sound = game.sound()
+            return rec.close(ended_by="demo_end")
 
 
 def main(argv: list[str] | None = None) -> int:

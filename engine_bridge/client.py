@@ -10,10 +10,10 @@ timeouts and Lazy-Pirate reconnects, numpy frames and audio out.
         obs = c.recv_obs(timeout_ms=500)                # the newest frame; returns one credit
 
     with BridgeClient("tcp://127.0.0.1:5560") as c:     # `worldsim record bridge --out data/mygame`
-        rec = c.record_open({"buttons": ["jump", "fire"], "axes": ["steer"]}, tick_rate=30.0,
-                            audio={"sample_rate": 22050, "channels": 2, "samples_per_step": 735})
-        c.record_step(rec, frame, {"keys": ["jump"], "axes": {"steer": 0.5}}, audio=samples)  # once per tick
-        c.record_close(rec)                                                # → the episodes written
+        with c.recording({"buttons": ["jump", "fire"], "axes": ["steer"]}, tick_rate=30.0,
+                         audio={"sample_rate": 22050, "channels": 2, "samples_per_step": 735}) as rec:
+            rec.step(frame, {"keys": ["jump"], "axes": {"steer": 0.5}}, audio=samples)  # once per tick
+        rec.result                                          # → the episodes written (closed on leaving)
 """
 
 from __future__ import annotations
@@ -273,3 +273,34 @@ class BridgeClient:
     def record_close(self, rec: str, ended_by: str | None = None) -> dict[str, Any]:
         """Write the recording's last episode; returns {rec, steps, episodes, out}."""
         return self.request(P.REC_CLOSE, {"ended_by": ended_by} if ended_by else {}, rec)
+
+    def recording(self, schema: dict, tick_rate: float, **kw: Any) -> "Recording":
+        """:meth:`record_open` as a context manager: ``with c.recording(...) as r: r.step(frame,
+        action)``; it closes on leaving (``ended_by`` "error" when an exception leaves it)."""
+        return Recording(self, self.record_open(schema, tick_rate, **kw))
+
+
+class Recording:
+    """An open recording on a `worldsim record bridge` server (see :meth:`BridgeClient.recording`)."""
+
+    def __init__(self, client: BridgeClient, rec: str):
+        self.client, self.rec = client, rec
+        self.result: dict[str, Any] | None = None  # REC_CLOSE's answer, once closed
+
+    def step(self, frame: np.ndarray, action: dict | None = None, **fields: Any) -> dict[str, Any]:
+        return self.client.record_step(self.rec, frame, action, **fields)
+
+    def close(self, ended_by: str | None = None) -> dict[str, Any]:
+        if self.result is None:
+            self.result = self.client.record_close(self.rec, ended_by)
+        return self.result
+
+    def __enter__(self) -> "Recording":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        try:
+            self.close("error" if exc_type is not None else None)
+        except BridgeError:
+            if exc_type is None:  # do not hide the exception that is already leaving
+                raise

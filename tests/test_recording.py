@@ -84,6 +84,20 @@ def test_memory_per_open_recording_is_bounded(tmp_path):
     assert r.close("t", big["rec"])["episodes"] == []  # nothing sent, nothing written
 
 
+def test_a_recording_as_a_context_manager(rec_server):
+    c = BridgeClient(rec_server.endpoint, timeout_ms=3000)
+    with c.recording({"buttons": ["a"]}, 10.0, meta={"map": "ok"}) as r:
+        for _ in range(3):
+            r.step(np.zeros((64, 64, 3), np.uint8), {"keys": ["a"]})
+    assert r.result["steps"] == 3 and r.close() is r.result  # closed once, on leaving
+    with pytest.raises(RuntimeError, match="engine crashed"):
+        with c.recording({"buttons": ["a"]}, 10.0, meta={"map": "crash"}) as r:
+            r.step(np.zeros((64, 64, 3), np.uint8))
+            raise RuntimeError("engine crashed")
+    eps = open_episodes(rec_server.recorder.out)
+    assert [(e.meta["map"], len(e), e.meta["ended_by"]) for e in eps] == [("ok", 3, "client"), ("crash", 1, "error")]
+
+
 @pytest.mark.parametrize("body, msg", [
     ({"tick_rate": 30.0}, "schema"),
     ({"schema": SCHEMA, "tick_rate": 0}, "tick_rate"),
