@@ -260,6 +260,10 @@ def test_record_bridge_cli_bad_input(tmp_path, capsys):
     assert "exists and is not a directory" in capsys.readouterr().err
     assert cli_main(["record", "bridge", "--out", str(tmp_path / "d"), "--curve-keys", str(tmp_path / "none")]) == 2
     assert "--curve-keys" in capsys.readouterr().err
+    assert cli_main(["record", "bridge", "--out", str(tmp_path / "d"), "--max-message-mb", "65"]) == 2
+    assert "at most 64" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["record", "bridge", "--out", str(tmp_path / "d"), "--episode-steps", "0"])
 
 
 def _free_port() -> int:
