@@ -222,8 +222,8 @@ class Recorder:
         return max(taken, default=-1) + 1
 
     def _finish(self, rec: _Rec, ended_by: str) -> None:
-        if rec.writer is not None and len(rec.writer):
-            path = rec.writer.close({"ended_by": ended_by})
+        path = rec.writer.close_partial({"ended_by": ended_by}) if rec.writer is not None else None
+        if path is not None:
             rec.episodes.append(path.name)
             self.written.append(str(path))
         rec.writer = None

@@ -213,12 +213,14 @@ class EpisodeWriter:
             if v is not None:
                 self._cols[name].append(np.asarray(v))
 
-    def drop_partial_step(self) -> None:
-        """Forget a step whose :meth:`append` was interrupted (Ctrl-C between its fields), so that
-        what came before can still be closed as an episode."""
+    def close_partial(self, extra_meta: dict[str, Any] | None = None) -> Path | None:
+        """Close what was recorded so far, if anything (None otherwise): a recording cut short —
+        Ctrl-C, a client gone, a server stopping. A step whose :meth:`append` was interrupted
+        between its fields is dropped first, so the rest still forms an episode."""
         n = min(len(v) for k, v in self._cols.items() if v or k in REQUIRED_FIELDS)
         for v in self._cols.values():
             del v[n:]
+        return self.close(extra_meta) if n else None
 
     def close(self, extra_meta: dict[str, Any] | None = None) -> Path:
         cols = {k: v for k, v in self._cols.items() if v}

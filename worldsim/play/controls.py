@@ -63,14 +63,20 @@ class InputState:
     dx: float = 0.0
     dy: float = 0.0
     _codes: dict[int, str] = field(default_factory=dict)
-    _axis_codes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _axis_keys: dict[str, tuple[int, int, float, float]] = field(default_factory=dict)  # low/high key, bounds
 
     def __post_init__(self) -> None:
         import pygame
 
-        keys, axes = key_bindings(self.schema)
+        self._bindings = key_bindings(self.schema)
+        keys, axes = self._bindings
         self._codes = {pygame.key.key_code(k): b for k, b in keys.items()}
-        self._axis_codes = {a: (pygame.key.key_code(lo), pygame.key.key_code(hi)) for a, (lo, hi) in axes.items()}
+        sch = self.schema
+        for j, a in enumerate(sch.axes):
+            if a in axes:  # an unbounded end counts as ±1
+                lo = sch.axis_low[j] if sch.axis_low is not None and np.isfinite(sch.axis_low[j]) else -1.0
+                hi = sch.axis_high[j] if sch.axis_high is not None and np.isfinite(sch.axis_high[j]) else 1.0
+                self._axis_keys[a] = (pygame.key.key_code(axes[a][0]), pygame.key.key_code(axes[a][1]), lo, hi)
 
     @property
     def buttons(self) -> tuple[str, ...]:
@@ -78,7 +84,7 @@ class InputState:
 
     def describe(self) -> str:
         """The bindings of a world whose actions are not DOOM's (empty for DOOM's)."""
-        keys, axes = key_bindings(self.schema)
+        keys, axes = self._bindings
         parts = [f"{k} {b}" for k, b in keys.items() if k in BUTTON_KEYS]
         parts += [f"{lo}/{hi} {a}" for a, (lo, hi) in axes.items()]
         unbound = [n for n in (*self.schema.buttons, *self.schema.axes)
@@ -114,14 +120,11 @@ class InputState:
             held -= set([b for b in group if b in held][1:])
         axes: dict[str, float] = {}
         mouse = {"mouse_dx": self.dx, "mouse_dy": self.dy}
-        for i, name in enumerate(self.schema.axes):
+        for name in self.schema.axes:
             if name in mouse:
                 axes[name] = float(np.clip(mouse[name], -MAX_MOUSE_DEG, MAX_MOUSE_DEG))
-            elif name in self._axis_codes:
-                lo_code, hi_code = self._axis_codes[name]
-                lo = self.schema.axis_low[i] if self.schema.axis_low is not None else -1.0
-                hi = self.schema.axis_high[i] if self.schema.axis_high is not None else 1.0
-                lo, hi = (lo if np.isfinite(lo) else -1.0), (hi if np.isfinite(hi) else 1.0)
+            elif name in self._axis_keys:
+                lo_code, hi_code, lo, hi = self._axis_keys[name]
                 v = (hi if pressed[hi_code] else 0.0) + (lo if pressed[lo_code] else 0.0)
                 axes[name] = float(np.clip(v, lo, hi))  # none held: 0 (or the range's nearest end)
         self.dx = self.dy = 0.0

@@ -105,9 +105,7 @@ def record_gym(cfg: GymRecordConfig) -> dict:
             try:
                 ended = _episode(env, obs, cfg, policy, schema, writer, bar, total)
             except KeyboardInterrupt:  # Ctrl-C keeps what this episode recorded so far
-                writer.drop_partial_step()
-                if len(writer):
-                    writer.close({"ended_by": "interrupted"})
+                writer.close_partial({"ended_by": "interrupted"})
                 raise
             total += len(writer)
             if len(writer) == 0:

@@ -105,9 +105,7 @@ def record_vizdoom(cfg: RecordConfig) -> dict:
                     if terminated:
                         break
             except KeyboardInterrupt:  # Ctrl-C keeps what this episode recorded so far
-                writer.drop_partial_step()
-                if len(writer):
-                    writer.close({"ended_by": "interrupted"})
+                writer.close_partial({"ended_by": "interrupted"})
                 raise
             n = len(writer)
             if doom.audio and script is None and n >= SILENCE_CHECK_STEPS and audible == 0:
