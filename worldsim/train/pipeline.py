@@ -4,7 +4,9 @@ Stages, each resumable and skipped when already complete: ``frame_codec`` → ``
 → ``frame_decoder`` / ``audio_decoder`` (only when ``frame_codec.decoder_channels`` /
 ``audio_codec.decoder_widths`` ask for a decoder other than the trained one: a new decoder
 against the frozen encoder) → ``latents`` (encode the data once) → ``dynamics`` (its base
-schedule, then the config's ``dynamics_rounds``: :mod:`worldsim.train.rounds`). The run directory is itself a world
+schedule, then the config's ``dynamics_rounds``: :mod:`worldsim.train.rounds`) → ``frame_decoder_adv`` (only when
+``frame_decoder_adv_train.steps`` > 0: the frame decoder sharpened for the latents this dynamics
+generates, :mod:`worldsim.train.decoder_adv`). The run directory is itself a world
 checkpoint (``world.json`` + one safetensors/JSON pair per component), loadable with
 ``WorldModel.load(run_dir)`` and evaluable with ``worldsim eval --checkpoint run_dir``;
 ``worldsim export`` writes a bf16 copy (the shipped default world is one).
@@ -14,7 +16,8 @@ YAML configs only pick values of the dataclasses next to the code they configure
 ``dynamics`` (:class:`DynamicsConfig`), ``sampler`` (:class:`FlowSamplerConfig`),
 ``frame_codec_train``/``audio_codec_train``/``frame_decoder_train``/``audio_decoder_train``
 (:class:`CodecTrainConfig`),
-``dynamics_train`` (:class:`DynamicsTrainConfig`), ``dynamics_rounds`` (a list of named
+``dynamics_train`` (:class:`DynamicsTrainConfig`), ``frame_decoder_adv_train`` (:class:`DecoderAdvConfig`),
+``dynamics_rounds`` (a list of named
 :class:`DynamicsTrainConfig` changes, :mod:`worldsim.train.rounds`), plus ``name``, ``data``, ``heldout``,
 ``seed``, ``audio`` (bool).
 """
@@ -40,10 +43,11 @@ from worldsim.model.dynamics import DynamicsConfig
 from worldsim.model.frame_codec import FrameCodecConfig
 from worldsim.model.sampler import FlowSamplerConfig
 from worldsim.train.codec_trainer import DECODER_FIELDS, CodecTrainConfig, load_codec, train_codec, train_decoder
+from worldsim.train.decoder_adv import DecoderAdvConfig
 from worldsim.train.dynamics_trainer import DynamicsTrainConfig, camera_turns, fit_turn_weights
 from worldsim.train.rounds import DynamicsRound, parse_rounds, train_chain
 
-STAGES = ("frame_codec", "audio_codec", "frame_decoder", "audio_decoder", "latents", "dynamics")
+STAGES = ("frame_codec", "audio_codec", "frame_decoder", "audio_decoder", "latents", "dynamics", "frame_decoder_adv")
 
 
 class TrainConfigError(WorldsimError, ValueError):
@@ -67,6 +71,7 @@ class RunConfig:
     audio_decoder_train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
     dynamics_train: DynamicsTrainConfig = field(default_factory=DynamicsTrainConfig)
     dynamics_rounds: list[DynamicsRound] = field(default_factory=list)
+    frame_decoder_adv_train: DecoderAdvConfig = field(default_factory=DecoderAdvConfig)  # steps 0: off
 
 
 def load_run_config(path: str | os.PathLike) -> RunConfig:
@@ -248,6 +253,16 @@ def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None
                                                         "memory": memory_section(episodes)})
                 from worldsim.runtime.starts import write_starts
                 write_starts(episodes, out, dcfg.context - 1)
+    if "frame_decoder_adv" in stages and cfg.frame_decoder_adv_train.steps > 0:
+        if rank == 0:  # last: it sharpens the decoder for the latents this run's dynamics generates
+            from worldsim.train.decoder_adv import run_stage
+            try:
+                report["frame_decoder_adv"] = run_stage(out, episodes, cfg.frame_decoder_adv_train, cfg.seed, resume,
+                                                        max_steps, progress, device)
+            except ValueError as e:
+                raise TrainConfigError(str(e)) from None
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
     return report
 
 
