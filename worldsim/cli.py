@@ -257,7 +257,11 @@ def _bridge_server(srv, bind: str, what: str) -> int:
     print(f"{what} on {srv.endpoint} (Ctrl-C stops)", file=sys.stderr)
 
     def _terminate(*_):  # SIGTERM stops like Ctrl-C: open recordings are written, not dropped
-        raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, _again)  # one is enough: a second (timeout, a service manager) must
+        raise KeyboardInterrupt                # not cut the stop short and lose what it writes
+
+    def _again(*_):
+        print("already stopping", file=sys.stderr)
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
