@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from worldsim.data.episode import Episode
 from worldsim.errors import check_limits
 from worldsim.eval.interface import build_context
+from worldsim.model.frame_codec import pixel_l1_terms
 from worldsim.train.codec_trainer import StepSampler, _frames_batch
 from worldsim.train.loop import Prefetcher, ProgressLog, TrainingStopped, autocast, stop_requested
 
@@ -167,7 +168,8 @@ def train_decoder_adv(codec: nn.Module, frozen: nn.Module, bank: tuple[np.ndarra
         real = _frames_batch(sampler, cfg.batch)  # (B, H, W, 3) uint8
         pick = rng.integers(0, len(latents), cfg.batch)
         gen = torch.from_numpy(latents[pick].astype(np.float32))  # (B, C, h, w)
-        target = torch.from_numpy(np.stack([np.asarray(episodes[i].frames[t]) for i, t, _ in where[pick]]))
+        target = (torch.from_numpy(np.stack([np.asarray(episodes[i].frames[t]) for i, t, _ in where[pick]]))
+                  if cfg.near_weight > 0 else real)  # read only when the near term uses them
         return real, gen, target, torch.from_numpy(near_w[pick].astype(np.float32))
 
     fetch = Prefetcher(draw)
@@ -176,8 +178,6 @@ def train_decoder_adv(codec: nn.Module, frozen: nn.Module, bank: tuple[np.ndarra
     codec.decoder.train()
     stats: dict[str, float] = {}
     step = start
-    gx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
-    gy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
     while step < total and not stop_requested():
         lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
         for g in opt.param_groups:
@@ -201,17 +201,14 @@ def train_decoder_adv(codec: nn.Module, frozen: nn.Module, bank: tuple[np.ndarra
         closs.backward()
         copt.step()
         # the decoder's step
-        rec = (y - x).abs().mean() + (gx(y) - gx(x)).abs().mean() + (gy(y) - gy(x)).abs().mean()
+        rec = sum(t.mean() for t in pixel_l1_terms(y, x))
         anc = (F.avg_pool2d(yg, cfg.anchor_pool) - anchor).abs().mean()
         chroma = torch.zeros(())
         if cfg.chroma_weight > 0:
             chroma = (F.avg_pool2d(_chroma(yg), 2) - F.avg_pool2d(_chroma(y0), 2)).abs().mean()
         near = torch.zeros(())
         if cfg.near_weight > 0:
-            xt = codec.to_float(target)
-            err = ((yg - xt).abs().mean((1, 2, 3)) + (gx(yg) - gx(xt)).abs().mean((1, 2, 3))
-                   + (gy(yg) - gy(xt)).abs().mean((1, 2, 3)))  # (B,)
-            near = (wn * err).mean()
+            near = (wn * sum(pixel_l1_terms(yg, codec.to_float(target)))).mean()  # (B,) weighted
         for p in critic.parameters():
             p.requires_grad_(False)
         critic.eval()
