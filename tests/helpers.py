@@ -68,7 +68,7 @@ def plain_episodes(root: Path, schema, episodes: int = 1, steps: int = 30, seed:
     return root
 
 
-def random_world(root: Path, context: int = 4, seed: int = 0, schema=VIZDOOM_SCHEMA) -> Path:
+def random_world(root: Path, context: int = 4, seed: int = 0, schema=VIZDOOM_SCHEMA, prior_space: str = "latent") -> Path:
     """A tiny untrained world checkpoint (random weights) with start contexts: for runtime,
     env and bridge tests that need the plumbing, not a good model. ``schema``: its actions
     (DOOM's by default; another one gets plain random start frames)."""
@@ -89,7 +89,7 @@ def random_world(root: Path, context: int = 4, seed: int = 0, schema=VIZDOOM_SCH
     ac_cfg = AudioCodecConfig(widths=(8, 8, 16), latent_channels=4)
     dcfg = DynamicsConfig(latent_channels=4, audio_channels=4, audio_positions=4, d_model=32, n_layers=2, n_heads=2,
                           context=context, turn_weights=(6.0, 4.5, 1.0), n_buttons=schema.num_buttons,
-                          n_axes=schema.num_axes, axis_scale=(30.0,) * max(2, schema.num_axes))
+                          n_axes=schema.num_axes, axis_scale=(30.0,) * max(2, schema.num_axes), prior_space=prior_space)
     dyn = Dynamics(dcfg)
     with torch.no_grad():
         for p in dyn.parameters():

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from tests.helpers import toy_world
 from worldsim.cli import main
-from worldsim.train.decoder_adv import PixelCritic, edge_energy
+from worldsim.train.decoder_adv import PixelCritic, edge_energy, previous_in_bank
 
 ROOT = Path(__file__).resolve().parents[1]
 ADV = ("frame_decoder_adv_train: {steps: 6, batch: 4, bank_starts: 4, bank_horizon: 3, bank_batch: 2, "
@@ -78,3 +78,31 @@ def test_critic_and_edge_energy_shapes():
     assert PixelCritic()(x).shape == (2, 1, 8, 8)
     flat = torch.zeros(1, 3, 8, 8)
     assert edge_energy(flat).item() == 0 and edge_energy(x).item() > 0
+
+
+def test_previous_in_bank_follows_each_start():
+    # two groups as generated_bank writes them: 2 starts × 3 ticks, then 1 start × 3 ticks
+    where = np.array([(0, 10, 1), (1, 20, 1), (0, 11, 2), (1, 21, 2), (0, 12, 3), (1, 22, 3),
+                      (2, 5, 1), (2, 6, 2), (2, 7, 3)], np.int32)
+    prev = previous_in_bank(where)
+    assert prev.tolist() == [-1, -1, 0, 1, 2, 3, -1, 6, 7]
+    ok = prev >= 0
+    assert (where[prev[ok], 0] == where[ok, 0]).all() and (where[prev[ok], 1] == where[ok, 1] - 1).all()
+
+
+def test_temporal_critic_stage_runs(trained, tmp_path):
+    import shutil
+    data, run0, cfg0 = trained
+    run = tmp_path / "run"
+    shutil.copytree(run0, run, ignore=shutil.ignore_patterns("decoder_adv", "frame_decoder_adv.log.jsonl"))
+    if (run0 / "decoder_adv").exists():  # start from the decoder the first test started from
+        for ext in (".safetensors", ".json"):
+            shutil.copyfile(run0 / "decoder_adv" / f"frame_codec{ext}", run / f"frame_codec{ext}")
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(cfg0.read_text().replace("chroma_weight: 1.0}", "chroma_weight: 1.0, temporal: true}"))
+    assert main(["train", "--config", str(cfg), "--data", str(data), "--out", str(run), "--quiet",
+                 "--stage", "frame_decoder_adv"]) == 0
+    meta = json.loads((run / "frame_codec.json").read_text())["meta"]["decoder_adv"]
+    assert meta["temporal"] is True and meta["steps"] == 6
+    assert np.isfinite(_log(run)[-1]["critic"])
+    assert PixelCritic(frames=2)(torch.zeros(1, 6, 64, 64)).shape == (1, 1, 8, 8)

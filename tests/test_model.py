@@ -187,6 +187,42 @@ def test_turn_prior_slides_the_right_way():
     assert right[0, 0, 0].argmax() == 3 and left[0, 0, 0].argmax() == 5
 
 
+class _BarCodec:
+    """A stand-in codec for the pixel prior: a latent column k is pixel columns 8k..8k+7."""
+
+    def decode(self, z):
+        img = (z[:, 0].clamp(0, 1) * 255).round().to(torch.uint8)  # (N, 8, 8)
+        img = img.repeat_interleave(8, 1).repeat_interleave(8, 2)  # (N, 64, 64)
+        return img[..., None].expand(-1, -1, -1, 3).contiguous()  # (N, 64, 64, 3) uint8
+
+    def encode(self, frames):
+        x = frames[..., 0].float()[:, None] / 255  # (N, 1, 64, 64)
+        return torch.nn.functional.avg_pool2d(x, 8)  # (N, 1, 8, 8)
+
+
+def test_pixel_turn_prior_reaims_the_picture_the_right_way():
+    from worldsim.model.view_warp import LatentReaim
+    z = torch.zeros(2, 1, 8, 8)
+    z[:, 0, :, 4] = 1.0
+    cfg = DynamicsConfig(turn_weights=(12.0, 0.0, 0.0), latent_size=8, prior_space="pixel")
+    feats = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="needs the frame codec"):
+        turn_prior(z, feats, cfg)
+    out = turn_prior(z, feats, cfg, LatentReaim(_BarCodec(), fov=90.0))
+    assert out.shape == z.shape
+    cols = out[:, 0].mean(1)  # (2, 8) mass per latent column
+    assert cols[0, :4].sum() > cols[0, 5:].sum()  # right turn: the bar moves left
+    assert cols[1, 5:].sum() > cols[1, :4].sum()  # left turn: right
+    still = turn_prior(z, torch.zeros(2, 3), cfg, LatentReaim(_BarCodec()))
+    torch.testing.assert_close(still, z)  # no turn: the picture comes back as it was
+    keep = torch.zeros(64, 64, dtype=torch.bool)
+    keep[:, 32:40] = True  # screen-fixed pixels stay where they are
+    kept = turn_prior(z, feats, cfg, LatentReaim(_BarCodec(), keep=keep))
+    torch.testing.assert_close(kept[:, 0, :, 4], z[:, 0, :, 4])
+    with pytest.raises(ValueError, match="prior_space"):
+        DynamicsConfig(prior_space="pixels").validate()
+
+
 def test_sampler_integrates_a_constant_velocity():
     s = FlowSampler(FlowSamplerConfig(steps=4, shift=2.0))
     ts = s.timesteps()

@@ -397,3 +397,44 @@ def test_every_shipped_config_loads(name):
 
     cfg = load_run_config(name)
     assert cfg.dynamics.context >= 2 and cfg.dynamics_train.steps > cfg.dynamics_train.schedule_start
+
+
+def test_pixel_turn_prior_trains_from_scratch_and_switches_on_a_trained_run(toy, tmp_path):
+    """``dynamics.prior_space: pixel``: the turn prior re-aims decoded pictures in training (real
+    and self-rolled-out context) as at runtime; ``dynamics_train.prior_space`` switches a trained
+    run's dynamics to it on the run's latent store (a fine-tune; later stages keep the switch)."""
+    from worldsim.model.world_model import WorldModel
+    cfg = (ROOT / "configs" / "tiny.yaml").read_text()
+    pix = tmp_path / "pix.yaml"
+    pix.write_text(cfg.replace("dynamics: {", "dynamics: {prior_space: pixel, turn_weights: [6.0, 4.5, 1.0], ", 1)
+                   .replace("dynamics_train: {steps: 30, batch: 4", "dynamics_train: {steps: 4, rollout_frac: 0.5, rollout_ticks: 1, batch: 4"))
+    run = tmp_path / "scratch"
+    assert main(["train", "--config", str(pix), "--data", str(toy), "--out", str(run), "--quiet"]) == 0
+    assert json.loads((run / "dynamics.json").read_text())["config"]["prior_space"] == "pixel"
+    assert _log(run, "dynamics")[-1]["step"] == 4
+    w = WorldModel.load(run)
+    assert w.dynamics.reaim is not None
+
+    run2 = tmp_path / "switch"
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(cfg.replace("dynamics: {", "dynamics: {turn_weights: [6.0, 4.5, 1.0], ", 1)
+                     .replace("dynamics_train: {steps: 30, batch: 4", "dynamics_train: {steps: 4, batch: 4"))
+    assert main(["train", "--config", str(plain), "--data", str(toy), "--out", str(run2), "--quiet"]) == 0
+    assert json.loads((run2 / "dynamics.json").read_text())["config"]["prior_space"] == "latent"
+    more = tmp_path / "more.yaml"
+    more.write_text(plain.read_text().replace("dynamics_train: {steps: 4", "dynamics_train: {steps: 8, prior_space: pixel, "
+                                                                          "rollout_frac: 0.5, rollout_ticks: 1"))
+    assert main(["train", "--config", str(more), "--latents", str(run2 / "latents"), "--out", str(run2), "--resume",
+                 "--quiet", "--stage", "dynamics"]) == 0
+    d = json.loads((run2 / "dynamics.json").read_text())
+    assert d["config"]["prior_space"] == "pixel" and d["meta"]["train_steps"] == 8
+    from worldsim.data.episode import open_episodes
+    model = WorldModel.load(run2)
+    e = open_episodes(toy)[0]
+    c = model.context_steps
+    st = model.new_state([0])
+    model.prime(st, np.array(e.frames[:c])[None], np.array(e.audio[:c])[None], np.array(e.buttons[:c - 1])[None],
+                np.array(e.axes[:c - 1])[None])
+    turn = np.asarray(e.buttons[c - 1:c]).copy()
+    frames, _ = model.step_batch(st, turn, np.asarray(e.axes[c - 1:c]))
+    assert frames.shape == (1, 64, 64, 3)

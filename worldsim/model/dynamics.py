@@ -22,7 +22,10 @@ absolute positions, so the cache can roll forever.
 
 Turn prior: a mouse/keyboard turn mostly slides the image sideways, so each frame token
 also receives the previous frame's latent shifted by the commanded yaw (``turn_prior``);
-the network only has to predict what the slide does not explain.
+the network only has to predict what the slide does not explain. With ``prior_space =
+"pixel"`` the previous *picture* is re-aimed instead (decoded, warped as a pinhole camera
+turns, encoded: sharp where the latent slide blurs; the codec's owner passes the
+:class:`~worldsim.model.view_warp.LatentReaim`).
 
 Memory input (``memory_input``): a noisy block may also receive a *remembered* latent of the
 place the viewer is at (retrieved by :mod:`worldsim.model.memory` from beyond the context
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -66,6 +70,9 @@ class DynamicsConfig:
     turn_weights: tuple[float, ...] = ()
     px_per_degree: float = 0.6
     frame_size: int = 64
+    # "latent": slide the previous latent; "pixel": re-aim the previous *picture* (decode, pinhole
+    # warp, encode: view_warp.LatentReaim, which the world or trainer owning the codec supplies)
+    prior_space: str = "latent"
     memory_input: bool = False        # noisy blocks take a retrieved long-term memory (see above)
 
     def validate(self) -> None:
@@ -73,6 +80,8 @@ class DynamicsConfig:
                                         "audio_positions": 1, "n_buttons": 0, "n_axes": 0, "axis_scale": 1e-6,
                                         "d_model": 1, "n_layers": 1, "n_heads": 1, "mlp_ratio": 1e-6, "context": 1,
                                         "px_per_degree": 0, "frame_size": 1})
+        if self.prior_space not in ("latent", "pixel"):
+            raise ValueError(f"dynamics.prior_space must be 'latent' or 'pixel', got {self.prior_space!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"dynamics.d_model {self.d_model} must be a multiple of n_heads {self.n_heads}")
         if self.latent_size % self.patch:
@@ -225,6 +234,9 @@ class Dynamics(nn.Module):
     def __init__(self, cfg: DynamicsConfig):
         super().__init__()
         self.cfg = cfg
+        # the pixel-space turn prior's re-aim (view_warp.LatentReaim): set by the owner of the frame
+        # codec (WorldModel.load, the trainer); not a submodule, never in the checkpoint
+        self.reaim: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
         d = cfg.d_model
         self.frame_in = nn.Linear(cfg.token_dim, d)
         self.prior_in = nn.Linear(cfg.token_dim, d)
@@ -431,11 +443,18 @@ def shift_latent(z: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(z.float(), grid, mode="bilinear", padding_mode="border", align_corners=True).to(z.dtype)
 
 
-def turn_prior(prev: torch.Tensor, feats: torch.Tensor, cfg: DynamicsConfig) -> torch.Tensor:
-    """Previous latent (B, C, h, w) shifted by the yaw the action commands; zeros without weights."""
+def turn_prior(prev: torch.Tensor, feats: torch.Tensor, cfg: DynamicsConfig,
+               reaim: "Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None" = None) -> torch.Tensor:
+    """Previous latent (B, C, h, w) turned by the yaw the action commands: slid in latent space,
+    or with ``cfg.prior_space == "pixel"`` re-aimed by ``reaim(prev, yaw)`` (a LatentReaim);
+    unchanged without turn weights."""
     if not cfg.turn_weights:
         return prev
     w = torch.tensor(cfg.turn_weights, dtype=torch.float32, device=prev.device)
     yaw = feats.float() @ w  # (B,) degrees to the right
+    if cfg.prior_space == "pixel":
+        if reaim is None:
+            raise ValueError("dynamics.prior_space 'pixel' needs the frame codec to re-aim pictures (reaim=)")
+        return reaim(prev, yaw).to(prev.dtype)
     cells = yaw * cfg.px_per_degree * cfg.latent_size / cfg.frame_size
     return shift_latent(prev, cells)

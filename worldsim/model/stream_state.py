@@ -41,12 +41,16 @@ class StreamState:
     generators: list[torch.Generator]  # one per row: a row's noise never depends on its batch mates
     pending: Pending | None = None     # the latest tick, not yet committed to the cache
     memories: list[SceneMemory | None] = field(default_factory=list)  # per row; None = memory off
+    # the picture ``prev`` decodes to, (B, H, W, 3) uint8, when the tick that set it was shown (a
+    # pixel-space turn prior re-aims it instead of decoding ``prev`` again); None = not known
+    prev_frame: torch.Tensor | None = None
 
     def snapshot(self) -> dict[str, Any]:
         return {"cache": self.cache.snapshot(), "prev": self.prev.clone(), "time": self.time.clone(),
                 "rng": [g.get_state() for g in self.generators],
                 "pending": None if self.pending is None else self.pending.map(torch.clone),
-                "memories": [None if m is None else m.copy() for m in self.memories]}
+                "memories": [None if m is None else m.copy() for m in self.memories],
+                "prev_frame": None if self.prev_frame is None else self.prev_frame.clone()}
 
     @staticmethod
     def cat(states: list["StreamState"]) -> "StreamState":
@@ -60,9 +64,10 @@ class StreamState:
             ps = [s.pending for s in states]
             pend = Pending(*(None if getattr(ps[0], f) is None else torch.cat([getattr(p, f) for p in ps])
                              for f in ("frame", "audio", "prior", "level", "action")))
+        frames = None if any(s.prev_frame is None for s in states) else torch.cat([s.prev_frame for s in states])
         return StreamState(KVCache.cat([s.cache for s in states]), torch.cat([s.prev for s in states]),
                            torch.cat([s.time for s in states]), [g for s in states for g in s.generators], pend,
-                           [m for s in states for m in s.memories])
+                           [m for s in states for m in s.memories], frames)
 
     def split(self, sizes: list[int]) -> list["StreamState"]:
         """Inverse of :meth:`cat`."""
@@ -74,7 +79,8 @@ class StreamState:
             sl = slice(start, start + n)
             pend = None if self.pending is None else self.pending.map(lambda t: t[sl].clone())
             out.append(StreamState(self.cache.select(rows), self.prev[sl].clone(), self.time[sl].clone(),
-                                   self.generators[sl], pend, self.memories[sl]))
+                                   self.generators[sl], pend, self.memories[sl],
+                                   None if self.prev_frame is None else self.prev_frame[sl].clone()))
             start += n
         return out
 
@@ -88,3 +94,5 @@ class StreamState:
         self.pending = None if p is None else p.map(torch.clone)
         if "memories" in snap:  # a snapshot without them (a primed start) leaves this state's own
             self.memories = [None if m is None else m.copy() for m in snap["memories"]]
+        f = snap.get("prev_frame")
+        self.prev_frame = None if f is None else f.clone()

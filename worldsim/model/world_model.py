@@ -28,7 +28,7 @@ from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, tur
 from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
 from worldsim.model.memory import MemoryConfig, PoseTracker, SceneMemory
 from worldsim.model.stream_state import Pending, StreamState
-from worldsim.model.view_warp import runs_to_mask
+from worldsim.model.view_warp import LatentReaim, runs_to_mask
 from worldsim.model.sampler import FlowSampler, FlowSamplerConfig
 from worldsim.model import packed_linear
 from worldsim.precision import autocast, compute_dtype, world_precision
@@ -79,9 +79,12 @@ class WorldModel:
             mem["enabled"] = False
         self.memory_cfg = config_from_dict(MemoryConfig, mem, "world.json memory")
         try:  # a bad overlay fails at load, not when the first session opens
-            runs_to_mask(self.memory_cfg.overlay, *self.resolution)
+            keep = runs_to_mask(self.memory_cfg.overlay, *self.resolution)
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"world.json memory.overlay: {e}") from None
+        if dynamics.cfg.prior_space == "pixel":  # the turn prior re-aims pictures: it needs this codec
+            self.dynamics.reaim = LatentReaim(self.frame_codec, self.memory_cfg.fov,
+                                         torch.from_numpy(keep) if self.memory_cfg.overlay else None)
 
     def set_memory(self, on: bool) -> None:
         """Long-term scene memory for streams opened from now on (the eval's on/off switch)."""
@@ -152,6 +155,7 @@ class WorldModel:
                                 act[:, None])
         state.time += 1
         state.prev.copy_(z)
+        state.prev_frame = None  # step_batch sets it once the tick is decoded
 
     @torch.no_grad()
     def flush(self, state: StreamState) -> None:
@@ -199,12 +203,16 @@ class WorldModel:
                        buttons: np.ndarray, axes: np.ndarray) -> None:
         B, c = z.shape[:2]
         dyn = self.dynamics
-        acts, priors = [torch.zeros(B, dyn.cfg.action_dim, device=self.device)], [torch.zeros_like(z[:, 0])]
+        acts, feats = [torch.zeros(B, dyn.cfg.action_dim, device=self.device)], []
         for j in range(1, c):
-            act, feats = self._actions(buttons[:, j - 1], axes[:, j - 1])
+            act, f = self._actions(buttons[:, j - 1], axes[:, j - 1])
             acts.append(act)
-            priors.append(turn_prior(z[:, j - 1], feats, dyn.cfg))
-        act, prior = torch.stack(acts, 1), torch.stack(priors, 1)  # (B, c, Dact), (B, c, C, h, w)
+            feats.append(f)
+        priors = [torch.zeros_like(z[:, :1])]
+        if c > 1:  # every context tick's prior at once (one decode + encode with a pixel prior)
+            pri = self._turn_prior(z[:, :-1].flatten(0, 1), torch.stack(feats, 1).flatten(0, 1))
+            priors.append(pri.view(B, c - 1, *z.shape[2:]))  # (B, c-1, C, h, w)
+        act, prior = torch.stack(acts, 1), torch.cat(priors, 1)  # (B, c, Dact), (B, c, C, h, w)
         self.flush(state)
         if c > 1:  # all but the last context tick go into the cache in one forward
             m = c - 1
@@ -217,6 +225,17 @@ class WorldModel:
         # the last context tick stays pending: the first step commits it
         self._commit(state, z[:, -1], None if za is None else za[:, -1], act[:, -1], prior[:, -1], 0.0)
         self.remember_context(state, frames, buttons, axes)
+
+    def _turn_prior(self, prev: torch.Tensor, feats: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """The turn prior of latents (N, C, h, w) under action features (N, 3); a pixel-space prior
+        re-aims ``frames`` (their decoded pictures, when known) or decodes them, then encodes, in
+        the codec's precision."""
+        if self.dynamics.cfg.prior_space == "pixel":
+            reaim = self.dynamics.reaim
+            with self.autocast:
+                return turn_prior(prev, feats, self.dynamics.cfg,
+                                  reaim if frames is None else (lambda z, yaw: reaim(z, yaw, frames)))
+        return turn_prior(prev, feats, self.dynamics.cfg)
 
     def remember_context(self, state: StreamState, frames: np.ndarray, buttons: np.ndarray, axes: np.ndarray) -> None:
         """The scene-memory half of :meth:`prime` (no network): the context's real frames,
@@ -236,7 +255,7 @@ class WorldModel:
         audio (B, S, C) int16 or None."""
         dyn, cfg = self.dynamics, self.dynamics.cfg
         act, feats = self._actions(buttons, axes)
-        prior = turn_prior(state.prev, feats, cfg)
+        prior = self._turn_prior(state.prev, feats, state.prev_frame)
         prior_tok = dyn.to_tokens(prior)[:, None]  # (B, 1, P, Dt)
         B = prior.shape[0]
         noise = [torch.stack([torch.randn(cfg.frame_tokens, cfg.token_dim, generator=g, device=self.device)
@@ -306,7 +325,10 @@ class WorldModel:
             zc = (1 - lvl) * z + lvl * torch.stack([torch.randn(z.shape[1:], generator=g, device=self.device) for g in state.generators])
         self._commit(state, zc, zac, act, prior, lvl)  # prev = what was committed, as in training
         with self.autocast:
-            frames = self.frame_codec.decode(z).cpu().numpy()
+            shown = self.frame_codec.decode(z)  # (B, H, W, 3) uint8
+            if lvl == 0 and self.dynamics.cfg.prior_space == "pixel":
+                state.prev_frame = shown  # the next tick's turn prior re-aims what was shown: no second decode
+            frames = shown.cpu().numpy()
             audio = None
             if self.audio_codec is not None and za is not None:
                 audio = self.audio_codec.decode(za.view(B, self.audio_codec.cfg.latent_channels, -1)).cpu().numpy()

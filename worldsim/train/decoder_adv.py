@@ -39,7 +39,7 @@ from worldsim.data.episode import Episode
 from worldsim.errors import check_limits
 from worldsim.eval.interface import build_context
 from worldsim.model.frame_codec import pixel_l1_terms
-from worldsim.train.codec_trainer import StepSampler, _frames_batch
+from worldsim.train.codec_trainer import StepSampler
 from worldsim.train.loop import Prefetcher, ProgressLog, TrainingStopped, autocast, stop_requested
 
 
@@ -56,6 +56,8 @@ class DecoderAdvConfig:
                                 # decoder: detail comes as luma, as the game's textures do, not as coloured speckle
     near_weight: float = 0.0   # reconstruction of the real frame for the first generated ticks (halving per tick)
     near_horizon: int = 4
+    temporal: bool = False     # the critic judges (previous, current) frame pairs: detail that flickers from tick
+                               # to tick, unlike the game's textures that move with the view, is told apart
     bank_starts: int = 1024    # free-running starts drawn for the bank of generated latents
     bank_horizon: int = 32     # ticks each start runs (every tick's latent is kept)
     bank_batch: int = 16       # starts run side by side
@@ -71,14 +73,15 @@ class DecoderAdvConfig:
 
 
 class PixelCritic(nn.Module):
-    """uint8-range frames as [-1, 1] (N, 3, H, W) → patch logits (N, 1, H/8, W/8)."""
+    """uint8-range frames as [-1, 1] (N, 3·frames, H, W) → patch logits (N, 1, H/8, W/8); with
+    ``frames`` 2 it sees a frame beside the one before it."""
 
-    def __init__(self, width: int = 48):
+    def __init__(self, width: int = 48, frames: int = 1):
         super().__init__()
         sn = nn.utils.parametrizations.spectral_norm
         w = width
         self.net = nn.Sequential(
-            sn(nn.Conv2d(3, w, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(3 * frames, w, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
             sn(nn.Conv2d(w, 2 * w, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
             sn(nn.Conv2d(2 * w, 4 * w, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
             sn(nn.Conv2d(4 * w, 1, 3, padding=1)))
@@ -103,6 +106,23 @@ def edge_energy(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def previous_in_bank(where: np.ndarray) -> np.ndarray:
+    """For each bank entry (``where`` as :func:`generated_bank` returns it) the index of the tick
+    its start generated just before it, -1 for a start's first tick (whose previous frame is the
+    real context's last)."""
+    prev = np.full(len(where), -1, np.int64)
+    i = 0
+    while i < len(where):  # a group: n starts' first ticks, then their second ticks, … (generated_bank's order)
+        n = int(np.argmax(where[i:, 2] != 1)) if (where[i:, 2] != 1).any() else len(where) - i
+        h = 1
+        while i + (h + 1) * n <= len(where) and (where[i + h * n:i + (h + 1) * n, 2] == h + 1).all():
+            h += 1
+        rows = np.arange(i + n, i + h * n)
+        prev[rows] = rows - n
+        i += h * n
+    return prev
+
+
 def generated_bank(world: Any, episodes: Sequence[Episode], starts: int, horizon: int, batch: int, seed: int,
                    progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Free-run ``world`` (a :class:`~worldsim.model.world_model.WorldModel`) from ``starts``
@@ -151,7 +171,7 @@ def train_decoder_adv(codec: nn.Module, frozen: nn.Module, bank: tuple[np.ndarra
     frozen = frozen.to(device).eval()
     for p in list(codec.encoder.parameters()) + list(frozen.parameters()):
         p.requires_grad_(False)
-    critic = PixelCritic().to(device)
+    critic = PixelCritic(frames=2 if cfg.temporal else 1).to(device)
     opt = torch.optim.AdamW(codec.decoder.parameters(), lr=cfg.lr, betas=(0.5, 0.99), weight_decay=0.0)
     copt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, betas=(0.5, 0.99), weight_decay=0.0)
     sampler = StepSampler(episodes, seed + start)
@@ -163,14 +183,26 @@ def train_decoder_adv(codec: nn.Module, frozen: nn.Module, bank: tuple[np.ndarra
     # the first generated ticks stand close to their real frames: a reconstruction term toward them,
     # halving per tick, up to near_horizon (beyond, the rollout has left the recording)
     near_w = np.where(where[:, 2] <= cfg.near_horizon, cfg.near_weight * 0.5 ** (where[:, 2] - 1.0), 0.0)
+    prev = previous_in_bank(where) if cfg.temporal else None
+
+    def frames(pairs: Any) -> torch.Tensor:
+        return torch.from_numpy(np.stack([np.asarray(e.frames[t]) for e, t in pairs]))  # (B, H, W, 3) uint8
 
     def draw() -> tuple[torch.Tensor, ...]:
-        real = _frames_batch(sampler, cfg.batch)  # (B, H, W, 3) uint8
+        pairs = sampler.draw(cfg.batch)
+        real = frames(pairs)
         pick = rng.integers(0, len(latents), cfg.batch)
         gen = torch.from_numpy(latents[pick].astype(np.float32))  # (B, C, h, w)
-        target = (torch.from_numpy(np.stack([np.asarray(episodes[i].frames[t]) for i, t, _ in where[pick]]))
+        target = (frames((episodes[i], t) for i, t, _ in where[pick])
                   if cfg.near_weight > 0 else real)  # read only when the near term uses them
-        return real, gen, target, torch.from_numpy(near_w[pick].astype(np.float32))
+        extra: tuple[torch.Tensor, ...] = ()
+        if prev is not None:  # the tick before each: real frames for the real, generated (or the context's) for the bank's
+            before = prev[pick]
+            extra = (frames((e, max(t - 1, 0)) for e, t in pairs),
+                     torch.from_numpy(latents[np.maximum(before, 0)].astype(np.float32)),
+                     frames((episodes[i], t - 1) for i, t, _ in where[pick]),
+                     torch.from_numpy(before >= 0))
+        return (real, gen, target, torch.from_numpy(near_w[pick].astype(np.float32))) + extra
 
     fetch = Prefetcher(draw)
     log = ProgressLog("frame_decoder_adv", start, total, out / "frame_decoder_adv.log.jsonl", enabled=progress,
@@ -182,9 +214,16 @@ def train_decoder_adv(codec: nn.Module, frozen: nn.Module, bank: tuple[np.ndarra
         lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
         for g in opt.param_groups:
             g["lr"] = lr
-        real, gen, target, wn = (t.to(device) for t in fetch.next())
+        real, gen, target, wn, *extra = (t.to(device) for t in fetch.next())
         x = codec.to_float(real)  # (B, 3, H, W) in [-1, 1]
         raw_gen = gen * s + m  # (B, C, h, w) unstandardised, as decode_raw takes
+        x_in, before = x, None
+        if extra:  # the critic's inputs become (previous, current) pairs: (B, 6, H, W)
+            real_prev, gen_prev, ctx_prev, has_prev = extra
+            x_in = torch.cat([codec.to_float(real_prev), x], 1)
+            with torch.no_grad(), autocast(device):  # the previous tick as the decoder paints it now
+                yp = codec.decode_raw(gen_prev * s + m).float()
+            before = torch.where(has_prev[:, None, None, None], yp, codec.to_float(ctx_prev))
         with torch.no_grad(), autocast(device):
             z = codec.encode_raw(x)
             z = z + codec.cfg.latent_noise * z.float().std() * torch.randn_like(z.float())
@@ -195,7 +234,8 @@ def train_decoder_adv(codec: nn.Module, frozen: nn.Module, bank: tuple[np.ndarra
             yg = codec.decode_raw(raw_gen).float()
         # the critic's step: real frames against the decoder's pictures of generated latents
         with autocast(device):
-            dr, df = critic(x), critic(yg.detach())
+            fake = yg.detach() if before is None else torch.cat([before, yg.detach()], 1)
+            dr, df = critic(x_in), critic(fake)
         closs = F.relu(1 - dr.float()).mean() + F.relu(1 + df.float()).mean()
         copt.zero_grad(set_to_none=True)
         closs.backward()
@@ -213,7 +253,7 @@ def train_decoder_adv(codec: nn.Module, frozen: nn.Module, bank: tuple[np.ndarra
             p.requires_grad_(False)
         critic.eval()
         with autocast(device):
-            adv = -critic(yg).float().mean()
+            adv = -critic(yg if before is None else torch.cat([before, yg], 1)).float().mean()
         critic.train()
         for p in critic.parameters():
             p.requires_grad_(True)
@@ -295,7 +335,7 @@ def run_stage(out: str | Path, episodes: Sequence[Episode], cfg: DecoderAdvConfi
         save_component(out, "frame_codec", codec, codec.cfg, meta={
             **meta, "decoder_adv": {"steps": step, "of": cfg.steps, "adv_weight": cfg.adv_weight,
                                     "anchor_weight": cfg.anchor_weight, "chroma_weight": cfg.chroma_weight,
-                                    "near_weight": cfg.near_weight, "bank_latents": int(len(bank[0])),
+                                    "near_weight": cfg.near_weight, "temporal": cfg.temporal, "bank_latents": int(len(bank[0])),
                                     "dynamics_train_steps": dyn_steps}})
 
     return train_decoder_adv(codec, base.decoder, bank, episodes, out, cfg, seed, start, max_steps, progress,

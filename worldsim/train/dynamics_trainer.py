@@ -16,6 +16,8 @@ dropped; ``memory_windows`` of the windows are drawn among those that have such 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -96,6 +98,9 @@ class DynamicsTrainConfig:
     # the network's clean-tick estimates, times this weight; 0 = off
     adv_weight: float = 0.0
     adv_lr: float = 2e-4
+    # switch the dynamics' turn prior ("latent" slide or "pixel" re-aim, DynamicsConfig.prior_space)
+    # from this stage on — a fine-tune of trained weights to the other prior; "" keeps the model's
+    prior_space: str = ""
 
     def validate(self) -> None:
         """Clear errors for values no run could use (checked when a config file is read)."""
@@ -116,6 +121,8 @@ class DynamicsTrainConfig:
             raise ValueError(f"dynamics_train.distill_audio must be 'teacher' or 'real', got {self.distill_audio!r}")
         if self.adv_weight < 0 or self.adv_lr <= 0:
             raise ValueError("dynamics_train.adv_weight must be >= 0 and adv_lr > 0")
+        if self.prior_space not in ("", "latent", "pixel"):
+            raise ValueError(f"dynamics_train.prior_space must be '', 'latent' or 'pixel', got {self.prior_space!r}")
 
 
 def fit_turn_weights(episodes: Sequence[Episode]) -> tuple[float, ...]:
@@ -234,7 +241,7 @@ def pack_inputs(model: Dynamics, batch: dict[str, torch.Tensor], tcfg: DynamicsT
     act = torch.cat([torch.zeros_like(act[:, :1]), act[:, :-1]], dim=1)
     feats = turn_features(batch["buttons"], batch["axes"], *names)  # (B, T, 3)
     prev = zc[:, :-1].flatten(0, 1)  # (B·(T-1), C, h, w)
-    pri = turn_prior(prev, feats[:, :-1].flatten(0, 1), cfg).view(B, T - 1, *z.shape[2:])
+    pri = turn_prior(prev, feats[:, :-1].flatten(0, 1), cfg, model.reaim).view(B, T - 1, *z.shape[2:])
     pri = torch.cat([torch.zeros_like(z[:, :1]), pri], dim=1)  # (B, T, C, h, w)
     # noisy targets: ticks 1..T-1 at flow time t
     t = flow_times(B, T - 1, gen=gen, device=dev)
@@ -329,6 +336,30 @@ def dynamics_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tcfg: 
     return loss, stats
 
 
+def training_reaim(out: Path, device: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The pixel-space turn prior's re-aim for training: the run's frame codec, frozen (the one its
+    latents were encoded with and the world will decode with), the screen-fixed pixels of its
+    world.json's ``memory.overlay`` (as the runtime uses them), under the training's autocast."""
+    from worldsim.model.checkpoint import load_component
+    from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
+    from worldsim.model.view_warp import LatentReaim, runs_to_mask
+    if not (out / "frame_codec.json").exists():
+        raise ValueError(f"{out}: dynamics.prior_space 'pixel' needs the run's frame codec (frame_codec.json)")
+    codec, _ = load_component(out, "frame_codec", FrameCodec, FrameCodecConfig)
+    codec = codec.float().to(device).eval().requires_grad_(False)  # a bf16 export trains in fp32 + autocast
+    mem: dict[str, Any] = {}
+    if (out / "world.json").exists():
+        mem = json.loads((out / "world.json").read_text()).get("memory") or {}
+    r = codec.cfg.resolution
+    keep = torch.from_numpy(runs_to_mask(mem["overlay"], r, r)) if mem.get("overlay") else None
+    base = LatentReaim(codec, float(mem.get("fov", 90.0)), keep)
+
+    def reaim(z: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
+        with autocast(device):
+            return base(z, yaw)
+    return reaim
+
+
 def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcfg: DynamicsTrainConfig,
                    seed: int = 0, resume: bool = False, max_steps: int | None = None, progress: bool = True,
                    device: str = "cpu", on_eval: Callable[[int], None] | None = None,
@@ -339,7 +370,11 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
     rank = dist.get_rank() if ddp else 0
     world = dist.get_world_size() if ddp else 1
     torch.manual_seed(seed)
+    if tcfg.prior_space:
+        cfg = dataclasses.replace(cfg, prior_space=tcfg.prior_space)
     model = Dynamics(cfg).to(device)
+    if cfg.prior_space == "pixel":
+        model.reaim = training_reaim(out, device)
     if tcfg.train_only:
         for name, p in model.named_parameters():
             p.requires_grad_(any(name.startswith(k) for k in tcfg.train_only))

@@ -243,6 +243,12 @@ def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None
                     print(f"{out}: the picture does not slide when the player turns: no turn prior")
                     weights = ()
                 dcfg = dataclasses.replace(dcfg, turn_weights=weights)
+            if "pixel" in [dcfg.prior_space, cfg.dynamics_train.prior_space] + [r.train.prior_space for r in cfg.dynamics_rounds]:
+                # the pixel prior's re-aim keeps world.json's screen-fixed pixels, as the runtime's does
+                if rank == 0:
+                    write_world_json(out, cfg, store.info, {"memory": memory_section(episodes)})
+                if dist.is_available() and dist.is_initialized():
+                    dist.barrier()
             on_eval = None
             if cfg.heldout and Path(cfg.heldout).is_dir() and cfg.dynamics_train.eval_every:
                 on_eval = lambda step: quick_eval(out, cfg, store.info, step)  # noqa: E731
@@ -287,7 +293,8 @@ def _train_on_latents(cfg: RunConfig, out: Path, latents: Path, resume: bool, ma
     fc = config_from_dict(FrameCodecConfig, read_component_json(out, "frame_codec")["config"], f"{out}/frame_codec.json")
     if tuple(store.frames.shape[1:]) != (fc.latent_channels, fc.latent_size, fc.latent_size):
         raise TrainConfigError(f"{latents}: latents {tuple(store.frames.shape[1:])} do not fit {out}'s frame codec")
-    # the architecture is the run's; the config may only switch the memory input on
+    # the architecture is the run's; the config may only switch the memory input on (and its
+    # dynamics_train or a round the turn prior: prior_space)
     prev = read_component_json(out, "dynamics")["config"]
     prev["memory_input"] = bool(prev.get("memory_input")) or cfg.dynamics.memory_input
     dcfg = config_from_dict(DynamicsConfig, prev, where=f"{out}/dynamics.json")

@@ -43,7 +43,7 @@ def self_rollout(model: Dynamics, batch: dict[str, torch.Tensor], tcfg: "Dynamic
     sampler = FlowSampler(FlowSamplerConfig(steps=tcfg.rollout_steps))  # the runtime's sampler, unshifted
     pri = [torch.zeros_like(zb[:, 0])]  # turn prior of each block, appended as ticks are generated
     for i in range(1, G + 1):
-        pri.append(turn_prior(zb[:, i - 1], feats[:, i - 1], cfg))
+        pri.append(turn_prior(zb[:, i - 1], feats[:, i - 1], cfg, model.reaim))
         prior = model.to_tokens(torch.stack(pri, 1))  # (b, i+1, P, Dt): clean 0..i-1, then the noisy block i
         times = torch.arange(i + 1, device=z.device)
         clean = model.to_tokens(zb[:, :i])

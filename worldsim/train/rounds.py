@@ -133,6 +133,8 @@ def train_chain(store, out: Path, dcfg, base: DynamicsTrainConfig, rounds: list[
         shutil.rmtree(out / ROUNDS_DIR, ignore_errors=True)
     for i, (name, tcfg) in enumerate(chain):
         key = "dynamics" if i == 0 else f"dynamics:{name}"
+        if tcfg.prior_space:  # a stage that switches the turn prior: later stages keep the switch
+            dcfg = dataclasses.replace(dcfg, prior_space=tcfg.prior_space)
         at = trained_steps(out) if (resume or i > 0) else 0
         if at >= tcfg.steps:
             report[key] = {"steps": at, "skipped": "already trained"}
