@@ -106,3 +106,20 @@ def test_temporal_critic_stage_runs(trained, tmp_path):
     assert meta["temporal"] is True and meta["steps"] == 6
     assert np.isfinite(_log(run)[-1]["critic"])
     assert PixelCritic(frames=2)(torch.zeros(1, 6, 64, 64)).shape == (1, 1, 8, 8)
+
+
+def test_export_switches_the_turn_prior_to_pixels_decoded_by_the_base_decoder(trained, tmp_path):
+    data, run, cfg = trained
+    assert main(["train", "--config", str(cfg), "--data", str(data), "--out", str(run), "--quiet",
+                 "--stage", "frame_decoder_adv"]) == 0  # trained here or by an earlier test (then skipped)
+    out = tmp_path / "pix"
+    assert main(["export", str(run), "--out", str(out), "--prior-space", "pixel"]) == 0
+    assert json.loads((out / "dynamics.json").read_text())["config"]["prior_space"] == "pixel"
+    prior, base = load_file(str(out / "frame_codec_prior.safetensors")), load_file(str(run / "decoder_adv" / "frame_codec.safetensors"))
+    assert all(torch.equal(prior[k], v.to(prior[k].dtype)) for k, v in base.items())  # bf16 copy of the base
+    from worldsim.model.world_model import WorldModel
+    w = WorldModel.load(out)
+    assert w.dynamics.reaim.codec is w.prior_codec
+    back = tmp_path / "latent"
+    assert main(["export", str(out), "--out", str(back), "--prior-space", "latent"]) == 0
+    assert not (back / "frame_codec_prior.json").exists() and WorldModel.load(back).dynamics.reaim is None

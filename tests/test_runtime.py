@@ -73,6 +73,29 @@ def test_pixel_turn_prior_world_replays_and_batches(tmp_path):
         assert np.abs(x.frames.astype(int) - y.frames).max() <= 8
 
 
+def test_pixel_turn_prior_decodes_with_the_world_s_prior_codec(tmp_path):
+    """A world that keeps a faithful decoder for its pixel prior (frame_codec_prior, beside a
+    sharpened frame_codec) re-aims that decoder's pictures, not the ones it shows."""
+    import torch
+    from worldsim.model.checkpoint import load_component, save_component
+    from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
+    root = random_world(tmp_path / "world", prior_space="pixel")
+    fc, _ = load_component(root, "frame_codec", FrameCodec, FrameCodecConfig)
+    with torch.no_grad():
+        for p in fc.decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_component(root, "frame_codec_prior", fc, fc.cfg)
+    w = World.load(str(root))
+    assert w.model.prior_codec is not None and w.model.dynamics.reaim.codec is w.model.prior_codec
+    s = w.open(seed=4)
+    _run(s, ACTS[:2])
+    assert s.state.prev_frame is None  # what was shown is not what the prior decodes
+    snap = s.snapshot()
+    assert _same(_run(s, ACTS), _run(w.restore(snap), ACTS))
+    plain = World.load(str(random_world(tmp_path / "plain", prior_space="pixel")))
+    assert not _same(_run(plain.open(seed=4), ACTS), _run(w.open(seed=4), ACTS))
+
+
 def test_step_many_batches_and_sessions_join_and_leave(world):
     a, b = world.open(seed=1), world.open(seed=2)
     solo_a = _run(a.fork(), ACTS)

@@ -413,7 +413,21 @@ def test_pixel_turn_prior_trains_from_scratch_and_switches_on_a_trained_run(toy,
     assert json.loads((run / "dynamics.json").read_text())["config"]["prior_space"] == "pixel"
     assert _log(run, "dynamics")[-1]["step"] == 4
     w = WorldModel.load(run)
-    assert w.dynamics.reaim is not None
+    assert w.dynamics.reaim is not None and w.prior_codec is None
+    # the decoder stage sharpens the shown decoder; the prior keeps decoding with the one it started from
+    adv = tmp_path / "adv.yaml"
+    adv.write_text(pix.read_text() + "frame_decoder_adv_train: {steps: 2, batch: 2, bank_starts: 2, bank_horizon: 2, "
+                   "bank_batch: 2, save_every: 2, log_every: 1}\n")
+    assert main(["train", "--config", str(adv), "--data", str(toy), "--out", str(run), "--quiet",
+                 "--stage", "frame_decoder_adv"]) == 0
+    import torch
+    from safetensors.torch import load_file
+    kept, base = (load_file(str(run / d / "frame_codec.safetensors")) for d in (".", "decoder_adv"))
+    prior = load_file(str(run / "frame_codec_prior.safetensors"))
+    assert all(torch.equal(prior[k], v) for k, v in base.items())
+    assert any(not torch.equal(kept[k], v) for k, v in base.items())
+    assert main(["export", str(run), "--out", str(tmp_path / "exp")]) == 0
+    assert WorldModel.load(tmp_path / "exp").prior_codec is not None
 
     run2 = tmp_path / "switch"
     plain = tmp_path / "plain.yaml"

@@ -44,10 +44,13 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+PRIOR_CODEC = "frame_codec_prior"  # optional: the frame codec the pixel turn prior decodes with
+
+
 class WorldModel:
     def __init__(self, frame_codec: FrameCodec, audio_codec: AudioCodec | None, dynamics: Dynamics,
                  world: dict[str, Any], sampler: FlowSamplerConfig | None = None, device: str = "cpu",
-                 precision: str | None = None):
+                 precision: str | None = None, prior_codec: FrameCodec | None = None):
         self.device = device
         # weights in the compute dtype: under bf16 autocast, fp32 weights would be re-cast on every
         # call (no grad means no cast cache), which costs more than the small per-tick matmuls
@@ -82,9 +85,13 @@ class WorldModel:
             keep = runs_to_mask(self.memory_cfg.overlay, *self.resolution)
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"world.json memory.overlay: {e}") from None
-        if dynamics.cfg.prior_space == "pixel":  # the turn prior re-aims pictures: it needs this codec
-            self.dynamics.reaim = LatentReaim(self.frame_codec, self.memory_cfg.fov,
-                                         torch.from_numpy(keep) if self.memory_cfg.overlay else None)
+        # the pixel turn prior re-aims pictures: decoded by the codec the world keeps for it (a faithful
+        # decoder, when the shown one is sharpened: its invented detail would feed back tick after tick,
+        # README model card, session 25), else by the frame codec
+        self.prior_codec = None if prior_codec is None else prior_codec.to(device, wd).eval()
+        if self.dynamics.cfg.prior_space == "pixel":
+            self.dynamics.reaim = LatentReaim(self.prior_codec or self.frame_codec, self.memory_cfg.fov,
+                                              torch.from_numpy(keep) if self.memory_cfg.overlay else None)
 
     def set_memory(self, on: bool) -> None:
         """Long-term scene memory for streams opened from now on (the eval's on/off switch)."""
@@ -117,7 +124,13 @@ class WorldModel:
                                   f"the frame codec makes {fc.cfg.latent_channels}×{fc.cfg.latent_size}²")
         if len(world["schema"].get("buttons", [])) != dyn.cfg.n_buttons:
             raise CheckpointError(f"{root}: world.json's action schema does not match the dynamics model")
-        m = cls(fc.to(memory_format=torch.channels_last), ac, dyn, world, sampler, pick_device(device), precision)
+        pc = None
+        if (root / f"{PRIOR_CODEC}.json").exists():
+            pc, _ = load_component(root, PRIOR_CODEC, FrameCodec, FrameCodecConfig)
+            if pc.cfg.latent_channels != fc.cfg.latent_channels or pc.cfg.latent_size != fc.cfg.latent_size:
+                raise CheckpointError(f"{root}: {PRIOR_CODEC} does not fit the frame codec's latents")
+        m = cls(fc.to(memory_format=torch.channels_last), ac, dyn, world, sampler, pick_device(device), precision,
+                None if pc is None else pc.to(memory_format=torch.channels_last))
         m.path = root
         return m
 
@@ -326,7 +339,7 @@ class WorldModel:
         self._commit(state, zc, zac, act, prior, lvl)  # prev = what was committed, as in training
         with self.autocast:
             shown = self.frame_codec.decode(z)  # (B, H, W, 3) uint8
-            if lvl == 0 and self.dynamics.cfg.prior_space == "pixel":
+            if lvl == 0 and self.dynamics.cfg.prior_space == "pixel" and self.prior_codec is None:
                 state.prev_frame = shown  # the next tick's turn prior re-aims what was shown: no second decode
             frames = shown.cpu().numpy()
             audio = None

@@ -328,6 +328,11 @@ def run_stage(out: str | Path, episodes: Sequence[Episode], cfg: DecoderAdvConfi
         np.save(where_f, bank[1])
         key_f.write_text(json.dumps(key))  # after the bank: a bank without its key is drawn again
     base, meta = load_component(base_dir, "frame_codec", FrameCodec, FrameCodecConfig)
+    if (read_component_json(out, "dynamics").get("config") or {}).get("prior_space") == "pixel":
+        # the pixel turn prior keeps decoding with the faithful decoder (WorldModel: frame_codec_prior)
+        from worldsim.model.world_model import PRIOR_CODEC
+        save_component(out, PRIOR_CODEC, base, base.cfg, meta={**meta, "note": "the frame codec before frame_decoder_adv: "
+                                                                 "the pixel turn prior decodes with it"})
     codec, _ = load_component(out if start else base_dir, "frame_codec", FrameCodec, FrameCodecConfig)
     codec = codec.to(memory_format=torch.channels_last)
 

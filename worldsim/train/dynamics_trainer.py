@@ -337,15 +337,17 @@ def dynamics_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tcfg: 
 
 
 def training_reaim(out: Path, device: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The pixel-space turn prior's re-aim for training: the run's frame codec, frozen (the one its
-    latents were encoded with and the world will decode with), the screen-fixed pixels of its
+    """The pixel-space turn prior's re-aim for training: the run's frame codec, frozen (its
+    ``frame_codec_prior`` when it keeps one, as the world will decode with), the screen-fixed pixels of its
     world.json's ``memory.overlay`` (as the runtime uses them), under the training's autocast."""
     from worldsim.model.checkpoint import load_component
     from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
     from worldsim.model.view_warp import LatentReaim, runs_to_mask
-    if not (out / "frame_codec.json").exists():
+    from worldsim.model.world_model import PRIOR_CODEC
+    name = PRIOR_CODEC if (out / f"{PRIOR_CODEC}.json").exists() else "frame_codec"  # as WorldModel picks
+    if not (out / f"{name}.json").exists():
         raise ValueError(f"{out}: dynamics.prior_space 'pixel' needs the run's frame codec (frame_codec.json)")
-    codec, _ = load_component(out, "frame_codec", FrameCodec, FrameCodecConfig)
+    codec, _ = load_component(out, name, FrameCodec, FrameCodecConfig)
     codec = codec.float().to(device).eval().requires_grad_(False)  # a bf16 export trains in fp32 + autocast
     mem: dict[str, Any] = {}
     if (out / "world.json").exists():

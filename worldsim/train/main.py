@@ -73,10 +73,13 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="a run directory written by `worldsim train`")
     p.add_argument("--out", type=Path, required=True, help="where to write the bf16 world checkpoint")
     p.add_argument("--starts", type=Path, help="episode directory to take start contexts from (default: the run's)")
+    p.add_argument("--prior-space", choices=("latent", "pixel"), default=None,
+                   help="the world's turn prior (default: the run's): pixel re-aims the previous picture, decoded by "
+                        "the frame codec the decoder stage started from when the run has one (README: Train a world)")
 
 
 def main_export(args: argparse.Namespace) -> int:
-    out = export_world(args.run, args.out, starts_data=args.starts)
+    out = export_world(args.run, args.out, starts_data=args.starts, prior_space=args.prior_space)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"exported {args.run} → {out} ({size / 1e6:.1f} MB)")
     return 0

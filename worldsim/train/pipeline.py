@@ -353,20 +353,36 @@ def _done(out: Path, kind: str, steps: int) -> bool:
 
 
 def export_world(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
-                 starts_data: str | os.PathLike | None = None, n_starts: int = 8) -> Path:
+                 starts_data: str | os.PathLike | None = None, n_starts: int = 8, prior_space: str | None = None) -> Path:
     """Copy a run's world checkpoint (weights cast to ``dtype``; no optimizer state or latents),
-    with start contexts taken from ``starts_data`` (else copied from the run when it has them)."""
-    from worldsim.model.world_model import WorldModel
+    with start contexts taken from ``starts_data`` (else copied from the run when it has them).
+    ``prior_space`` switches the dynamics' turn prior (same weights); for ``pixel`` the prior
+    decodes with the run's ``frame_codec_prior``, else the codec its decoder stage started from
+    (``decoder_adv/``), else the frame codec."""
+    from worldsim.model.checkpoint import load_component
+    from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
+    from worldsim.model.world_model import PRIOR_CODEC, WorldModel
+    from worldsim.train.decoder_adv import STAGE_DIR
 
     run_dir, out = Path(run_dir), Path(out)
     model = WorldModel.load(run_dir)  # validates everything first
+    if prior_space is not None:
+        model.dynamics.cfg = dataclasses.replace(model.dynamics.cfg, prior_space=prior_space)
+        if prior_space == "latent":
+            model.prior_codec = None
+        elif model.prior_codec is None and (run_dir / STAGE_DIR / "frame_codec.json").exists():
+            model.prior_codec, _ = load_component(run_dir / STAGE_DIR, "frame_codec", FrameCodec, FrameCodecConfig)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name, mod in (("frame_codec", model.frame_codec), ("audio_codec", model.audio_codec), ("dynamics", model.dynamics)):
+    for name, mod in (("frame_codec", model.frame_codec), ("audio_codec", model.audio_codec), ("dynamics", model.dynamics),
+                      (PRIOR_CODEC, model.prior_codec)):
         if mod is None:
             continue
-        meta = json.loads((run_dir / f"{name}.json").read_text()).get("meta", {})
+        src = run_dir / f"{name}.json"
+        if name == PRIOR_CODEC and not src.exists():  # the codec the decoder stage started from
+            src = run_dir / STAGE_DIR / "frame_codec.json"
+        meta = json.loads(src.read_text()).get("meta", {})
         save_component(tmp, name, mod, mod.cfg, meta=meta, dtype=dtype)
     shutil.copy(run_dir / "world.json", tmp / "world.json")
     from worldsim.runtime.starts import STARTS_FILE, encode_starts, write_starts
