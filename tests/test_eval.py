@@ -319,3 +319,39 @@ def test_cli_end_to_end_writes_json(world, tmp_path):
     bad = subprocess.run([sys.executable, "-c", code, "--horizons", "a", "--data", str(world["scroll"])],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_compare_prints_saved_reports_side_by_side(world, tmp_path, capsys):
+    paths = []
+    for model, seed in ((PanoramaModel(world["pano"]), 0), (load_model("baseline:copy-last", world["scroll"]), 0),
+                        (load_model("baseline:copy-last", world["scroll"]), 1)):
+        paths.append(tmp_path / f"r{len(paths)}.json")
+        run_eval(model, world["scroll"], cache_dir=world["cache"], json_out=paths[-1], seed=seed, **FAST)
+    a, b = (json.loads(p.read_text()) for p in paths[:2])
+    assert _cli(["--compare", str(paths[0]), str(paths[1])]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("Same held-out data, seed and points in every report.")
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines() if line.startswith("| ")]
+    rows = {c[0]: c[1:] for c in cells}
+    # first report as it is, the second with its difference, then copy-last and shift of the first, then the target
+    tf = rows["PSNR teacher-forced (dB)"]
+    assert tf[0] == f"{a['psnr_tf']:.2f}" and tf[1] == f"{b['psnr_tf']:.2f} ({b['psnr_tf'] - a['psnr_tf']:+.2f})"
+    assert tf[2] == f"{a['baseline_copy_last']['psnr_tf']:.2f}" and tf[3] == f"{a['baseline_shift']['psnr_tf']:.2f}"
+    assert tf[4].startswith("≥ 26")
+    c16 = a["baseline_copy_last"]["psnr_free"]["16"]
+    assert rows["PSNR free @ 16"][4].startswith(f"≥ {c16 + 3:.2f}") and rows["sharpness @ 16"][4] == "≥ 0.8"
+    assert rows["sound onsets within ±1 tick"][0] == "1.00"  # the oracle reproduces every onset
+    # reports of other start points are flagged, not silently compared
+    assert _cli(["--compare", str(paths[0]), str(paths[2])]) == 0
+    assert "not comparable" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, message", [(None, "no such file"), ("{not json", "not valid JSON"),
+                                              ('{"psnr_tf": 1}', "not a `worldsim eval --json` report")])
+def test_compare_rejects_what_is_not_a_report(tmp_path, capsys, content, message):
+    p = tmp_path / "r.json"
+    if content is not None:
+        p.write_text(content)
+    assert _cli(["--compare", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("worldsim eval: error: --compare") and message in err and "Traceback" not in err

@@ -255,6 +255,9 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
                         help="episodes with loops for the memory test (default: data/loops when it exists; "
                              "record with `worldsim record vizdoom --loops`; 'none' uses --data)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--compare", nargs="+", default=None, metavar="REPORT",
+                        help="evaluate nothing: print saved reports (--json outputs) side by side as a markdown "
+                             "table, with the baselines and targets, each later one's difference to the first")
 
 
 class _ArgError(ValueError):
@@ -295,6 +298,13 @@ def main_eval(args: argparse.Namespace) -> int:
     from worldsim.eval.probe import ProbeConfig
 
     g = lambda name, default=None: getattr(args, name, default)  # noqa: E731  (the CLI may build its own Namespace)
+    if g("compare"):
+        from worldsim.eval.compare import compare_markdown
+        try:
+            print(compare_markdown(g("compare")))
+        except WorldsimError as e:
+            return _fail(str(e))
+        return 0
     try:
         horizons = parse_horizons(g("horizons", "1,4,16,64"))
         episodes = None if g("episodes") in (None, "") else _int_arg(g("episodes"), "--episodes", 1)
