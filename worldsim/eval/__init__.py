@@ -4,7 +4,8 @@ Files: ``interface.py`` (the StreamingModel protocol and its alignment conventio
 ``baselines.py`` (copy-last, shift), ``registry.py`` (model specs → models), ``metrics.py``
 (PSNR/SSIM/sharpness), ``audio.py`` (log-mel, onsets), ``probe.py`` (action-following probe),
 ``rollout.py`` (start points, rollouts, per-model scores), ``drift.py`` (long rollouts),
-``memory.py`` (loop closure), ``report.py`` (JSON, plots, summary), ``harness.py``
+``memory.py`` (loop closure), ``report.py`` (JSON, plots, summary), ``compare.py`` (saved
+reports side by side), ``harness.py``
 (``run_eval``, the CLI). Importing the package is cheap: torch and matplotlib load on use.
 """
 
