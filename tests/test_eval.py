@@ -355,3 +355,14 @@ def test_compare_rejects_what_is_not_a_report(tmp_path, capsys, content, message
     assert _cli(["--compare", str(p)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("worldsim eval: error: --compare") and message in err and "Traceback" not in err
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
+    """`worldsim eval --compare … | head`: the reader leaves before the table is written."""
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps({"psnr_tf": 20.0, "psnr_free": {"1": 19.0}, "meta": {"model": "m"}}))
+    proc = subprocess.Popen([sys.executable, "-m", "worldsim.cli", "eval", "--compare", str(p)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child has imported anything: its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "Broken pipe" not in err, err

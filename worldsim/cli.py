@@ -439,6 +439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WorldsimError, ActionError, EpisodeFormatError, FileNotFoundError, ValueError) as e:
         print(f"worldsim {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # the reader went away (`worldsim … | head`): stop quietly, as a shell tool does; stdout points at
+        # /dev/null so the interpreter's last flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
     except OSError as e:
         if e.filename is None:  # not a path's problem (a socket, the machine): keep the traceback
             raise
