@@ -347,10 +347,13 @@ def test_compare_prints_saved_reports_side_by_side(world, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content, message", [(None, "no such file"), ("{not json", "not valid JSON"),
-                                              ('{"psnr_tf": 1}', "not a `worldsim eval --json` report")])
+                                              ('{"psnr_tf": 1}', "not a `worldsim eval --json` report"),
+                                              ("<dir>", "is a directory")])
 def test_compare_rejects_what_is_not_a_report(tmp_path, capsys, content, message):
     p = tmp_path / "r.json"
-    if content is not None:
+    if content == "<dir>":
+        p.mkdir()
+    elif content is not None:
         p.write_text(content)
     assert _cli(["--compare", str(p)]) == 2
     err = capsys.readouterr().err.strip()

@@ -19,13 +19,14 @@ axis names are errors that name the entry at fault.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from worldsim.errors import read_json
 
 ENTRY_FIELDS = ("keys", "axes", "mouse")
 ARRAY_FIELDS = ("buttons", "axes")  # the array form (ActionSchema.parse)
@@ -232,10 +233,5 @@ def parse_script(data: Any, schema: ActionSchema, source: str = "action script")
 def load_script(path: str | Path, schema: ActionSchema) -> list[Action]:
     """Load a JSON action script from a file, with errors that name the file and entry."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ActionError(f"{p}: no such action script") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ActionError(f"{p}: not valid JSON ({e})") from None
+    data = read_json(p, lambda m: ActionError(f"{p}: {m}"), "no such action script")
     return parse_script(data, schema, source=str(p))

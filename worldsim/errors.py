@@ -39,3 +39,20 @@ def check_output_file(path, option: str = "--json"):
     except OSError as e:
         raise WorldsimError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
     return p
+
+
+def read_json(path, fail, missing: str):
+    """The JSON in the file ``path``; every way it can be unreadable raised as ``fail(message)``
+    (the caller's error class, naming the file its way): ``missing`` when there is no such file,
+    else "is a directory" or "not valid JSON (...)"."""
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise fail(missing) from None
+    except IsADirectoryError:
+        raise fail("is a directory, not a JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise fail(f"not valid JSON ({e})") from None

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from worldsim.actions import ActionSchema, ActionError
+from worldsim.errors import read_json
 
 FORMAT_NAME = "worldsim-episode"
 FORMAT_VERSION = 1
@@ -106,12 +107,7 @@ class Episode:
         meta_path = self.path / META_FILE
         if not self.path.is_dir():
             raise EpisodeFormatError(self.path, "not an episode directory (no such directory)")
-        try:
-            raw = json.loads(meta_path.read_text())
-        except FileNotFoundError:
-            raise EpisodeFormatError(meta_path, "missing; every episode directory needs meta.json") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise EpisodeFormatError(meta_path, f"not valid JSON ({e})") from None
+        raw = read_json(meta_path, lambda m: EpisodeFormatError(meta_path, m), "missing; every episode directory needs meta.json")
         self.meta = _check_meta(meta_path, raw)
         self.schema: ActionSchema = self.meta.pop("_schema")
         self.steps: int = self.meta["steps"]

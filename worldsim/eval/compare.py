@@ -9,11 +9,10 @@ seed, which the table's header checks). Only reads JSON: nothing is evaluated ag
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from worldsim.errors import WorldsimError
+from worldsim.errors import WorldsimError, read_json
 
 REQUIRED = ("psnr_tf", "psnr_free", "meta")  # what every `worldsim eval --json` report has
 
@@ -24,12 +23,7 @@ class CompareError(WorldsimError):
 
 def load_report(path: str | Path) -> dict[str, Any]:
     p = Path(path)
-    if not p.is_file():
-        raise CompareError(f"--compare {p}: no such file (write one with `worldsim eval --json {p}`)")
-    try:
-        r = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CompareError(f"--compare {p}: not valid JSON ({e})") from None
+    r = read_json(p, lambda m: CompareError(f"--compare {p}: {m}"), f"no such file (write one with `worldsim eval --json {p}`)")
     if not isinstance(r, dict) or any(k not in r for k in REQUIRED):
         raise CompareError(f"--compare {p}: not a `worldsim eval --json` report (needs {', '.join(REQUIRED)})")
     return r

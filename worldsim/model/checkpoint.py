@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from worldsim.errors import WorldsimError
+from worldsim.errors import WorldsimError, read_json
 
 FORMAT = "worldsim-checkpoint"
 VERSION = 1
@@ -136,12 +136,7 @@ def save_component(root: str | os.PathLike, name: str, module: torch.nn.Module, 
 
 def read_component_json(root: str | os.PathLike, name: str) -> dict[str, Any]:
     f = Path(root) / f"{name}.json"
-    if not f.exists():
-        raise CheckpointError(f"{f}: missing (is {Path(root)} a worldsim checkpoint directory?)")
-    try:
-        d = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{f}: not valid JSON ({e})") from None
+    d = read_json(f, lambda m: CheckpointError(f"{f}: {m}"), f"missing (is {Path(root)} a worldsim checkpoint directory?)")
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise CheckpointError(f"{f}: not a {FORMAT} file")
     if d.get("version") != VERSION:

@@ -24,6 +24,7 @@ import torch
 from worldsim.actions import ActionSchema
 from worldsim.model.audio_codec import AudioCodec, AudioCodecConfig
 from worldsim.model.checkpoint import CheckpointError, config_from_dict, load_component
+from worldsim.errors import read_json
 from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, turn_features, turn_prior
 from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
 from worldsim.model.memory import MemoryConfig, PoseTracker, SceneMemory
@@ -105,12 +106,8 @@ class WorldModel:
         if not root.is_dir():
             raise CheckpointError(f"{root}: no such checkpoint directory")
         wf = root / "world.json"
-        if not wf.exists():
-            raise CheckpointError(f"{wf}: missing (a world checkpoint needs world.json; is training finished?)")
-        try:
-            world = json.loads(wf.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{wf}: not valid JSON ({e})") from None
+        world = read_json(wf, lambda m: CheckpointError(f"{wf}: {m}"),
+                          "missing (a world checkpoint needs world.json; is training finished?)")
         for k in ("schema", "resolution"):
             if k not in world:
                 raise CheckpointError(f"{wf}: missing key {k!r}")
