@@ -310,7 +310,8 @@ def test_pettingzoo_parallel_api(world):
 def test_bench_smoke(world, tmp_path):
     from worldsim.bench.runtime_bench import check_targets, run_bench
     path = str(world.model.path)
-    r = run_bench(path, ticks=5, rss_ticks=10, batches=(1, 2), batch_ticks=3, progress=False)
+    r = run_bench(path, ticks=5, rss_ticks=10, batches=(1, 2), batch_ticks=3, progress=False, device="cpu:0")
+    assert r["device"] == "cpu"  # forced (the cold-start process too), spelled as the rest of the code compares it
     for k in ("fps", "baseline_fps", "ratio_vs_baseline", "ttff_ms_warm", "ttff_ms_reopen", "ttff_ms_new_context",
               "ttff_ms_cold", "tick_ms_p50", "tick_ms_p99",
               "batch_fps", "rss_mb_start", "rss_mb_end", "matmul_gflops", "dynamics_gflops", "memory_overhead",

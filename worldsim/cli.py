@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 from worldsim import __version__
 from worldsim.actions import VIZDOOM_SCHEMA, ActionError, load_script
+from worldsim.device import DEVICE_HELP, device_arg
 from worldsim.errors import WorldsimError
 
 EXIT_USAGE = 2
@@ -221,7 +222,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--curve-keys", type=Path, help="directory from `worldsim keys`: CURVE encryption + client allow-list")
     p.add_argument("--heartbeat-timeout-ms", type=_positive_int, default=5000)
     p.add_argument("--resume-ttl-ms", type=_positive_int, default=30000)
-    p.add_argument("--device", help="cpu, cuda (default: auto)")
+    p.add_argument("--device", type=device_arg, help=DEVICE_HELP)
     p.add_argument("--memory", choices=["on", "off"], default="on", help="long-term scene memory of sessions")
 
 
@@ -319,7 +320,7 @@ def _add_cutscene(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--connect", help="a running `worldsim serve` endpoint (default: start one in this process)")
     p.add_argument("--world", default="default", help="world for the in-process server")
     p.add_argument("--scale", type=_positive_int, default=4, help="video upscale factor (nearest)")
-    p.add_argument("--device", help="cpu, cuda (default: auto)")
+    p.add_argument("--device", type=device_arg, help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true")
 
 

@@ -42,13 +42,13 @@ def _lockstep(client, actions: list) -> dict[str, float]:
             "overhead_ms_p50": float(np.percentile(over, 50)), "overhead_ms_p99": float(np.percentile(over, 99))}
 
 
-def _inprocess(world_spec: str, actions: list) -> float:
+def _inprocess(world_spec: str, actions: list, device: str | None = None) -> float:
     import torch
 
     from worldsim.runtime import World
 
     torch.set_num_threads(1)
-    s = World.load(world_spec).open(seed=0)
+    s = World.load(world_spec, device=device).open(seed=0)
     for a in actions[:10]:
         s.step(a)
     ts = []
@@ -90,12 +90,12 @@ def _realtime(client, n: int, seconds: float, tick_rate: float, action: dict) ->
 
 
 def run_bridge_bench(world: str = "default", ticks: int = 300, session_counts=(1, 4, 8, 16),
-                     seconds: float = 8.0, progress: bool = True) -> dict[str, Any]:
+                     seconds: float = 8.0, progress: bool = True, device: str | None = None) -> dict[str, Any]:
     from worldsim.bench.runtime_bench import _actions
     from worldsim.runtime import World
 
     say = (lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None)
-    w = World.load(world)
+    w = World.load(world, device=device)
     acts = _actions(w, ticks)
     tick_rate = w.tick_rate
     del w
@@ -103,7 +103,8 @@ def run_bridge_bench(world: str = "default", ticks: int = 300, session_counts=(1
     from engine_bridge.spawn import ServerProcess
 
     res: dict[str, Any] = {"transport": "tcp loopback", "ticks": ticks}
-    with ServerProcess(world, ["--max-sessions", "64", "--heartbeat-timeout-ms", "20000"]) as srv:
+    served = ["--max-sessions", "64", "--heartbeat-timeout-ms", "20000"] + (["--device", device] if device else [])
+    with ServerProcess(world, served) as srv:
         with BridgeClient(srv.addr, timeout_ms=2000, retries=0) as client:
             res.update(_lockstep(client, acts))
             say(f"bridge lockstep: rtt p50 {res['rtt_ms_p50']:.2f} ms, overhead p50 {res['overhead_ms_p50']:.3f} ms")
@@ -115,7 +116,7 @@ def run_bridge_bench(world: str = "default", ticks: int = 300, session_counts=(1
                     f"{r['mean_sampling_steps'] or 0:.2f} sampling steps per frame on average")
             stats = client.request("PING").get("stats", {})
         res["server_errors"] = int(stats.get("internal_errors", 0)) if stats else None
-    res["inprocess_ms_p50"] = _inprocess(world, acts)
+    res["inprocess_ms_p50"] = _inprocess(world, acts, device)
     held = [r["sessions"] for r in res["realtime"] if r["min_fps"] >= TARGET_SESSION_FPS]
     res["sessions_held"] = max(held, default=0)
     res["targets_met"] = {"overhead_ms_p50": res["overhead_ms_p50"] <= TARGET_OVERHEAD_MS,

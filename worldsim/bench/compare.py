@@ -36,7 +36,7 @@ def _say(progress: bool) -> Callable[[str], None]:
 
 
 def compare_precisions(world_spec: str = "default", ticks: int = 60, block: int = 5, batch: int = 16,
-                       batch_ticks: int | None = None, progress: bool = True) -> dict[str, Any]:
+                       batch_ticks: int | None = None, progress: bool = True, device: str | None = None) -> dict[str, Any]:
     """fp32, bf16 and (on a CPU with PyTorch's int8 engine) int8 side by side: the same world
     loaded in each precision, one session each, then ``batch`` sessions each (``step_many``),
     both interleaved, plus a 1024² matmul in each float dtype. ``bf16_over_fp32`` /
@@ -49,9 +49,9 @@ def compare_precisions(world_spec: str = "default", ticks: int = 60, block: int 
 
     torch.set_num_threads(1)
     say = _say(progress)
-    worlds = {p: World.load(world_spec, precision=p) for p in ("fp32", "bf16")}
+    worlds = {p: World.load(world_spec, precision=p, device=device) for p in ("fp32", "bf16")}
     if INT8_AVAILABLE and worlds["fp32"].model.device == "cpu":
-        worlds["int8"] = World.load(world_spec, precision="int8")
+        worlds["int8"] = World.load(world_spec, precision="int8", device=device)
     acts = _actions(worlds["fp32"], ticks + 5)
     raced = _race(worlds, acts, ticks, batch, batch_ticks, block)
     res: dict[str, Any] = {"ticks": ticks, "batch": batch, "device": worlds["fp32"].model.device,
@@ -59,7 +59,7 @@ def compare_precisions(world_spec: str = "default", ticks: int = 60, block: int 
     for p in worlds:
         res[p] = raced[p]
         if p != "int8":  # int8 here is the dynamics' linears only: no matmul of its own to show
-            res[p]["matmul_gflops"] = matmul_gflops(dtype=worlds[p].model.dtype)
+            res[p]["matmul_gflops"] = matmul_gflops(dtype=worlds[p].model.dtype, device=worlds[p].model.device)
         say(f"{p}: {res[p]['fps']:.1f} fps ({res[p]['tick_ms']:.1f} ms/tick), batch {batch}: "
             f"{res[p]['batch_fps']:.1f} frames/s ({res[p]['batch_over_single']:.2f}x)"
             + (f", matmul {res[p]['matmul_gflops']:.0f} GFLOP/s" if "matmul_gflops" in res[p] else ""))
@@ -111,7 +111,7 @@ def _race(worlds: dict[str, Any], acts: list, ticks: int, batch: int, batch_tick
 
 def compare_worlds(world_a: str = "default", world_b: str = "default", ticks: int = 60, batch: int = 16,
                    batch_ticks: int | None = None, block: int = 5, sampling_steps: int | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, device: str | None = None) -> dict[str, Any]:
     """Two worlds side by side, in this process's precision: one session each (``ticks`` ticks),
     then ``batch`` sessions each stepped together by ``step_many`` (``batch_ticks``, default
     ``ticks // 4``), both interleaved. Per world: ``fps``, ``batch_fps`` and ``batch_over_single``
@@ -121,7 +121,7 @@ def compare_worlds(world_a: str = "default", world_b: str = "default", ticks: in
     torch.set_num_threads(1)
     say = _say(progress)
     names = {"a": world_a, "b": world_b}
-    worlds = {k: World.load(spec, sampling_steps=sampling_steps) for k, spec in names.items()}
+    worlds = {k: World.load(spec, sampling_steps=sampling_steps, device=device) for k, spec in names.items()}
     acts = _actions(worlds["a"], ticks + 5)
     raced = _race(worlds, acts, ticks, batch, batch_ticks, block)
     res: dict[str, Any] = {"ticks": ticks, "batch": batch, "batch_ticks": raced["a"].pop("batch_ticks"),
@@ -137,7 +137,7 @@ def compare_worlds(world_a: str = "default", world_b: str = "default", ticks: in
 
 
 def compare_attention(world_spec: str = "default", ticks: int = 60, batch: int = 16, batch_ticks: int | None = None,
-                      block: int = 5, progress: bool = True) -> dict[str, Any]:
+                      block: int = 5, progress: bool = True, device: str | None = None) -> dict[str, Any]:
     """The dynamics' two attention kernels side by side on one world (its auto precision): the plain
     softmax(q kᵀ + bias) v and PyTorch's scaled_dot_product_attention, each forced for its own
     sessions' ticks (single and batch, interleaved). ``auto`` is the kernel this world's streaming
@@ -148,7 +148,7 @@ def compare_attention(world_spec: str = "default", ticks: int = 60, batch: int =
     torch.set_num_threads(1)
     say = _say(progress)
     kernels = ("plain", "sdpa")
-    worlds = {k: World.load(world_spec) for k in kernels}  # one each: a world keeps its last batch's state
+    worlds = {k: World.load(world_spec, device=device) for k in kernels}  # one each: a world keeps its last batch's state
     acts = _actions(worlds["plain"], ticks + 5)
 
     def use(k: str) -> Callable[[], None]:

@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldsim.bench.tick_parts import dynamics_flops, tick_breakdown, time_dynamics
+from worldsim.bench.tick_parts import dynamics_flops, sync, tick_breakdown, time_dynamics
+from worldsim.device import DEVICE_HELP, device_arg
 from worldsim.errors import WorldsimError, check_output_file
 from worldsim.precision import precision_name
 from worldsim.runtime.clock import freeze_heap
@@ -73,14 +74,19 @@ def _actions(world, n: int, seed: int = 0) -> list:
     return out
 
 
-def matmul_gflops(n: int = 1024, seconds: float = 1.0, dtype: torch.dtype = torch.bfloat16) -> float:
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
+def matmul_gflops(n: int = 1024, seconds: float = 1.0, dtype: torch.dtype = torch.bfloat16,
+                  device: str | torch.device = "cpu") -> float:
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     a @ b
+    sync(device)
     reps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         reps += 1
+        if reps % 16 == 0:  # on a GPU, check the clock against finished work
+            sync(device)
+    sync(device)
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
@@ -90,16 +96,17 @@ t0 = float(sys.argv[2])
 import torch
 torch.set_num_threads(1)
 from worldsim.runtime import World
-w = World.load(sys.argv[1], sampling_steps=int(sys.argv[3]) or None)
+w = World.load(sys.argv[1], sampling_steps=int(sys.argv[3]) or None, device=sys.argv[4] or None)
 s = w.open(seed=0)
 c = s.step()
 print(round((time.time() - t0) * 1e3, 1))
 """
 
 
-def ttff_cold(world_path: str, sampling_steps: int | None = None) -> float:
+def ttff_cold(world_path: str, sampling_steps: int | None = None, device: str | None = None) -> float:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-c", COLD_CODE, world_path, repr(time.time()), str(sampling_steps or 0)],
+    r = subprocess.run([sys.executable, "-c", COLD_CODE, world_path, repr(time.time()), str(sampling_steps or 0),
+                        device or ""],
                        capture_output=True, text=True, env=env, timeout=300)
     if r.returncode != 0:
         raise RuntimeError(f"cold-start subprocess failed: {r.stderr[-500:]}")
@@ -108,17 +115,19 @@ def ttff_cold(world_path: str, sampling_steps: int | None = None) -> float:
 
 def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10000, batches=(1, 4, 16),
               batch_ticks: int = 40, baseline: bool = True, cold: bool = True, progress: bool = True,
-              sampling_steps: int | None = None) -> dict[str, Any]:
+              sampling_steps: int | None = None, device: str | None = None) -> dict[str, Any]:
     """``sampling_steps``: Euler steps per tick instead of the world's own count (every figure then
-    measures that count; ``sampling_steps`` in the result says which ran)."""
+    measures that count; ``sampling_steps`` in the result says which ran). ``device``: where the
+    world, the matmul and the baseline run (default: CUDA when present, else the CPU)."""
     from worldsim.runtime import World
 
     torch.set_num_threads(1)
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     res: dict[str, Any] = {"world": world_spec, "torch_threads": torch.get_num_threads(), "ticks": ticks}
     t0 = time.perf_counter()
-    world = World.load(world_spec, sampling_steps=sampling_steps)
+    world = World.load(world_spec, sampling_steps=sampling_steps, device=device)
     res["load_ms"] = (time.perf_counter() - t0) * 1e3
+    dev = res["device"] = world.model.device
     res["sampling_steps"] = world.model.sampler.cfg.steps
     res["precision"] = world.model.precision
     res["activations"] = precision_name(world.model.dtype)
@@ -209,7 +218,7 @@ def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10
             f"(a remembered view recalled on {100 * res['memory_hit_fraction']:.0f} % of the ticks)")
 
     # dynamics GFLOP/s vs a matmul in the same precision measured now
-    res["matmul_gflops"] = matmul_gflops(dtype=world.model.dtype)
+    res["matmul_gflops"] = matmul_gflops(dtype=world.model.dtype, device=dev)
     flops = dynamics_flops(world)
     sec = time_dynamics(world)
     res["dynamics_gflop_per_tick"] = flops / 1e9
@@ -228,7 +237,7 @@ def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10
         from worldsim.bench.diamond import DiamondBaseline, DiamondConfig
 
         bl = DiamondBaseline(DiamondConfig(n_actions=world.schema.num_buttons + world.schema.num_axes),
-                             dtype=world.model.dtype)  # side by side in the same precision
+                             device=dev, dtype=world.model.dtype)  # side by side: same device and precision
         H, W = world.resolution
         bl.reset(torch.zeros(1, 4, H, W, 3, dtype=torch.uint8))
         act = torch.zeros(1, world.schema.num_buttons + world.schema.num_axes)
@@ -238,6 +247,7 @@ def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10
         t = time.perf_counter()
         for _ in range(n):
             bl.step(act)
+        sync(dev)
         res["baseline_fps"] = n / (time.perf_counter() - t)
         res["baseline_params_m"] = bl.param_count() / 1e6
         res["ratio_vs_baseline"] = res["fps"] / res["baseline_fps"]
@@ -245,7 +255,7 @@ def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10
 
     if cold:
         path = str(getattr(world.model, "path", world_spec))
-        res["ttff_ms_cold"] = ttff_cold(path, sampling_steps)
+        res["ttff_ms_cold"] = ttff_cold(path, sampling_steps, device)
         say(f"ttff cold {res['ttff_ms_cold']:.0f} ms")
 
     # memory over a long run
@@ -295,23 +305,27 @@ def main_bench(args) -> int:
         check_output_file(args.json)  # now, not after minutes of measuring
     from worldsim.bench.compare import compare_attention, compare_precisions, compare_worlds
     if args.compare_attention:
-        return _emit({"attention_compare": compare_attention(args.world, ticks=args.ticks, progress=not args.quiet)},
+        return _emit({"attention_compare": compare_attention(args.world, ticks=args.ticks, progress=not args.quiet,
+                                                             device=args.device)},
                      args.json)
     if args.compare_precision:
-        return _emit({"precision_compare": compare_precisions(args.world, ticks=args.ticks, progress=not args.quiet)},
+        return _emit({"precision_compare": compare_precisions(args.world, ticks=args.ticks, progress=not args.quiet,
+                                                              device=args.device)},
                      args.json)
     if args.compare_world:
         return _emit({"world_compare": compare_worlds(args.world, args.compare_world, ticks=args.ticks,
-                                                      sampling_steps=args.sampling_steps, progress=not args.quiet)},
+                                                      sampling_steps=args.sampling_steps, progress=not args.quiet,
+                                                      device=args.device)},
                      args.json)
     res = run_bench(args.world, ticks=args.ticks, rss_ticks=args.rss_ticks, baseline=not args.no_baseline,
-                    cold=not args.no_cold, progress=not args.quiet, sampling_steps=args.sampling_steps)
+                    cold=not args.no_cold, progress=not args.quiet, sampling_steps=args.sampling_steps,
+                    device=args.device)
     res["targets_met"] = check_targets(res)
     if args.bridge:
         from worldsim.bench.bridge_bench import run_bridge_bench
 
         res["bridge"] = run_bridge_bench(args.world, ticks=args.ticks, seconds=args.bridge_seconds,
-                                         progress=not args.quiet)
+                                         progress=not args.quiet, device=args.device)
     return _emit(res, args.json)
 
 
@@ -332,6 +346,7 @@ def add_bench_args(p) -> None:
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--ticks", type=int, default=300, help="ticks in the single-session timing run")
     p.add_argument("--rss-ticks", type=int, default=10000, help="ticks in the memory run (0 skips it)")
+    p.add_argument("--device", type=device_arg, help=DEVICE_HELP + "; the baseline and matmul run there too")
     p.add_argument("--no-baseline", action="store_true", help="skip the DIAMOND-class baseline")
     p.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocess")
     p.add_argument("--bridge", action="store_true",

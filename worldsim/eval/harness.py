@@ -245,6 +245,8 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampling-steps", default=None,
                         help="sample a world with this many Euler steps per tick instead of its world.json's "
                              "(the sharpness/speed trade-off; baselines ignore it)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:N: where a world runs (default: cuda when the machine has it, else cpu)")
     parser.add_argument("--tf-points", default=str(DEFAULT_TF_POINTS),
                         help=f"teacher-forced evaluation points (default {DEFAULT_TF_POINTS})")
     parser.add_argument("--free-starts", default=str(DEFAULT_FREE_STARTS),
@@ -294,6 +296,7 @@ def main_eval(args: argparse.Namespace) -> int:
     """Run `worldsim eval`; returns the exit code (2 for bad arguments, with a one-line error)."""
     from worldsim.data.dataset import default_data_dir
     from worldsim.data.episode import EpisodeFormatError, list_episodes
+    from worldsim.device import check_device
     from worldsim.errors import WorldsimError, check_output_file
     from worldsim.eval.probe import ProbeConfig
 
@@ -314,6 +317,7 @@ def main_eval(args: argparse.Namespace) -> int:
         free_starts = _int_arg(g("free_starts", DEFAULT_FREE_STARTS), "--free-starts", 1)
         probe_pairs = _int_arg(g("probe_pairs", 4000), "--probe-pairs", 16)
         steps = None if g("sampling_steps") in (None, "") else _int_arg(g("sampling_steps"), "--sampling-steps", 1)
+        device = None if g("device") is None else check_device(g("device"))
         data = Path(g("data") or (default_data_dir() / "heldout"))
         if not data.exists():
             raise _ArgError(f"--data {data}: no such directory (record one with `worldsim record vizdoom`)")
@@ -334,7 +338,7 @@ def main_eval(args: argparse.Namespace) -> int:
             if out:
                 check_output_file(out if opt == "--json" else Path(out) / "summary.md", opt)
         spec = str(g("checkpoint") or "default")
-        model = load_model(spec, data, episodes=episodes, seed=seed, sampling_steps=steps)
+        model = load_model(spec, data, episodes=episodes, seed=seed, sampling_steps=steps, device=device)
     except (_ArgError, ModelUnavailable, EpisodeFormatError, WorldsimError) as e:
         return _fail(str(e))
     try:

@@ -24,6 +24,7 @@ import torch
 from worldsim.actions import ActionSchema
 from worldsim.model.audio_codec import AudioCodec, AudioCodecConfig
 from worldsim.model.checkpoint import CheckpointError, config_from_dict, load_component
+from worldsim.device import pick_device  # noqa: F401  (re-exported: callers import it from here)
 from worldsim.errors import read_json
 from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, turn_features, turn_prior
 from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
@@ -35,14 +36,6 @@ from worldsim.model import packed_linear
 from worldsim.precision import autocast, compute_dtype, world_precision
 
 DEFAULT_WORLD_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_world"
-
-
-def pick_device(device: str | None = None) -> str:
-    if device:
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise CheckpointError(f"device {device!r} asked for but CUDA is not available")
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 PRIOR_CODEC = "frame_codec_prior"  # optional: the frame codec the pixel turn prior decodes with
@@ -396,9 +389,9 @@ def default_world_info() -> dict[str, Any] | None:
             "training": w.get("training")}
 
 
-def _eval_loader(spec: str, sampling_steps: int | None = None, **_: Any) -> WorldModel:
+def _eval_loader(spec: str, sampling_steps: int | None = None, device: str | None = None, **_: Any) -> WorldModel:
     try:
-        model = WorldModel.load(spec)
+        model = WorldModel.load(spec, device=device)
         if sampling_steps is not None:  # `worldsim eval --sampling-steps`: the world's sampler, another step count
             model.sampler = FlowSampler(replace(model.sampler.cfg, steps=sampling_steps))
         return model

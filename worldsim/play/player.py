@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from worldsim.device import DEVICE_HELP, device_arg
 from worldsim.errors import WorldsimError, check_output_file
 
 HUD_KEYS = "F1 HUD · P pause · F5/F9 save/restore · F12 shot"
@@ -312,7 +313,7 @@ def add_play_args(p) -> None:
     p.add_argument("--scale", type=int, default=8, choices=range(1, 17), metavar="1..16", help="window scale")
     p.add_argument("--ticks", type=int, help="quit after this many ticks")
     p.add_argument("--mute", action="store_true", help="no sound")
-    p.add_argument("--device", help="cpu, cuda (default: auto)")
+    p.add_argument("--device", type=device_arg, help=DEVICE_HELP)
     p.add_argument("--sampling-steps", type=int, help="sampler steps per tick (default: the world's)")
     p.add_argument("--memory", choices=["on", "off"], default="on",
                    help="long-term scene memory: come back to a place and find it as it was (default on)")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from worldsim.device import DEVICE_HELP, device_arg, pick_device
 from worldsim.train.loop import TrainingStopped, stop_on_signal
 from worldsim.train.pipeline import STAGES, TrainConfigError, export_world, load_run_config, run_training
 
@@ -23,7 +24,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latents", type=Path, help="train the dynamics on this prebuilt latent store (e.g. unpacked "
                    "with `python -m worldsim.train.latent_pack`) instead of encoding --data")
     p.add_argument("--stage", action="append", choices=STAGES, help="run only these stages (repeatable)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process on CPU (default 1: "
                    "more collapse on a busy 2-core machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -38,10 +39,8 @@ def main_train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / cfg.name
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device)  # --device was checked when the flags were read
     if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise TrainConfigError(f"--device {device}: CUDA is not available here")
         if world > 1:
             device = f"cuda:{local}"
             torch.cuda.set_device(local)
