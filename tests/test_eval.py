@@ -274,6 +274,8 @@ def _cli(argv):
     (["--horizons", "1,400"], "long enough"),
     (["--loop-data", "/nonexistent/loops"], "worldsim record vizdoom --loops"),
     (["--sampling-steps", "0"], "--sampling-steps"),
+    (["--temperature", "0"], "--temperature must be > 0"),
+    (["--temperature", "warm"], "--temperature must be a number"),
 ])
 def test_bad_cli_args(world, capsys, argv, message):
     opts = {"--data": str(world["scroll"]), "--checkpoint": "baseline:copy-last", "--cache-dir": str(world["cache"])}
@@ -303,6 +305,8 @@ def test_sampling_steps_override_a_worlds_sampler_only(world):
     assert m.sampler.cfg.steps == shipped.steps + 2 and m.sampler.cfg.shift == shipped.shift
     assert load_model("default", world["scroll"]).sampler.cfg.steps == shipped.steps
     assert load_model("baseline:copy-last", world["scroll"], sampling_steps=3) is not None  # baselines ignore it
+    m = load_model("default", world["scroll"], temperature=0.9)  # `--temperature`: only the start noise changes
+    assert m.sampler.cfg.temperature == 0.9 and m.sampler.cfg.steps == shipped.steps and shipped.temperature == 1.0
 
 
 def test_cli_end_to_end_writes_json(world, tmp_path):

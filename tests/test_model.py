@@ -233,6 +233,11 @@ def test_sampler_integrates_a_constant_velocity():
     torch.testing.assert_close(out[0], x0)
     with pytest.raises(ValueError):
         FlowSampler(FlowSamplerConfig(steps=0))
+    # temperature scales the start noise only: with no velocity the sample is that scaled noise
+    cold = FlowSampler(FlowSamplerConfig(steps=2, temperature=0.5))
+    torch.testing.assert_close(cold.sample(lambda xs, t: [torch.zeros_like(xs[0])], [eps])[0], 0.5 * eps)
+    with pytest.raises(ValueError, match="temperature"):
+        FlowSampler(FlowSamplerConfig(temperature=0.0))
 
 
 def test_checkpoint_errors_are_clear(tmp_path):

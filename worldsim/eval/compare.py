@@ -53,7 +53,9 @@ def compare_markdown(paths: Sequence[str | Path]) -> str:
         raise CompareError("--compare needs at least one report")
     reps = [load_report(p) for p in paths]
     first = reps[0]
-    names = [f"`{Path(p).name}` ({_get(r, 'meta', 'model') or '?'})" for p, r in zip(paths, reps)]
+    names = [f"`{Path(p).name}` ({_get(r, 'meta', 'model') or '?'}"
+             + ("" if _get(r, "meta", "temperature") in (None, 1.0) else f", temperature {_get(r, 'meta', 'temperature')}")
+             + ")" for p, r in zip(paths, reps)]
     copy, shift = first.get("baseline_copy_last") or {}, first.get("baseline_shift") or {}
     horizons = sorted({int(h) for r in reps for h in (r.get("psnr_free") or {})})
     probe = _num(first.get("action_acc_real"))

@@ -205,6 +205,7 @@ def _run_eval(model, data_dir, horizons, episodes, seed, json_out, plots_dir, dr
         "model": model_spec or getattr(model, "spec", None) or model_name(model),
         "context_steps": context,
         "sampling_steps": getattr(getattr(getattr(model, "sampler", None), "cfg", None), "steps", None),
+        "temperature": getattr(getattr(getattr(model, "sampler", None), "cfg", None), "temperature", None),
         "tf_points": len(plan.tf_points),
         "free_starts": len(plan.free_starts),
         "drift_steps": drift_steps,
@@ -245,6 +246,9 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampling-steps", default=None,
                         help="sample a world with this many Euler steps per tick instead of its world.json's "
                              "(the sharpness/speed trade-off; baselines ignore it)")
+    parser.add_argument("--temperature", default=None,
+                        help="scale a world's start noise by this (> 0; default its world.json's, 1): below 1 trades "
+                             "detail for PSNR (baselines ignore it)")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda, cuda:N: where a world runs (default: cuda when the machine has it, else cpu)")
     parser.add_argument("--tf-points", default=str(DEFAULT_TF_POINTS),
@@ -273,6 +277,16 @@ def _int_arg(value: Any, flag: str, minimum: int) -> int:
         raise _ArgError(f"{flag} must be an integer, got {value!r}") from None
     if v < minimum:
         raise _ArgError(f"{flag} must be ≥ {minimum}, got {v}")
+    return v
+
+
+def _positive_float(value: Any, flag: str) -> float:
+    try:
+        v = float(str(value).strip())
+    except ValueError:
+        raise _ArgError(f"{flag} must be a number, got {value!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise _ArgError(f"{flag} must be > 0 and finite, got {value!r}")
     return v
 
 
@@ -318,6 +332,7 @@ def main_eval(args: argparse.Namespace) -> int:
         probe_pairs = _int_arg(g("probe_pairs", 4000), "--probe-pairs", 16)
         steps = None if g("sampling_steps") in (None, "") else _int_arg(g("sampling_steps"), "--sampling-steps", 1)
         device = None if g("device") is None else check_device(g("device"))
+        temperature = None if g("temperature") in (None, "") else _positive_float(g("temperature"), "--temperature")
         data = Path(g("data") or (default_data_dir() / "heldout"))
         if not data.exists():
             raise _ArgError(f"--data {data}: no such directory (record one with `worldsim record vizdoom`)")
@@ -338,7 +353,8 @@ def main_eval(args: argparse.Namespace) -> int:
             if out:
                 check_output_file(out if opt == "--json" else Path(out) / "summary.md", opt)
         spec = str(g("checkpoint") or "default")
-        model = load_model(spec, data, episodes=episodes, seed=seed, sampling_steps=steps, device=device)
+        model = load_model(spec, data, episodes=episodes, seed=seed, sampling_steps=steps, device=device,
+                           temperature=temperature)
     except (_ArgError, ModelUnavailable, EpisodeFormatError, WorldsimError) as e:
         return _fail(str(e))
     try:

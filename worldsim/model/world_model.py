@@ -389,11 +389,14 @@ def default_world_info() -> dict[str, Any] | None:
             "training": w.get("training")}
 
 
-def _eval_loader(spec: str, sampling_steps: int | None = None, device: str | None = None, **_: Any) -> WorldModel:
+def _eval_loader(spec: str, sampling_steps: int | None = None, device: str | None = None,
+                 temperature: float | None = None, **_: Any) -> WorldModel:
     try:
         model = WorldModel.load(spec, device=device)
-        if sampling_steps is not None:  # `worldsim eval --sampling-steps`: the world's sampler, another step count
-            model.sampler = FlowSampler(replace(model.sampler.cfg, steps=sampling_steps))
+        # `worldsim eval --sampling-steps / --temperature`: the world's sampler, another step count or start noise
+        changes = {k: v for k, v in (("steps", sampling_steps), ("temperature", temperature)) if v is not None}
+        if changes:
+            model.sampler = FlowSampler(replace(model.sampler.cfg, **changes))
         return model
     except CheckpointError as e:
         from worldsim.eval.registry import ModelUnavailable
