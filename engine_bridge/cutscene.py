@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from worldsim.errors import WorldsimError
+from worldsim.errors import WorldsimError, yaml_problem
 from worldsim.play.media import write_mp4, write_wav
 
 MAX_TICKS = 100_000
@@ -76,7 +76,8 @@ def load_timeline(path: str | Path, buttons: list[str] | None = None) -> Timelin
     try:
         raw = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
     except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise TimelineError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'} ({e})") from None
+        why = e if isinstance(e, json.JSONDecodeError) else yaml_problem(e)
+        raise TimelineError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'} ({why})") from None
     if not isinstance(raw, dict):
         raise TimelineError(f"{p}: the top level must be a mapping with 'ticks' and 'npcs'")
     ticks = raw.get("ticks")

@@ -281,6 +281,8 @@ def test_train_bad_config_keys(tmp_path, toy, capsys):
     ("audio_codec: {samples: 1000}", "audio_codec.samples (per tick) 1000 is not a multiple"),
     ("dynamics_rounds: [{name: a, steps: 90000, batch: 0}]", "dynamics_rounds[0] (a): dynamics_train.batch must be >= 1"),
     ("dynamics_rounds: [{name: a, steps: x}]", "dynamics_rounds[0] (a): steps must be an integer, got 'x'"),
+    ("sampler: {steps: 2", "not valid YAML (expected ',' or '}', but got '<stream end>' at line 3, column 1)"),
+    ("sampler: {temperature: 0}", "sampler.temperature must be > 0"),
 ])
 def test_config_values_are_typed_and_bounded(tmp_path, yaml_text, message):
     """A value no run could use stops `worldsim train` as the config is read (before any stage
@@ -291,7 +293,7 @@ def test_config_values_are_typed_and_bounded(tmp_path, yaml_text, message):
     bad.write_text(f"name: x\n{yaml_text}\n")
     with pytest.raises(TrainConfigError) as e:
         load_run_config(bad)
-    assert str(e.value).startswith(str(bad)) and message in str(e.value)
+    assert str(e.value).startswith(str(bad)) and message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_config_values_are_coerced_where_lossless(tmp_path):

@@ -56,3 +56,13 @@ def read_json(path, fail, missing: str):
         raise fail("is a directory, not a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise fail(f"not valid JSON ({e})") from None
+
+
+def yaml_problem(e: Exception) -> str:
+    """A YAML parse error in one line ("expected <block end>, but found '-' at line 3, column 1"):
+    PyYAML's own message spans several lines and quotes the source."""
+    problem = getattr(e, "problem", None)
+    mark = getattr(e, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

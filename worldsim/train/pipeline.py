@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import torch
 
-from worldsim.errors import WorldsimError
+from worldsim.errors import WorldsimError, yaml_problem
 from worldsim.model.audio_codec import AudioCodecConfig
 from worldsim.model.checkpoint import CheckpointError, coerce_value, config_from_dict, config_to_dict, save_component
 from worldsim.model.dynamics import DynamicsConfig
@@ -87,8 +87,8 @@ def load_run_config(path: str | os.PathLike) -> RunConfig:
             raise TrainConfigError(f"{path}: no such config file")
     try:
         raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise TrainConfigError(f"{p}: not valid YAML ({e})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise TrainConfigError(f"{p}: not valid YAML ({yaml_problem(e)})") from None
     if not isinstance(raw, dict):
         raise TrainConfigError(f"{p}: the top level must be a mapping")
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
