@@ -29,6 +29,7 @@ def test_empty_entry_is_noop_and_roundtrip():
     ({"keys": "forward"}, "'keys' must be a list"),
     ({"axes": {"mouse_dx": float("nan")}}, "finite number"),
     ({"axes": {"mouse_dx": "fast"}}, "finite number"),
+    ({"mouse": [0, -1e30]}, r"axis 'mouse_dy' must be within ±1e\+06"),
     ({"mouse": [1, 2], "axes": {"mouse_dx": 1}}, "given twice"),
     ({"key": ["forward"]}, "unknown field"),
     ([1, 2], "expected an object"),

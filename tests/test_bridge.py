@@ -77,6 +77,10 @@ def test_step_takes_the_array_form_of_actions(server):
     assert np.array_equal(named.frame, arrays.frame) and np.array_equal(named.audio, arrays.audio)
     with pytest.raises(BridgeError, match="INVALID_ACTION: .*9 values of 0/1"):
         c.step(b, {"buttons": [1, 0]})
+    # an axis no input device sends (it would overflow the network for every session batched with it)
+    with pytest.raises(BridgeError, match="INVALID_ACTION: .*within"):
+        c.step(b, {"buttons": [0] * 9, "axes": [1e30, 0.0]})
+    assert c.step(a, {}).tick == 2 and server.stats["internal_errors"] == 0
 
 
 def test_realtime_latest_action_and_credit(server):

@@ -159,6 +159,15 @@ def test_bad_actions_and_closed_sessions(world):
         s.step((np.zeros(3), np.zeros(2)))
     with pytest.raises(ActionError):
         s.step("forward")
+    # an axis far beyond any input device would overflow the network and fail a batched tick for every
+    # session in it: refused in every action form, before any session is stepped
+    other = world.open(seed=1)
+    n = world.schema.num_buttons
+    for huge in ({"mouse": [1e30, 0.0]}, (np.zeros(n), np.array([0.0, -1e12])), world.schema.from_arrays(np.zeros(n), [1e7, 0])):
+        with pytest.raises(ActionError, match="within"):
+            world.step_many({other: {}, s: huge})
+    assert other.tick == 0  # nothing stepped
+    s.step({"mouse": [1e5, 0.0]})  # large but allowed: a frame, finite
     s.step()  # the session still works after bad input
     s.close()
     with pytest.raises(WorldsimError, match="closed"):

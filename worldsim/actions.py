@@ -14,7 +14,9 @@ An action script is a JSON list with one entry per step::
 
 Every field is optional (``{}`` means no input). ``"mouse": [dx, dy]`` is
 shorthand for the axes ``mouse_dx`` and ``mouse_dy``. Unknown keys, button or
-axis names are errors that name the entry at fault.
+axis names are errors that name the entry at fault. An axis value must be finite and within
+±``AXIS_LIMIT`` (a client's 1e30 would overflow the network's activations and fail the tick of
+every session batched with it); a schema with bounds then clips it to them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from worldsim.errors import read_json
+
+AXIS_LIMIT = 1e6  # no input device means more; the networks stay finite far beyond it (1e9 measured)
 
 ENTRY_FIELDS = ("keys", "axes", "mouse")
 ARRAY_FIELDS = ("buttons", "axes")  # the array form (ActionSchema.parse)
@@ -166,6 +170,8 @@ class ActionSchema:
                 raise ActionError(f"{where}: unknown axis {name!r}; this schema has {list(self.axes)}")
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ActionError(f"{where}: axis {name!r} must be a finite number, got {v!r}")
+            if abs(v) > AXIS_LIMIT:
+                raise ActionError(f"{where}: axis {name!r} must be within ±{AXIS_LIMIT:g}, got {v!r}")
             i = self.axes.index(name)
             lo = self.axis_low[i] if self.axis_low is not None else -math.inf
             hi = self.axis_high[i] if self.axis_high is not None else math.inf
