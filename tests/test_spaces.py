@@ -27,6 +27,14 @@ def test_space_roundtrip(space):
         assert schema.parse(schema.to_entry(a)) == a
 
 
+def test_box_values_no_input_sends_are_refused():
+    box = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+    schema = schema_from_space(box)
+    for v, msg in (([np.nan, 0.0], "finite"), ([0.0, -1e30], "within")):
+        with pytest.raises(ActionError, match=msg):
+            from_env_action(np.array(v, np.float32), box, schema)
+
+
 @pytest.mark.parametrize("space", [
     spaces.Discrete(4, start=-1),
     spaces.MultiBinary(5),

@@ -32,6 +32,16 @@ from worldsim.errors import read_json
 
 AXIS_LIMIT = 1e6  # no input device means more; the networks stay finite far beyond it (1e9 measured)
 
+
+def check_axes(axes: Any, where: str = "action") -> None:
+    """ActionError unless every axis value is finite and within ±AXIS_LIMIT: the rule every
+    action form meets (:meth:`ActionSchema.parse` applies it value by value, naming the axis)."""
+    a = np.asarray(axes, np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ActionError(f"{where} axes must be finite, got {a.tolist()}")
+    if np.any(np.abs(a) > AXIS_LIMIT):
+        raise ActionError(f"{where} axes must be within ±{AXIS_LIMIT:g}, got {a.tolist()}")
+
 ENTRY_FIELDS = ("keys", "axes", "mouse")
 ARRAY_FIELDS = ("buttons", "axes")  # the array form (ActionSchema.parse)
 

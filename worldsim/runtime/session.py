@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from worldsim.actions import AXIS_LIMIT, Action, ActionError
+from worldsim.actions import Action, ActionError, check_axes
 from worldsim.errors import WorldsimError
 from worldsim.model.stream_state import StreamState
 from worldsim.model.world_model import WorldModel
@@ -166,10 +166,7 @@ class World:
             if a.buttons.shape != (sch.num_buttons,) or a.axes.shape != (sch.num_axes,):
                 raise ActionError(f"action has {a.buttons.shape[0]} buttons / {a.axes.shape[0]} axes; "
                                   f"this world has {sch.num_buttons} / {sch.num_axes}")
-            if not np.all(np.isfinite(a.axes)):
-                raise ActionError("action axes must be finite")
-            if np.any(np.abs(a.axes) > AXIS_LIMIT):
-                raise ActionError(f"action axes must be within ±{AXIS_LIMIT:g}, got {a.axes.tolist()}")
+            check_axes(a.axes)
             return a
         if isinstance(a, Mapping):
             return sch.parse(a)
