@@ -316,18 +316,22 @@ def test_a_checkpoint_without_the_memory_layer_loads_into_a_model_with_it(tmp_pa
     torch.testing.assert_close(loaded.frame_in.weight, m.frame_in.weight)
 
 
-def test_the_2d_audio_decoder_path_decodes_like_the_1d_one():
+def test_the_2d_audio_codec_paths_code_like_the_1d_ones():
     torch.manual_seed(0)
     ac = AudioCodec(AudioCodecConfig(widths=(8, 8, 16), latent_channels=4)).eval()
     with torch.no_grad():
         for p in ac.parameters():  # the res blocks' second convs start at zero: make every path count
             p.add_(0.1 * torch.randn_like(p))
         z = torch.randn(3, 4, 4)
-        ref = ac.decode_raw(z)
+        x = 0.3 * torch.randn(3, 2, ac.cfg.samples)
+        ref, ref_enc = ac.decode_raw(z), ac.encode_raw(x)
         ac.freeze_for_inference()
-        fast = ac.decode_raw(z)
+        fast, fast_enc = ac.decode_raw(z), ac.encode_raw(x)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-4)
-    assert "_decoder_2d" not in dict(ac.named_modules()) and not any("2d" in k for k in ac.state_dict())
+    assert fast_enc.shape == ref_enc.shape == (3, 4, ac.cfg.positions)
+    torch.testing.assert_close(fast_enc, ref_enc, atol=1e-5, rtol=1e-4)
+    for name in ("_decoder_2d", "_encoder_2d"):
+        assert name not in dict(ac.named_modules()) and not any("2d" in k for k in ac.state_dict())
     ac.train()
     with torch.enable_grad():  # training still runs (and differentiates) the 1-D decoder
         y = ac.decode_raw(z.requires_grad_())

@@ -135,13 +135,18 @@ class AudioCodec(nn.Module):
         return y[..., :n] if y.shape[-1] >= n else F.pad(y, (0, n - y.shape[-1]))
 
     def encode_raw(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(x)  # (B, latent_channels, positions)
+        fast = self.__dict__.get("_encoder_2d")
+        if fast is not None and not torch.is_grad_enabled():
+            z = fast(x[:, :, None].contiguous(memory_format=torch.channels_last))[:, :, 0]  # (B, latent_channels, L')
+        else:
+            z = self.encoder(x)  # (B, latent_channels, L')
         return z[..., : self.cfg.positions]
 
     def freeze_for_inference(self) -> None:
-        """Decode through a 2-D channels-last copy of the decoder (see :func:`as_2d`) whenever no
-        gradient is wanted. Call it after the last ``.to()`` and after any change of weights:
-        the copy is not a submodule (not saved, not moved)."""
+        """Encode and decode through 2-D channels-last copies of the encoder and decoder (see
+        :func:`as_2d`) whenever no gradient is wanted. Call it after the last ``.to()`` and after
+        any change of weights: the copies are not submodules (not saved, not moved)."""
+        object.__setattr__(self, "_encoder_2d", as_2d(self.encoder).eval())
         object.__setattr__(self, "_decoder_2d", as_2d(self.decoder).eval())
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:

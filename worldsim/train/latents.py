@@ -78,6 +78,7 @@ def build_latents(episodes: Sequence[Episode], frame_codec, audio_codec, codec_d
     frame_codec.eval()
     if audio_codec is not None:
         audio_codec.eval()
+        audio_codec.freeze_for_inference()  # 2-D channels-last convs: the audio encode ~2x faster (audio_codec.as_2d)
     from tqdm import tqdm
     bar = tqdm(total=total, desc="latents", disable=not progress, mininterval=2.0)
     pos = 0
