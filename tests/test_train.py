@@ -134,6 +134,40 @@ def test_tiny_trains_evaluates_and_resumes(toy, tmp_path, capsys):
     assert main(["train", "--config", str(mem), "--latents", str(run / "latents"), "--out", str(run), "--quiet"]) == 2
 
 
+def test_latents_encoded_by_two_worker_processes_equal_one_process(tmp_path):
+    """``build_latents(workers=2)`` (``worldsim train --encode-workers 2``) deals the episodes to a
+    spawned process and this one: the store is the one a single process writes, row for row."""
+    from tests.helpers import plain_episodes
+    from worldsim.actions import ActionSchema
+    from worldsim.data import open_episodes
+    from worldsim.model.audio_codec import AudioCodec, AudioCodecConfig
+    from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
+    import torch
+
+    from worldsim.train.latents import build_latents
+
+    schema = ActionSchema(buttons=("a", "b"))
+    torch.manual_seed(0)
+    fc = FrameCodec(FrameCodecConfig(channels=(8, 16, 16), latent_channels=4)).to(memory_format=torch.channels_last)
+    ac = AudioCodec(AudioCodecConfig(widths=(8, 8, 16), latent_channels=4))
+    eps = []
+    for i, steps in enumerate((9, 5, 12)):  # unequal lengths: the rows of each episode land at its own offset
+        root = plain_episodes(tmp_path / f"d{i}", schema, episodes=1, steps=steps, seed=i)
+        audio = np.load(root / "ep_000000" / "audio.npy", mmap_mode="r+")
+        audio[:] = np.random.default_rng(i).integers(-8000, 8000, audio.shape, dtype=np.int16)
+        audio.flush()
+        del audio
+        eps += open_episodes(root)
+    one = build_latents(eps, fc, ac, tmp_path, tmp_path / "one", progress=False, batch=4)
+    two = build_latents(eps, fc, ac, tmp_path, tmp_path / "two", progress=False, batch=4, workers=2)
+    assert one.frames.shape == (26, 4, 8, 8) and np.abs(one.frames).sum() > 0 and np.abs(one.audio).sum() > 0
+    np.testing.assert_array_equal(two.frames, one.frames)
+    np.testing.assert_array_equal(two.audio, one.audio)
+    np.testing.assert_array_equal(two.bounds, one.bounds)
+    with pytest.raises(ValueError, match="workers"):
+        build_latents(eps, fc, ac, tmp_path, tmp_path / "bad", progress=False, workers=0)
+
+
 def test_a_gym_recordings_action_space_reaches_the_world(tmp_path):
     """The env's own action space travels episodes → latent store → world.json (WorldModelEnv
     reads it there); episodes that disagree on it give none."""

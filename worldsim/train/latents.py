@@ -47,9 +47,44 @@ def _key(episodes: Sequence[Episode], codec_dir: Path) -> dict:
             "codec_steps": steps}
 
 
+def _encode_episode(e: Episode, frame_codec, audio_codec, fz: np.ndarray, az: np.ndarray | None, pos: int,
+                    batch: int, device: str, done: Any = None) -> None:
+    """Encode one episode into rows ``pos ..`` of the store's frame (and audio) memmaps."""
+    n = len(e)
+    for s in range(0, n, batch):
+        sl = slice(s, min(n, s + batch))
+        with autocast(device):
+            fz[pos + sl.start:pos + sl.stop] = frame_codec.encode(torch.from_numpy(np.array(e.frames[sl])).to(device)).cpu().numpy()
+            if az is not None:
+                az[pos + sl.start:pos + sl.stop] = audio_codec.encode(torch.from_numpy(np.array(e.audio[sl])).to(device)).cpu().numpy()
+        if done is not None:
+            with done.get_lock():
+                done.value += sl.stop - sl.start
+
+
+@torch.no_grad()
+def _encode_share(frame_codec, audio_codec, jobs: list[tuple[str, int]], out: str, batch: int, done: Any) -> None:
+    """A worker process of :func:`build_latents`: its episodes (path, first row) into the shared memmaps."""
+    torch.set_num_threads(1)  # one core per worker (README: more threads collapse on a busy 2-core machine)
+    fz = np.load(Path(out) / "frames.npy.partial", mmap_mode="r+")
+    az = np.load(Path(out) / "audio.npy.partial", mmap_mode="r+") if audio_codec is not None else None
+    if audio_codec is not None:
+        audio_codec.freeze_for_inference()
+    for path, pos in jobs:
+        _encode_episode(Episode(path), frame_codec, audio_codec, fz, az, pos, batch, "cpu", done)
+    fz.flush()
+    if az is not None:
+        az.flush()
+
+
 @torch.no_grad()
 def build_latents(episodes: Sequence[Episode], frame_codec, audio_codec, codec_dir: Path, out: Path,
-                  batch: int = 256, device: str = "cpu", progress: bool = True) -> LatentStore:
+                  batch: int = 256, device: str = "cpu", progress: bool = True, workers: int = 1) -> LatentStore:
+    """Encode ``episodes`` into the latent store ``out`` (reused when its key still matches).
+    ``workers`` > 1 (CPU only): that many processes of one thread each share the episodes
+    (the codecs' weights reach them through shared memory); the store is the same."""
+    if workers < 1:
+        raise ValueError(f"latent encoding workers must be ≥ 1, got {workers}")
     out = Path(out)
     key = _key(episodes, Path(codec_dir))
     idx_file = out / "index.json"
@@ -81,19 +116,17 @@ def build_latents(episodes: Sequence[Episode], frame_codec, audio_codec, codec_d
         audio_codec.freeze_for_inference()  # 2-D channels-last convs: the audio encode ~2x faster (audio_codec.as_2d)
     from tqdm import tqdm
     bar = tqdm(total=total, desc="latents", disable=not progress, mininterval=2.0)
-    pos = 0
-    for e in episodes:
-        n = len(e)
-        buttons[pos:pos + n] = e.buttons
-        axes[pos:pos + n] = e.axes
-        for s in range(0, n, batch):
-            sl = slice(s, min(n, s + batch))
-            with autocast(device):
-                fz[pos + sl.start:pos + sl.stop] = frame_codec.encode(torch.from_numpy(np.array(e.frames[sl])).to(device)).cpu().numpy()
-                if az is not None:
-                    az[pos + sl.start:pos + sl.stop] = audio_codec.encode(torch.from_numpy(np.array(e.audio[sl])).to(device)).cpu().numpy()
-            bar.update(sl.stop - sl.start)
-        pos += n
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
+    for e, pos in zip(episodes, offsets):
+        buttons[pos:pos + len(e)] = e.buttons
+        axes[pos:pos + len(e)] = e.axes
+    workers = min(workers, len(episodes)) if str(device) == "cpu" else 1
+    if workers == 1:
+        for e, pos in zip(episodes, offsets):
+            _encode_episode(e, frame_codec, audio_codec, fz, az, int(pos), batch, device)
+            bar.update(len(e))
+    else:
+        _encode_in_workers(episodes, offsets, frame_codec, audio_codec, fz, az, out, batch, workers, bar)
     bar.close()
     fz.flush()
     del fz
@@ -115,6 +148,42 @@ def build_latents(episodes: Sequence[Episode], frame_codec, audio_codec, codec_d
     tmp.write_text(json.dumps(info))
     os.replace(tmp, idx_file)
     return load_latents(out)
+
+
+def _encode_in_workers(episodes: Sequence[Episode], offsets: np.ndarray, frame_codec, audio_codec, fz, az,
+                       out: Path, batch: int, workers: int, bar: Any) -> None:
+    """Deal the episodes round-robin (longest first) to ``workers - 1`` spawned processes and this one."""
+    import time
+    import torch.multiprocessing as mp
+
+    fz.flush()
+    if az is not None:
+        az.flush()
+    ctx = mp.get_context("spawn")  # not fork: a forked process inherits torch's thread pools half made
+    done = ctx.Value("q", 0)
+    order = sorted(range(len(episodes)), key=lambda i: -len(episodes[i]))
+    shares = [[(str(episodes[i].path), int(offsets[i])) for i in order[k::workers]] for k in range(workers)]
+    procs = [ctx.Process(target=_encode_share, args=(frame_codec, audio_codec, share, str(out), batch, done), daemon=True)
+             for share in shares[1:]]
+    for p in procs:
+        p.start()
+    try:
+        mine = {str(e.path): e for e in episodes}
+        for path, pos in shares[0]:
+            _encode_episode(mine[path], frame_codec, audio_codec, fz, az, pos, batch, "cpu", done)
+            bar.update(done.value - bar.n)
+        while any(p.is_alive() for p in procs):
+            time.sleep(0.5)
+            bar.update(done.value - bar.n)
+    finally:
+        for p in procs:
+            p.join(timeout=1.0)
+            if p.is_alive():
+                p.terminate()
+    failed = [p.exitcode for p in procs if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"latent encoding: {len(failed)} worker process(es) failed (exit codes {failed})")
+    bar.update(done.value - bar.n)
 
 
 def _common(values) -> Any:

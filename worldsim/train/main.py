@@ -27,12 +27,17 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device_arg, help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process on CPU (default 1: "
                    "more collapse on a busy 2-core machine)")
+    p.add_argument("--encode-workers", type=int, default=1, help="processes (one thread each) that encode the "
+                   "recordings into the latent store on a CPU (default 1; 2 on an otherwise idle 2-core machine "
+                   "halves that stage)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main_train(args: argparse.Namespace) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise TrainConfigError(f"--max-steps must be ≥ 1, got {args.max_steps}")
+    if args.encode_workers < 1:
+        raise TrainConfigError(f"--encode-workers must be ≥ 1, got {args.encode_workers}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise TrainConfigError(f"--max-minutes must be > 0, got {args.max_minutes}")
     cfg = load_run_config(args.config)
@@ -53,7 +58,7 @@ def main_train(args: argparse.Namespace) -> int:
         with stop_on_signal():  # Ctrl-C: finish the step, save, stop (see worldsim.train.loop)
             report = run_training(cfg, out, data=args.data, resume=args.resume, max_steps=args.max_steps,
                                   stages=tuple(args.stage or STAGES), device=device, progress=not args.quiet,
-                                  latents=args.latents,
+                                  latents=args.latents, encode_workers=args.encode_workers,
                                   max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes)
     except TrainingStopped as e:
         if int(os.environ.get("RANK", "0")) == 0:

@@ -155,7 +155,7 @@ def write_world_json(out: Path, cfg: RunConfig, store_info: dict, extra: dict | 
 def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None, resume: bool = False,
                  max_steps: int | None = None, stages: tuple[str, ...] = STAGES, device: str = "cpu",
                  progress: bool = True, latents: str | os.PathLike | None = None,
-                 max_seconds: float | None = None) -> dict[str, Any]:
+                 max_seconds: float | None = None, encode_workers: int = 1) -> dict[str, Any]:
     import torch.distributed as dist
 
     from worldsim.data.episode import open_episodes
@@ -219,7 +219,8 @@ def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None
         fc = load_codec(out, "frame_codec").to(device)
         ac = load_codec(out, "audio_codec").to(device) if use_audio and (out / "audio_codec.json").exists() else None
         if rank == 0:
-            store = build_latents(episodes, fc, ac, out, out / "latents", device=device, progress=progress)
+            store = build_latents(episodes, fc, ac, out, out / "latents", device=device, progress=progress,
+                                  workers=encode_workers)
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
         if rank != 0:
