@@ -182,7 +182,9 @@ def _encode_in_workers(episodes: Sequence[Episode], offsets: np.ndarray, frame_c
                 p.terminate()
     failed = [p.exitcode for p in procs if p.exitcode != 0]
     if failed:
-        raise RuntimeError(f"latent encoding: {len(failed)} worker process(es) failed (exit codes {failed})")
+        from worldsim.errors import WorldsimError
+        raise WorldsimError(f"latent encoding: {len(failed)} worker process(es) failed (exit codes {failed}; "
+                            "the error is printed above); nothing was kept — run again, or with one worker")
     bar.update(done.value - bar.n)
 
 
