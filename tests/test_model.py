@@ -328,7 +328,8 @@ def test_the_2d_audio_codec_paths_code_like_the_1d_ones():
         ac.freeze_for_inference()
         fast, fast_enc = ac.decode_raw(z), ac.encode_raw(x)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-4)
-    assert fast_enc.shape == ref_enc.shape == (3, 4, ac.cfg.positions)
+    assert fast_enc.shape == ref_enc.shape == (3, 4, ac.cfg.positions) and fast_enc.is_contiguous()
+    assert ac.encode((3000 * torch.randn(3, ac.cfg.samples, 2)).to(torch.int16)).view(3, -1).shape == (3, 4 * ac.cfg.positions)
     torch.testing.assert_close(fast_enc, ref_enc, atol=1e-5, rtol=1e-4)
     for name in ("_decoder_2d", "_encoder_2d"):
         assert name not in dict(ac.named_modules()) and not any("2d" in k for k in ac.state_dict())

@@ -137,7 +137,8 @@ class AudioCodec(nn.Module):
     def encode_raw(self, x: torch.Tensor) -> torch.Tensor:
         fast = self.__dict__.get("_encoder_2d")
         if fast is not None and not torch.is_grad_enabled():
-            z = fast(x[:, :, None].contiguous(memory_format=torch.channels_last))[:, :, 0]  # (B, latent_channels, L')
+            # (B, latent_channels, L'), made contiguous: callers view it (the channels-last output is not)
+            z = fast(x[:, :, None].contiguous(memory_format=torch.channels_last))[:, :, 0].contiguous()
         else:
             z = self.encoder(x)  # (B, latent_channels, L')
         return z[..., : self.cfg.positions]
