@@ -543,6 +543,17 @@ def test_shipped_starts_open_from_their_stored_latents(tmp_path):
     assert stale.open(seed=1).step().frames.shape == (1, 64, 64, 3)
 
 
+def test_the_default_worlds_starts_carry_valid_latents_and_priming():
+    """The shipped world's starts file matches the files beside it (its digests): a first open of
+    a shipped start restores a stored priming instead of running the network. A ship step that
+    edits the world after ``encode_starts`` without running it again fails here."""
+    w = World.load("default")
+    assert len(w.starts) >= 1
+    for k in range(len(w.starts)):
+        assert w.starts.latents(k) is not None, f"start {k}: stale latents"
+        assert w.starts.primed(k) is not None, f"start {k}: stale priming (run worldsim.runtime.starts.encode_starts)"
+
+
 def test_shipped_starts_open_from_their_stored_priming(tmp_path):
     """``encode_starts`` also stores the network's state after priming on each start: a first
     open of a shipped start then runs no forward and continues exactly as live priming would;
@@ -567,6 +578,14 @@ def test_shipped_starts_open_from_their_stored_priming(tmp_path):
     for a, b in zip(_run(s, acts), expect):
         assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
     assert w.open(seed=5).step().frames.shape == (1, 64, 64, 3)  # every start has one
+
+    meta = json.loads((root / "dynamics.json").read_text())  # a note in the meta: still valid
+    meta.setdefault("meta", {})["note"] = "a history entry written after encode_starts"
+    (root / "dynamics.json").write_text(json.dumps(meta))
+    assert World.load(root).starts.primed(2) is not None
+    meta["config"]["turn_weights"] = [1.0, 0.0, 0.5]  # another turn prior: stale
+    (root / "dynamics.json").write_text(json.dumps(meta))
+    assert World.load(root).starts.primed(2) is None
 
     f = root / "dynamics.safetensors"  # other dynamics weights: the stored state is stale
     sd = load_file(str(f))

@@ -138,8 +138,8 @@ class World:
         self.model.prime(state, ctx["frames"][None], None if au is None else au[None], ctx["buttons"][None],
                          ctx["axes"][None], latents=lat)
         if k is not None:
-            snap = state.snapshot()
-            del snap["rng"], snap["memories"]
+            snap = state.snapshot(memories=False)  # the memory is filled from the context at each open
+            del snap["rng"]
             self._primed[k] = snap
         return self._adopt(state, seed, tick=0)
 

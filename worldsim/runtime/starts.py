@@ -16,7 +16,7 @@ the context is encoded at open, as without them.
 It may carry, too, the network's state right after priming on each start (``primed.*``: the
 KV cache's filled slots, the pending last context tick, the latest latent; fp32, made by the
 world's own dynamics with ``encode_starts``), checked by ``primed_digest`` (sha256 of the codec
-and dynamics files). The first open of a shipped start then runs no forward at all — a restore
+and dynamics weights, the dynamics' config and the turn prior's re-aim settings). The first open of a shipped start then runs no forward at all — a restore
 where priming took ~70 ms on an AVX2 CPU in fp32 — exactly as a reopen does (``World.open``).
 Another digest, or a shape the world's cache does not have, makes them ignored.
 """
@@ -211,8 +211,22 @@ def encode_starts(root: str | os.PathLike, batch: int = 64) -> Path:
 
 
 def primed_digest(root: str | os.PathLike) -> np.ndarray:
-    """sha256 of what priming depends on: the codecs and the dynamics (weights and config)."""
-    return codec_digest(root, CODEC_FILES + ("dynamics.safetensors", "dynamics.json"))
+    """sha256 of what priming depends on: the codecs' weights (the pixel turn prior's own codec,
+    ``frame_codec_prior``, too), the dynamics' weights and config, and the prior's re-aim (the
+    screen-fixed pixels and field of view of world.json's ``memory``). Not the files' notes: a
+    history entry written into dynamics.json's meta leaves a stored priming valid (in session 25
+    one such edit, after ``encode_starts``, left the shipped world priming every start at open)."""
+    import json
+
+    def section(name: str, key: str) -> Any:
+        f = Path(root) / name
+        return json.loads(f.read_text()).get(key) if f.exists() else None
+
+    mem = section("world.json", "memory") or {}
+    what = {"dynamics": section("dynamics.json", "config"), "overlay": mem.get("overlay"), "fov": mem.get("fov")}
+    h = hashlib.sha256(codec_digest(root, CODEC_FILES + ("frame_codec_prior.safetensors", "dynamics.safetensors")).tobytes())
+    h.update(json.dumps(what, sort_keys=True).encode())
+    return np.frombuffer(h.digest(), np.uint8).copy()
 
 
 def _primed_arrays(model, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
