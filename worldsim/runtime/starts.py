@@ -16,8 +16,9 @@ the context is encoded at open, as without them.
 It may carry, too, the network's state right after priming on each start (``primed.*``: the
 KV cache's filled slots, the pending last context tick, the latest latent; fp32, made by the
 world's own dynamics with ``encode_starts``), checked by ``primed_digest`` (sha256 of the codec
-and dynamics weights, the dynamics' config and the turn prior's re-aim settings). The first open of a shipped start then runs no forward at all — a restore
-where priming took ~70 ms on an AVX2 CPU in fp32 — exactly as a reopen does (``World.open``).
+and dynamics weights, the dynamics' config and the turn prior's re-aim settings). The first open
+of a shipped start then runs no forward at all — a restore where priming took ~70 ms on an AVX2
+CPU in fp32 — exactly as a reopen does (``World.open``).
 Another digest, or a shape the world's cache does not have, makes them ignored.
 """
 
