@@ -68,9 +68,7 @@ def _encode_share(frame_codec, audio_codec, jobs: list[tuple[str, int]], out: st
     torch.set_num_threads(1)  # one core per worker (README: more threads collapse on a busy 2-core machine)
     fz = np.load(Path(out) / "frames.npy.partial", mmap_mode="r+")
     az = np.load(Path(out) / "audio.npy.partial", mmap_mode="r+") if audio_codec is not None else None
-    if audio_codec is not None:
-        audio_codec.freeze_for_inference()
-    for path, pos in jobs:
+    for path, pos in jobs:  # the audio codec arrives frozen (build_latents): its 2-D copies travel in its __dict__
         _encode_episode(Episode(path), frame_codec, audio_codec, fz, az, pos, batch, "cpu", done)
     fz.flush()
     if az is not None:
