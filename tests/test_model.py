@@ -177,6 +177,32 @@ def test_kv_cache_snapshot_select_cat():
         c.commit(torch.tensor([1, 1, 1]))
 
 
+def test_kv_cache_commit_writes_the_same_whether_rows_share_a_slot_or_not():
+    """Rows whose cursors agree take a plain copy into one slot, rows at different slots a scatter:
+    both must leave every row's keys, values and ticks where the ring says."""
+    g = torch.Generator().manual_seed(0)
+    kv = [torch.randn(3, 2, 2 * 5, 4, generator=g) for _ in range(4)]  # two blocks per commit, 2 layers × k/v
+
+    def run(cursors: list[int]) -> KVCache:
+        c = KVCache(n_layers=2, batch=3, heads=2, head_dim=4, slots=3, block_tokens=5, dtype=torch.float32)
+        c.cursor = torch.tensor(cursors)
+        for layer in range(2):
+            c.append(layer, kv[2 * layer], kv[2 * layer + 1])
+        c.commit(torch.tensor([[4, 5], [4, 5], [4, 5]]))
+        return c
+
+    same, mixed = run([2, 2, 2]), run([2, 0, 1])
+    assert same.cursor.tolist() == [1, 1, 1] and mixed.cursor.tolist() == [1, 2, 0]
+    for c, cursors in ((same, [2, 2, 2]), (mixed, [2, 0, 1])):
+        for b, start in enumerate(cursors):
+            for j in range(2):  # block j of the commit went to slot start + j (mod 3)
+                slot = (start + j) % 3
+                assert c.time[b, slot] == 4 + j
+                for layer in range(2):
+                    torch.testing.assert_close(c.k[layer][b, :, slot * 5:(slot + 1) * 5], kv[2 * layer][b, :, j * 5:(j + 1) * 5])
+                    torch.testing.assert_close(c.v[layer][b, :, slot * 5:(slot + 1) * 5], kv[2 * layer + 1][b, :, j * 5:(j + 1) * 5])
+
+
 def test_turn_prior_slides_the_right_way():
     z = torch.zeros(1, 1, 8, 8)
     z[0, 0, :, 4] = 1.0

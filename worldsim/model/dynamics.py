@@ -120,14 +120,15 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(ang), torch.sin(ang)], dim=-1)
 
 
+LN_EPS = 1e-5  # nn.LayerNorm's default: the layers' norms (no affine) are plain F.layer_norm calls
+
+
 class Layer(nn.Module):
     """Pre-norm attention + MLP with adaLN-zero modulation from the block's condition."""
 
     def __init__(self, cfg: DynamicsConfig):
         super().__init__()
         d, self.h = cfg.d_model, cfg.n_heads
-        self.norm1 = nn.LayerNorm(d, elementwise_affine=False)
-        self.norm2 = nn.LayerNorm(d, elementwise_affine=False)
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
         hidden = int(cfg.mlp_ratio * d)
@@ -140,24 +141,31 @@ class Layer(nn.Module):
         self.dist_bias = nn.Parameter(torch.zeros(cfg.n_heads, cfg.context))  # bias by tick distance
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor, attend: "Attend", drop: int = 0) -> torch.Tensor:
-        # x (B, M·N, D); mod (B, M, 1, 6D): this layer's adaLN terms of each block (see Dynamics.modulate).
-        # drop: the leading blocks whose keys/values are wanted but not their outputs (the last
-        # layer of a forward that commits clean blocks); returns x of the other M - drop blocks
+        # x (B, M·N, D); mod (B, M, 1, 6D): this layer's adaLN terms of each block, the scales with
+        # their 1 already added (see Dynamics.modulate). drop: the leading blocks whose keys/values
+        # are wanted but not their outputs (the last layer of a forward that commits clean blocks);
+        # returns x of the other M - drop blocks.
+        # Written for the streaming tick (17–34 tokens a forward on a CPU), where a layer's Python and
+        # per-op overhead rivalled its arithmetic: plain views instead of einops, F.layer_norm
+        # instead of a module call, the scale's 1 folded into the modulation (~1/3 of a layer).
         B, M = mod.shape[:2]
-        s1, b1, g1, s2, b2, g2 = mod.chunk(6, dim=-1)
-        x = x.view(B, M, -1, x.shape[-1])  # (B, M, N, D)
+        D = x.shape[-1]
+        s1, b1, g1, s2, b2, g2 = mod.chunk(6, dim=-1)  # (B, M, 1, D) each
+        x = x.view(B, M, -1, D)  # (B, M, N, D)
+        N = x.shape[2]
         # addcmul: b + a·c in one pass over the tokens (one rounding in bf16, ~1/3 faster than two ops)
-        h = torch.addcmul(b1, self.norm1(x), 1 + s1).flatten(1, 2)  # (B, M·N, D)
-        lin = packed_linear.apply  # = the layer itself, or oneDNN with a packed weight (CPU fp32 inference)
-        q, k, v = rearrange(lin(self.qkv, h), "b l (three h d) -> three b h l d", three=3, h=self.h)
+        h = torch.addcmul(b1, F.layer_norm(x, (D,), eps=LN_EPS), s1)  # (B, M, N, D)
+        lin = packed_linear.apply  # = the layer itself, or oneDNN/int8 with a packed weight (CPU inference)
+        qkv = lin(self.qkv, h).view(B, M * N, 3, self.h, D // self.h)  # (B, M·N, 3, H, Dh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, M·N, Dh) each
         if drop:
             x, g1, s2, b2, g2 = (t[:, drop:] for t in (x, g1, s2, b2, g2))  # (B, M - drop, ·, ·)
-            q = q[:, :, drop * x.shape[2]:]  # (B, H, (M - drop)·N, Dh)
-        out = attend(self, q, k, v, first=drop)
+            q = q[:, :, drop * N:]  # (B, H, (M - drop)·N, Dh)
+        out = attend(self, q, k, v, first=drop)  # (B, (M - drop)·N, D)
         if drop == M:  # nothing is wanted of this layer but the keys/values just staged
             return x.flatten(1, 2)
         x = torch.addcmul(x, g1, lin(self.proj, out).view_as(x))
-        h = torch.addcmul(b2, self.norm2(x), 1 + s2)
+        h = torch.addcmul(b2, F.layer_norm(x, (D,), eps=LN_EPS), s2)
         up, _, down = self.mlp
         return torch.addcmul(x, g2, packed_linear.mlp(up, down, h)).flatten(1, 2)
 
@@ -170,9 +178,19 @@ def streaming_kernel(dtype: torch.dtype, device: str | torch.device) -> str:
     return "sdpa" if torch.device(device).type == "cuda" or dtype == torch.float32 else "plain"
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, N: int) -> torch.Tensor:
+def token_bias(bias: torch.Tensor, N: int) -> torch.Tensor:
+    """A per-block-pair bias (..., Mq, Mk) spread over each block's N tokens: (..., Mq·N, Mk·N)."""
+    *lead, Mq, Mk = bias.shape
+    return bias[..., :, None, :, None].expand(*lead, Mq, N, Mk, N).reshape(*lead, Mq * N, Mk * N)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, N: int,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q kᵀ / √Dh + bias) v. q (B, H, Mq·N, Dh), k/v (B, H, Mk·N, Dh): blocks of N tokens;
-    ``bias`` (B|1, H, Mq, Mk) per pair of blocks (-inf = masked).
+    ``bias`` (B|1, H, Mq, Mk) per pair of blocks (-inf = masked); ``mask``: ``token_bias(bias, N)``
+    in q's dtype when the caller built it already (:class:`Attend`: once a forward, not once a layer;
+    ``bias`` may then be None, as SDPA reads only the mask — the caller checked that SDPA runs).
+    Returns (B, Mq·N, H·Dh).
 
     Two kernels, the same arithmetic: in bf16 on a CPU the plain form below is 1.5–2x faster than
     ``scaled_dot_product_attention``, with the bias broadcast over each block's tokens rather than
@@ -180,17 +198,20 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     (an int8 world's attention on a CPU without native bf16 included) SDPA is faster (`worldsim
     bench --compare-attention`, README Speed), and on CUDA it is the fused kernel. Only inference takes SDPA; training keeps the
     plain form, whose gradient reaches the learned tick-distance bias through the add."""
-    B, H, Lq, _ = q.shape
-    kernel = streaming_kernel(q.dtype, q.device) if ATTENTION_KERNEL == "auto" else ATTENTION_KERNEL
-    if kernel == "sdpa" and not torch.is_grad_enabled():
-        Mq, Mk = bias.shape[-2:]
-        mask = bias[:, :, :, None, :, None].expand(-1, H, Mq, N, Mk, N).reshape(bias.shape[0], H, Lq, Mk * N)
-        return rearrange(F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype)), "b h l d -> b l (h d)")
+    B, H, Lq, Dh = q.shape
+    if mask is None and not torch.is_grad_enabled():
+        kernel = streaming_kernel(q.dtype, q.device) if ATTENTION_KERNEL == "auto" else ATTENTION_KERNEL
+        if kernel == "sdpa":
+            mask = token_bias(bias, N).to(q.dtype)  # (B|1, H, Lq, Mk·N)
+    if mask is not None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, Lq, Dh)
+        return out.transpose(1, 2).reshape(B, Lq, H * Dh)
     # fp32 before the scale and bias (the softmax runs in fp32 anyway): a broadcast add is slow in bf16
-    logits = rearrange((q @ k.transpose(-1, -2)).float(), "b h (mq n) (mk m) -> b h mq n mk m", n=N, m=N)
-    logits.mul_(q.shape[-1] ** -0.5).add_(bias[:, :, :, None, :, None])  # (B, H, Mq, N, Mk, N)
-    out = torch.softmax(logits.view(B, H, Lq, -1), dim=-1).to(v.dtype) @ v
-    return rearrange(out, "b h l d -> b l (h d)")
+    Mq, Mk = bias.shape[-2:]
+    logits = (q @ k.transpose(-1, -2)).float().view(B, H, Mq, N, Mk, N)  # (B, H, Mq, N, Mk, N)
+    logits.mul_(Dh ** -0.5).add_(bias[:, :, :, None, :, None])
+    out = torch.softmax(logits.view(B, H, Lq, -1), dim=-1).to(v.dtype) @ v  # (B, H, Lq, Dh)
+    return out.transpose(1, 2).reshape(B, Lq, H * Dh)
 
 
 class Attend:
@@ -205,6 +226,7 @@ class Attend:
         self.layers = list(layers or [])
         self.layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
         self._bias = None
+        self._mask = None
 
     def bias(self, li: int, dtype) -> torch.Tensor:
         """Attention bias of layer ``li`` (B|1, H, Mq, Mk); built for all layers at the first call,
@@ -212,9 +234,20 @@ class Attend:
         if self._bias is None:
             table = torch.stack([layer.dist_bias for layer in self.layers])  # (L, H, C)
             b = table[:, :, self.rel.clamp(0, table.shape[-1] - 1)]  # (L, H, B, Mq, Mk)
-            b = rearrange(b, "l h b q k -> l b h q k").masked_fill(~self.allowed[None, :, None], float("-inf"))
+            b = b.transpose(1, 2).masked_fill(~self.allowed[None, :, None], float("-inf"))  # (L, B, H, Mq, Mk)
             self._bias = b.to(dtype)
         return self._bias[li]
+
+    def mask(self, li: int, q: torch.Tensor) -> torch.Tensor | None:
+        """SDPA's token-level bias of layer ``li`` (B|1, H, Mq·N, Mk·N), built for all layers at the
+        first call; None where :func:`attention` takes the plain form (it broadcasts the block bias)."""
+        if self._mask is None:
+            kernel = streaming_kernel(q.dtype, q.device) if ATTENTION_KERNEL == "auto" else ATTENTION_KERNEL
+            if kernel != "sdpa" or torch.is_grad_enabled():
+                return None
+            self.bias(li, q.dtype)
+            self._mask = token_bias(self._bias, self.N)  # (L, B|1, H, Mq·N, Mk·N)
+        return self._mask[li]
 
     def __call__(self, layer: Layer, q, k, v, first: int = 0):
         """Attention of the query blocks ``first`` .. M-1 (q holds only those) to every key."""
@@ -227,6 +260,9 @@ class Attend:
                 return q.new_zeros(q.shape[0], 0, q.shape[1] * q.shape[3])  # (B, 0, D)
             k = torch.cat([self.cache.k[li].to(k.dtype), k], dim=2)
             v = torch.cat([self.cache.v[li].to(v.dtype), v], dim=2)
+        mask = self.mask(li, q)
+        if mask is not None:  # SDPA: the token-level bias is all it needs
+            return attention(q, k, v, None, self.N, mask[:, :, first * self.N:])
         return attention(q, k, v, self.bias(li, q.dtype)[:, :, first:], self.N)
 
 
@@ -298,20 +334,33 @@ class Dynamics(nn.Module):
         """One condition per block: level (B, M), action (B, M, Dact) → (B, M, D)."""
         return self.action_emb(action) + self.level_emb(timestep_embedding(level, self.cfg.d_model))
 
+    def _scale_ones(self, device) -> torch.Tensor:
+        """(6D,) fp32: 1 at the two scales' slots of a layer's adaLN terms, 0 elsewhere."""
+        d = self.cfg.d_model
+        one = torch.zeros(6 * d, device=device)
+        one[0:d] = 1.0
+        one[3 * d:4 * d] = 1.0
+        return one
+
     def modulate(self, cond: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """adaLN terms of every layer, (B, M, 1, 6D) each, and of the head, (B, M, 1, 2D).
+        """adaLN terms of every layer, (B, M, 1, 6D) each — (scale₁, shift₁, gate₁, scale₂, shift₂,
+        gate₂), each scale with its 1 added (``1 + ada``: a layer multiplies by it directly) — and
+        of the head, (B, M, 1, 2D).
 
         They depend only on the blocks' conditions, so streaming computes those of a whole tick
         (its pending commit and all sampling steps) in one call. At inference the layers'
-        ``ada`` weights are used as one concatenated matrix: one weight read instead of L."""
+        ``ada`` weights are used as one concatenated matrix, the 1s folded into its bias: one
+        weight read instead of L."""
         c = F.silu(cond)
         head = self.ada_out(c)[:, :, None]  # (B, M, 1, 2D)
         if self.training or torch.is_grad_enabled():
-            return [layer.ada(c)[:, :, None] for layer in self.layers], head
+            one = self._scale_ones(c.device)
+            return [(layer.ada(c) + one)[:, :, None] for layer in self.layers], head
         key = tuple((lay.ada.weight.data_ptr(), lay.ada.weight._version, lay.ada.bias._version) for lay in self.layers)
         if key != self._ada_key:
+            one = self._scale_ones(c.device)
             self._ada_w = torch.cat([lay.ada.weight for lay in self.layers])  # (L·6D, D)
-            self._ada_b = torch.cat([lay.ada.bias for lay in self.layers])
+            self._ada_b = torch.cat([(lay.ada.bias.float() + one).to(lay.ada.bias.dtype) for lay in self.layers])
             self._ada_key = key
         allm = packed_linear.linear(c, self._ada_w, self._ada_b, self)  # (B, M, L·6D)
         return list(allm[:, :, None].chunk(len(self.layers), dim=-1)), head

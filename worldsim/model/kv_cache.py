@@ -62,13 +62,21 @@ class KVCache:
             raise RuntimeError(f"KVCache.commit: {len(self._staged)} of {self.n_layers} layers staged")
         times = time[:, None] if time.dim() == 1 else time  # (B, m)
         rows = torch.arange(self.batch, device=self.time.device)
+        # rows in step (one session, or sessions opened together) write one slot: a plain copy
+        # instead of a scatter per layer (a streaming tick commits every layer once)
+        same = self.time.device.type == "cpu" and bool((self.cursor == self.cursor[0]).all())
         for j in range(times.shape[1]):
             blk = slice(j * self.N, (j + 1) * self.N)
+            slot = int(self.cursor[0]) if same else None
             for layer, (k, v) in self._staged.items():
                 kc = self.k[layer].view(self.batch, k.shape[1], self.slots, self.N, -1)  # (B, H, slots, N, Dh)
                 vc = self.v[layer].view(self.batch, v.shape[1], self.slots, self.N, -1)
-                kc[rows, :, self.cursor] = k[:, :, blk].to(kc.dtype)
-                vc[rows, :, self.cursor] = v[:, :, blk].to(vc.dtype)
+                if same:
+                    kc[:, :, slot].copy_(k[:, :, blk])
+                    vc[:, :, slot].copy_(v[:, :, blk])
+                else:
+                    kc[rows, :, self.cursor] = k[:, :, blk].to(kc.dtype)
+                    vc[rows, :, self.cursor] = v[:, :, blk].to(vc.dtype)
             self.time[rows, self.cursor] = times[:, j].to(self.time.device)
             self.cursor = (self.cursor + 1) % self.slots
         self._staged.clear()

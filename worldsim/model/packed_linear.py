@@ -36,6 +36,8 @@ AVAILABLE = (torch.backends.mkldnn.is_available() and hasattr(_OPS, "_linear_poi
              and hasattr(_OPS, "_reorder_linear_weight"))
 enabled = True  # module switch (tests compare both paths)
 INT8_AVAILABLE = "fbgemm" in torch.backends.quantized.supported_engines and hasattr(torch.ops.quantized, "linear_dynamic")
+# the op's overload itself: calling the packet re-resolves it in Python every call (~50 a tick)
+_LINEAR_DYNAMIC = torch.ops.quantized.linear_dynamic.default if INT8_AVAILABLE else None
 _INT8 = "_worldsim_int8"  # the attribute use_int8 sets on a module and its linear layers
 
 
@@ -54,8 +56,9 @@ def _cached(owner: object, slot: str, weight: torch.Tensor, make, *also: torch.T
     """``make(weight)`` cached on ``owner`` under ``slot`` until ``weight`` (or a tensor in
     ``also``, e.g. a bias baked into the result) changes. The cache holds the source weight alive,
     so no other tensor can take its address: same address + same versions (shared with in-place
-    writers: ``load_state_dict``, optimizer steps) = same values."""
-    key = (weight.data_ptr(), tuple(weight.shape), weight._version, tuple(t._version for t in also if t is not None))
+    writers: ``load_state_dict``, optimizer steps) = same values. Checked on every call of a
+    streaming tick's ~50 linears, so kept to a few attribute reads."""
+    key = (weight.data_ptr(), weight.shape, weight._version, *(t._version for t in also if t is not None))
     hit = owner.__dict__.get(slot)
     if hit is None or hit[0] != key:
         hit = (key, weight.detach(), make(weight.detach()))
@@ -63,15 +66,18 @@ def _cached(owner: object, slot: str, weight: torch.Tensor, make, *also: torch.T
     return hit[2]
 
 
+def _quantize_packed(weight: torch.Tensor, bias: torch.Tensor | None):
+    """fbgemm's packed int8 weight (one scale per output channel, symmetric) with its fp32 bias."""
+    w = weight.float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()  # (out,): one scale per output channel
+    with warnings.catch_warnings():  # torch ≥ 2.10 marks quantized tensors deprecated; 2.13 (pinned) has them
+        warnings.simplefilter("ignore")
+        qw = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+        return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
+
+
 def _int8_packed(owner: object, weight: torch.Tensor, bias: torch.Tensor | None):
-    def make(src: torch.Tensor):
-        w = src.float()
-        scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()  # (out,): one scale per output channel
-        with warnings.catch_warnings():  # torch ≥ 2.10 marks quantized tensors deprecated; 2.13 (pinned) has them
-            warnings.simplefilter("ignore")
-            qw = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
-            return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
-    return _cached(owner, "_int8_weight", weight, make, bias)
+    return _cached(owner, "_int8_weight", weight, lambda w: _quantize_packed(w, bias), bias)
 
 
 def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -96,7 +102,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, own
         lead = x.shape[:-1]
         # fbgemm takes fp32 in and gives fp32 out; a bf16 world's activations round-trip through
         # fp32 around it (the GELU runs in fp32 too: on a CPU elementwise fp32 beats bf16)
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]).float(), _int8_packed(owner, weight, bias), True)
+        y = _LINEAR_DYNAMIC(x.reshape(-1, x.shape[-1]).float(), _int8_packed(owner, weight, bias), True)
         y = y.view(*lead, y.shape[-1])  # (..., out)
         return (F.gelu(y) if gelu else y).to(x.dtype)
     if not _usable(x, weight):
@@ -120,7 +126,7 @@ def mlp(up: nn.Linear, down: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     passes over the widest tensor of a layer saved (~8 % of an int8 MLP at 272-544 rows)."""
     if up.__dict__.get(_INT8) and down.__dict__.get(_INT8) and _int8_usable(x):
         lead = x.shape[:-1]
-        h = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]).float(), _int8_packed(up, up.weight, up.bias), True)
-        y = torch.ops.quantized.linear_dynamic(F.gelu(h), _int8_packed(down, down.weight, down.bias), True)
+        h = _LINEAR_DYNAMIC(x.reshape(-1, x.shape[-1]).float(), _int8_packed(up, up.weight, up.bias), True)
+        y = _LINEAR_DYNAMIC(F.gelu(h), _int8_packed(down, down.weight, down.bias), True)
         return y.view(*lead, y.shape[-1]).to(x.dtype)  # (..., out)
     return apply(down, apply(up, x, gelu=True))
