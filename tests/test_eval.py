@@ -130,6 +130,17 @@ def test_protocol_and_alignment(world):
     assert np.array_equal(frame, e.frames[11]) and np.array_equal(audio, e.audio[11])
 
 
+def test_drift_buttons_only_follows_the_recorded_buttons_with_every_axis_at_zero(world):
+    from worldsim.data.episode import open_episodes
+    from worldsim.eval.drift import _action_stream
+    eps = open_episodes(world["scroll"])
+    rec = list(_action_stream(eps, 0, 0, 40))
+    keys = list(_action_stream(eps, 0, 0, 40, buttons_only=True))
+    assert len(rec) == len(keys) == 40
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(rec, keys))
+    assert any(a[1].any() for a in rec) and not any(b[1].any() for b in keys)
+
+
 def test_perfect_model_and_keys(world, tmp_path):
     r = run_eval(PanoramaModel(world["pano"]), world["scroll"], cache_dir=world["cache"], json_out=tmp_path / "r.json",
                  plots_dir=tmp_path / "plots", **FAST)
@@ -146,6 +157,9 @@ def test_perfect_model_and_keys(world, tmp_path):
     d = on_disk["drift"]
     assert {"brightness", "edge_energy", "hist_dist", "psnr", "real_range", "frac_windows_in_range", "collapsed"} <= set(d)
     assert d["collapsed"] is False and d["frac_windows_in_range"] == 1.0
+    k = on_disk["drift_buttons_only"]  # the scrolling data turns by mouse: the same rollout without it
+    assert k["buttons_only"] is True and d["buttons_only"] is False and k["steps"] == d["steps"]
+    assert {"brightness", "edge_energy", "hist_dist", "frac_windows_in_range", "collapsed"} <= set(k)
     # the game itself: capped PSNR, SSIM 1, sharpness 1, action accuracy at the probe's ceiling, every onset
     assert r["psnr_tf"] == 100.0 and all(v == 100.0 for v in r["psnr_free"].values())
     assert r["ssim_tf"] == pytest.approx(1.0) and all(v == pytest.approx(1.0) for v in r["sharpness_ratio"].values())

@@ -249,6 +249,41 @@ def test_pixel_turn_prior_reaims_the_picture_the_right_way():
         DynamicsConfig(prior_space="pixels").validate()
 
 
+def test_pixel_prior_keeps_the_latent_of_rows_turning_less_than_reaim_min_deg():
+    """Rows under the threshold skip the decode + encode (their prior is the latent as it is); the
+    others are re-aimed exactly as without a threshold, their shown pictures picked row for row."""
+    from worldsim.model.view_warp import LatentReaim
+
+    class Counting(_BarCodec):
+        decoded = encoded = 0
+
+        def decode(self, z):
+            Counting.decoded += len(z)
+            return super().decode(z)
+
+        def encode(self, frames):
+            Counting.encoded += len(frames)
+            return super().encode(frames)
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.rand(3, 1, 8, 8, generator=g) + 0.05  # a round trip would change these: not a fixed point
+    yaw = torch.tensor([0.4, -12.0, 20.0])  # degrees: row 0 under 1°, the others well over
+    cfg = DynamicsConfig(turn_weights=(1.0, 0.0, 0.0), latent_size=8, prior_space="pixel", reaim_min_deg=1.0)
+    cfg.validate()
+    feats = torch.stack([yaw, torch.zeros(3), torch.zeros(3)], 1)
+    full = turn_prior(z, feats, cfg, LatentReaim(_BarCodec()))
+    out = turn_prior(z, feats, cfg, LatentReaim(Counting(), min_deg=cfg.reaim_min_deg))
+    assert Counting.decoded == Counting.encoded == 2  # only the turning rows
+    torch.testing.assert_close(out[0], z[0])
+    assert not torch.allclose(full[0], z[0])
+    torch.testing.assert_close(out[1:], full[1:])
+    shown = _BarCodec().decode(z)  # the runtime passes what it showed: rows must stay paired with theirs
+    torch.testing.assert_close(LatentReaim(_BarCodec(), min_deg=1.0)(z, yaw, shown)[1:], full[1:])
+    torch.testing.assert_close(LatentReaim(_BarCodec(), min_deg=1.0)(z, torch.zeros(3)), z)
+    with pytest.raises(ValueError, match="reaim_min_deg"):
+        DynamicsConfig(reaim_min_deg=-1.0).validate()
+
+
 def test_sampler_integrates_a_constant_velocity():
     s = FlowSampler(FlowSamplerConfig(steps=4, shift=2.0))
     ts = s.timesteps()

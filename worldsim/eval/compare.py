@@ -87,6 +87,9 @@ def compare_markdown(paths: Sequence[str | Path]) -> str:
     for stat in ("brightness", "edge_energy", "hist_dist"):
         row(f"drift windows in range: {stat}", lambda r, s=stat: _get(r, "drift", "in_range", s), nd=1,
             target="1.0", baselines=False)
+    for stat in ("brightness", "edge_energy", "hist_dist"):
+        row(f"  buttons only (no mouse): {stat}", lambda r, s=stat: _get(r, "drift_buttons_only", "in_range", s),
+            nd=1, baselines=False)
     row("loop closure PSNR, memory on", lambda r: r.get("loop_closure_psnr_memory_on"), baselines=False)
     row("loop closure PSNR, memory off", lambda r: r.get("loop_closure_psnr_memory_off"), baselines=False)
 

@@ -59,21 +59,26 @@ def real_reference(episodes: Sequence[Any], window: int = WINDOW) -> dict[str, A
             "median_motion": float(np.median(stats["motion"]))}
 
 
-def _action_stream(episodes: Sequence[Any], first: int, start: int, steps: int):
-    """Yield (buttons, axes) for ``steps`` steps: episode ``first`` from ``start``, then the next ones, cycling."""
+def _action_stream(episodes: Sequence[Any], first: int, start: int, steps: int, buttons_only: bool = False):
+    """Yield (buttons, axes) for ``steps`` steps: episode ``first`` from ``start``, then the next ones,
+    cycling; ``buttons_only`` holds every axis at 0 (a keyboard player: no mouse)."""
     ei, t, n = first, start, 0
     while n < steps:
         e = episodes[ei]
         if t >= len(e):
             ei, t = (ei + 1) % len(episodes), 0
             continue
-        yield np.array(e.buttons[t]), np.array(e.axes[t])
+        axes = np.array(e.axes[t])
+        yield np.array(e.buttons[t]), (np.zeros_like(axes) if buttons_only else axes)
         t += 1
         n += 1
 
 
 def drift_rollout(model: Any, episodes: Sequence[Any], steps: int, seed: int, ref: dict[str, Any],
-                  audio_ok: bool, bar: Any = None, window: int = WINDOW) -> dict[str, Any]:
+                  audio_ok: bool, bar: Any = None, window: int = WINDOW, buttons_only: bool = False) -> dict[str, Any]:
+    """The rollout described in the module docstring; ``buttons_only`` follows the recorded buttons
+    with every axis held at 0 — how a keyboard player drives a world recorded with a mouse (the
+    ground-truth PSNR then compares against frames the player did not steer toward)."""
     res = tuple(model.resolution)
     first = int(np.argmax([len(e) for e in episodes]))
     e = episodes[first]
@@ -84,7 +89,7 @@ def drift_rollout(model: Any, episodes: Sequence[Any], steps: int, seed: int, re
     session = model.open(ctx, seed=rollout_seed(seed, 1_000_000 + first, s))
     gen = np.zeros((steps, 64, 64, 3), np.uint8)
     bad, t_step = 0, 0.0
-    for k, (b, a) in enumerate(_action_stream(episodes, first, s, steps)):
+    for k, (b, a) in enumerate(_action_stream(episodes, first, s, steps, buttons_only)):
         t0 = time.perf_counter()
         frame, snd = session.step(b, a)
         t_step += time.perf_counter() - t0
@@ -126,6 +131,7 @@ def drift_rollout(model: Any, episodes: Sequence[Any], steps: int, seed: int, re
         reasons.append(f"flat (edge energy {edge[-1]:.2f} < 25% of the real 1st percentile {rng_['edge_energy'][0]:.2f})")
     return {
         "steps": steps,
+        "buttons_only": buttons_only,
         "window": w,
         "start": {"episode": e.path.name, "step": s},
         "ground_truth_steps": n_truth,

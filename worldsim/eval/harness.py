@@ -9,6 +9,8 @@ The result (also written as JSON) has these keys, horizons as strings:
     psnr_free, ssim_free, sharpness_ratio {horizon: value}, free-running under recorded actions
     baseline_copy_last, baseline_shift    the same per-model keys for the two baselines
     drift                                 a ≥ drift_steps rollout vs the real data's range (drift.py)
+    drift_buttons_only                    the same rollout with every axis held at 0 (no mouse; None
+                                          when the data has no axes)
     action_acc_real, action_acc_generated action probe balanced accuracy on real / generated pairs
     audio_onset_within_1                  fraction of real sound onsets reproduced within ±1 step
     audio_logmel_dist                     log-mel distance (dB); audio_logmel_dist_silence beside it
@@ -145,17 +147,22 @@ def _run_eval(model, data_dir, horizons, episodes, seed, json_out, plots_dir, dr
 
     per_model = len(plan.tf_points) + len(plan.free_starts) * plan.max_h
     distinct = {id(m) for m in models.values()}
-    bar = tqdm(total=per_model * len(distinct) + drift_steps, desc=f"eval {model_name(model)}", disable=not progress,
+    has_axes = any(np.asarray(e.axes).size and np.any(np.asarray(e.axes) != 0) for e in eps)
+    bar = tqdm(total=per_model * len(distinct) + drift_steps * (2 if has_axes else 1), desc=f"eval {model_name(model)}", disable=not progress,
                unit="step", dynamic_ncols=True)
     scores: dict[int, tuple[dict, dict]] = {}
     for m in models.values():
         if id(m) not in scores:
             bar.set_description(f"eval {model_name(m)}")
             scores[id(m)] = score_model(m, eps, plan, seed, probe, audio_ok, data_audio if audio_ok else None, bar)
-    drift = None
+    drift = drift_keys = None
     if drift_steps > 0:
         bar.set_description("eval drift")
-        drift = drift_rollout(model, eps, drift_steps, seed, real_reference(eps), audio_ok, bar)
+        ref = real_reference(eps)
+        drift = drift_rollout(model, eps, drift_steps, seed, ref, audio_ok, bar)
+        if has_axes:  # a keyboard player never moves the mouse: does the world hold up without it?
+            bar.set_description("eval drift, buttons only")
+            drift_keys = drift_rollout(model, eps, drift_steps, seed, ref, audio_ok, bar, buttons_only=True)
     bar.close()
     loop_eps = eps
     if loop_data is not None:
@@ -168,6 +175,7 @@ def _run_eval(model, data_dir, horizons, episodes, seed, json_out, plots_dir, dr
     result["baseline_copy_last"] = dict(scores[id(models["copy_last"])][0]) if baselines else None
     result["baseline_shift"] = dict(scores[id(models["shift"])][0]) if baselines else None
     result["drift"] = drift
+    result["drift_buttons_only"] = drift_keys
     result["action_acc_reason"] = probe_reason
     result["audio_reason"] = audio_reason
     result["loop_closure_psnr_memory_on"] = loops["on"]

@@ -172,6 +172,11 @@ def summary_markdown(result: dict[str, Any]) -> str:
         lines += ["", f"Drift ({d['steps']} steps): {_fmt(d.get('frac_windows_in_range'))} of windows inside the real "
                   f"range; collapsed: {d.get('collapsed')}" + (f" ({d['collapse_reason']})" if d.get("collapse_reason") else "")
                   + f"; frozen: {d.get('frozen')}."]
+    dk = result.get("drift_buttons_only") or {}
+    if dk:
+        lines.append(f"The same rollout with every axis held at 0 (buttons only, no mouse): "
+                     f"{_fmt(dk.get('frac_windows_in_range'))} of windows inside the real range; collapsed: "
+                     f"{dk.get('collapsed')}" + (f" ({dk['collapse_reason']})" if dk.get("collapse_reason") else "") + ".")
     lc_on, lc_off = result.get("loop_closure_psnr_memory_on"), result.get("loop_closure_psnr_memory_off")
     lines.append(f"Loop closure PSNR memory on/off: {_fmt(lc_on)} / {_fmt(lc_off)}, teacher-forced on the same views "
                  f"{_fmt(result.get('loop_closure_psnr_tf'))}, best real context frame (pure recall) "
@@ -202,8 +207,11 @@ def console_summary(result: dict[str, Any]) -> str:
                    + " / ".join(_fmt((causes.get(c) or {}).get("within_1")) for c in ("attack", "use", "other"))
                    + f"), missed: {miss.get('silent', 0)} silent, {miss.get('shifted', 0)} shifted 2–4 ticks, "
                    f"{miss.get('no_rise', 0)} without the rise; log-mel {_fmt(result.get('audio_logmel_dist'))} dB")
+    dk = result.get("drift_buttons_only") or {}
     out.append(f"action probe ceiling {_fmt(result.get('action_acc_real'))}; drift collapsed: "
-               f"{(result.get('drift') or {}).get('collapsed')}; wall {_fmt(result['meta'].get('wall_seconds'), 1)} s")
+               f"{(result.get('drift') or {}).get('collapsed')}"
+               + (f", in range {_fmt((result.get('drift') or {}).get('frac_windows_in_range'))}; buttons only: in range "
+                  f"{_fmt(dk.get('frac_windows_in_range'))}" if dk else "") + f"; wall {_fmt(result['meta'].get('wall_seconds'), 1)} s")
     if result.get("loop_closure_psnr_memory_on") is not None:
         out.append(f"loop closure ({result['details'].get('loops')} returns): PSNR memory on "
                    f"{_fmt(result['loop_closure_psnr_memory_on'], 2)} / off {_fmt(result['loop_closure_psnr_memory_off'], 2)}"

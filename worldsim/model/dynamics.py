@@ -73,13 +73,16 @@ class DynamicsConfig:
     # "latent": slide the previous latent; "pixel": re-aim the previous *picture* (decode, pinhole
     # warp, encode: view_warp.LatentReaim, which the world or trainer owning the codec supplies)
     prior_space: str = "latent"
+    # pixel prior: turns smaller than this many degrees keep the previous latent as their prior (a
+    # sub-pixel re-aim is mostly the codec's decode + encode round trip, ~1/5 of a tick on a CPU)
+    reaim_min_deg: float = 0.0
     memory_input: bool = False        # noisy blocks take a retrieved long-term memory (see above)
 
     def validate(self) -> None:
         check_limits(self, "dynamics", {"latent_channels": 1, "latent_size": 1, "patch": 1, "audio_channels": 0,
                                         "audio_positions": 1, "n_buttons": 0, "n_axes": 0, "axis_scale": 1e-6,
                                         "d_model": 1, "n_layers": 1, "n_heads": 1, "mlp_ratio": 1e-6, "context": 1,
-                                        "px_per_degree": 0, "frame_size": 1})
+                                        "px_per_degree": 0, "frame_size": 1, "reaim_min_deg": 0})
         if self.prior_space not in ("latent", "pixel"):
             raise ValueError(f"dynamics.prior_space must be 'latent' or 'pixel', got {self.prior_space!r}")
         if self.d_model % self.n_heads:

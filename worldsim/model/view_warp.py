@@ -59,12 +59,24 @@ class LatentReaim:
     the latent itself blurs: against a turn of a few degrees the picture-space warp scored 26.9 dB
     where the latent slide scored 19.4 (the module docstring). Callers pick the autocast."""
 
-    def __init__(self, codec: Any, fov: float = 90.0, keep: torch.Tensor | None = None):
-        self.codec, self.fov, self.keep = codec, float(fov), keep
+    def __init__(self, codec: Any, fov: float = 90.0, keep: torch.Tensor | None = None, min_deg: float = 0.0):
+        self.codec, self.fov, self.keep, self.min_deg = codec, float(fov), keep, float(min_deg)
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, yaw: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
-        """``frames``: ``z`` already decoded (N, H, W, 3) uint8 (the runtime keeps what it showed)."""
+        """``frames``: ``z`` already decoded (N, H, W, 3) uint8 (the runtime keeps what it showed).
+        Rows turning less than ``min_deg`` degrees keep their latent as it is (no decode, no encode)."""
+        if self.min_deg > 0:
+            still = yaw.abs() < self.min_deg  # (N,)
+            if bool(still.any()):
+                out = z.float().clone()
+                move = (~still).nonzero()[:, 0]
+                if len(move):
+                    out[move] = self._reaim(z[move], yaw[move], None if frames is None else frames[move])
+                return out
+        return self._reaim(z, yaw, frames)
+
+    def _reaim(self, z: torch.Tensor, yaw: torch.Tensor, frames: torch.Tensor | None) -> torch.Tensor:
         if frames is None:
             frames = self.codec.decode(z)  # (N, H, W, 3) uint8: the picture the stream showed
         keep = None if self.keep is None else self.keep.to(frames.device)

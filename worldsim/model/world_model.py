@@ -85,7 +85,8 @@ class WorldModel:
         self.prior_codec = None if prior_codec is None else prior_codec.to(device, wd).eval()
         if self.dynamics.cfg.prior_space == "pixel":
             self.dynamics.reaim = LatentReaim(self.prior_codec or self.frame_codec, self.memory_cfg.fov,
-                                              torch.from_numpy(keep) if self.memory_cfg.overlay else None)
+                                              torch.from_numpy(keep) if self.memory_cfg.overlay else None,
+                                              self.dynamics.cfg.reaim_min_deg)
 
     def set_memory(self, on: bool) -> None:
         """Long-term scene memory for streams opened from now on (the eval's on/off switch)."""

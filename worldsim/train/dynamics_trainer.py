@@ -336,7 +336,7 @@ def dynamics_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tcfg: 
     return loss, stats
 
 
-def training_reaim(out: Path, device: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def training_reaim(out: Path, device: str, min_deg: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The pixel-space turn prior's re-aim for training: the run's frame codec, frozen (its
     ``frame_codec_prior`` when it keeps one, as the world will decode with), the screen-fixed pixels of its
     world.json's ``memory.overlay`` (as the runtime uses them), under the training's autocast."""
@@ -354,7 +354,7 @@ def training_reaim(out: Path, device: str) -> Callable[[torch.Tensor, torch.Tens
         mem = json.loads((out / "world.json").read_text()).get("memory") or {}
     r = codec.cfg.resolution
     keep = torch.from_numpy(runs_to_mask(mem["overlay"], r, r)) if mem.get("overlay") else None
-    base = LatentReaim(codec, float(mem.get("fov", 90.0)), keep)
+    base = LatentReaim(codec, float(mem.get("fov", 90.0)), keep, min_deg)
 
     def reaim(z: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
         with autocast(device):
@@ -376,7 +376,7 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
         cfg = dataclasses.replace(cfg, prior_space=tcfg.prior_space)
     model = Dynamics(cfg).to(device)
     if cfg.prior_space == "pixel":
-        model.reaim = training_reaim(out, device)
+        model.reaim = training_reaim(out, device, cfg.reaim_min_deg)
     if tcfg.train_only:
         for name, p in model.named_parameters():
             p.requires_grad_(any(name.startswith(k) for k in tcfg.train_only))
