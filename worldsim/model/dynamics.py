@@ -181,6 +181,14 @@ def streaming_kernel(dtype: torch.dtype, device: str | torch.device) -> str:
     return "sdpa" if torch.device(device).type == "cuda" or dtype == torch.float32 else "plain"
 
 
+def attention_kernel(q: torch.Tensor) -> str:
+    """The kernel :func:`attention` runs for ``q``: "plain" whenever a gradient is wanted, else
+    ``ATTENTION_KERNEL``, or with "auto" :func:`streaming_kernel`'s pick."""
+    if torch.is_grad_enabled():
+        return "plain"
+    return streaming_kernel(q.dtype, q.device) if ATTENTION_KERNEL == "auto" else ATTENTION_KERNEL
+
+
 def token_bias(bias: torch.Tensor, N: int) -> torch.Tensor:
     """A per-block-pair bias (..., Mq, Mk) spread over each block's N tokens: (..., Mq·N, Mk·N)."""
     *lead, Mq, Mk = bias.shape
@@ -202,10 +210,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     bench --compare-attention`, README Speed), and on CUDA it is the fused kernel. Only inference takes SDPA; training keeps the
     plain form, whose gradient reaches the learned tick-distance bias through the add."""
     B, H, Lq, Dh = q.shape
-    if mask is None and not torch.is_grad_enabled():
-        kernel = streaming_kernel(q.dtype, q.device) if ATTENTION_KERNEL == "auto" else ATTENTION_KERNEL
-        if kernel == "sdpa":
-            mask = token_bias(bias, N).to(q.dtype)  # (B|1, H, Lq, Mk·N)
+    if mask is None and attention_kernel(q) == "sdpa":
+        mask = token_bias(bias, N).to(q.dtype)  # (B|1, H, Lq, Mk·N)
     if mask is not None:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, Lq, Dh)
         return out.transpose(1, 2).reshape(B, Lq, H * Dh)
@@ -234,23 +240,23 @@ class Attend:
     def bias(self, li: int, dtype) -> torch.Tensor:
         """Attention bias of layer ``li`` (B|1, H, Mq, Mk); built for all layers at the first call,
         so the table lookup and the mask run once per forward instead of once per layer."""
+        return self._all_bias(dtype)[li]
+
+    def _all_bias(self, dtype) -> torch.Tensor:
         if self._bias is None:
             table = torch.stack([layer.dist_bias for layer in self.layers])  # (L, H, C)
             b = table[:, :, self.rel.clamp(0, table.shape[-1] - 1)]  # (L, H, B, Mq, Mk)
             b = b.transpose(1, 2).masked_fill(~self.allowed[None, :, None], float("-inf"))  # (L, B, H, Mq, Mk)
             self._bias = b.to(dtype)
-        return self._bias[li]
+        return self._bias
 
     def mask(self, li: int, q: torch.Tensor) -> torch.Tensor | None:
         """SDPA's token-level bias of layer ``li`` (B|1, H, Mq·N, Mk·N), built for all layers at the
         first call; None where :func:`attention` takes the plain form (it broadcasts the block bias)."""
-        if self._mask is None:
-            kernel = streaming_kernel(q.dtype, q.device) if ATTENTION_KERNEL == "auto" else ATTENTION_KERNEL
-            if kernel != "sdpa" or torch.is_grad_enabled():
-                return None
-            self.bias(li, q.dtype)
-            self._mask = token_bias(self._bias, self.N)  # (L, B|1, H, Mq·N, Mk·N)
-        return self._mask[li]
+        if self._mask is None:  # decided once a forward (False: the plain form)
+            self._mask = (token_bias(self._all_bias(q.dtype), self.N)  # (L, B|1, H, Mq·N, Mk·N)
+                          if attention_kernel(q) == "sdpa" else False)
+        return None if self._mask is False else self._mask[li]
 
     def __call__(self, layer: Layer, q, k, v, first: int = 0):
         """Attention of the query blocks ``first`` .. M-1 (q holds only those) to every key."""
