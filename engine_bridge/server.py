@@ -95,7 +95,8 @@ class BridgeServer:
         self._done = threading.Event()  # set when the loop has ended and its clean-up has run
         self.error: BaseException | None = None
         self.period = 1.0 / world.tick_rate if world is not None else 0.05
-        self.governor = StepGovernor(world.model.sampler.cfg.steps, self.period) if world is not None else None
+        self.governor = (StepGovernor(world.model.sampler.cfg.steps, self.period, light=world.model.light_prior)
+                         if world is not None else None)
         self.endpoint: str | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -447,16 +448,17 @@ class BridgeServer:
             self._run(lockstep, replies, None)
         elif lockstep:  # nobody degraded: one batch for all
             live.update(lockstep)
-        if live:  # realtime sessions keep their rate by shedding sampling steps (declared, counted)
+        if live:  # realtime sessions keep their rate by shedding sampling steps, then the re-aim (declared, counted)
             t0 = time.perf_counter()
-            if self._run(live, replies, gov.steps):
+            if self._run(live, replies, gov.plan):
                 self.stats["degraded_ticks"] += gov.degraded
                 gov.update((time.perf_counter() - t0) * 1e3)
 
     def _run(self, batch: dict[Session, Action | None], replies: dict[Session, tuple[_Sess, int | None]],
-             steps: int | None) -> bool:
+             plan: dict[str, Any] | None) -> bool:
+        """Step ``batch`` at the governor's ``plan`` (None: the world's full level)."""
         try:
-            chunks = self.world.step_many(batch, sampling_steps=steps)
+            chunks = self.world.step_many(batch, **(plan or {}))
         except Exception as e:
             self.stats["internal_errors"] += 1
             self._event("tick_error", error=repr(e))

@@ -96,6 +96,68 @@ def test_pixel_turn_prior_decodes_with_the_world_s_prior_codec(tmp_path):
     assert not _same(_run(plain.open(seed=4), ACTS), _run(w.open(seed=4), ACTS))
 
 
+def test_light_turn_prior_skips_the_reaim_and_the_clock_falls_to_it(tmp_path, world):
+    """The clocks' lowest level: one sampling step with the previous latent slid for the turn (no
+    decode, warp, encode), declared in the chunk's timings; a world with a latent prior has no
+    such level, and the flag changes nothing there."""
+    w = World.load(str(random_world(tmp_path / "world", prior_space="pixel")))
+    assert w.model.light_prior and not world.model.light_prior
+    s = w.open(seed=5)
+    fork = s.fork()
+    reaim = w.model.dynamics.reaim
+
+    def boom(*a, **k):
+        raise AssertionError("the light prior must not re-aim")
+
+    w.model.dynamics.reaim = boom
+    try:
+        c = s.step({"mouse": [9.0, 0.0]}, light_prior=True)
+        assert c.timings["light_prior"] == 1.0
+        with pytest.raises(AssertionError, match="must not re-aim"):
+            fork.fork().step({"mouse": [9.0, 0.0]})  # the full level does re-aim
+    finally:
+        w.model.dynamics.reaim = reaim
+    full = fork.step({"mouse": [9.0, 0.0]})
+    assert full.timings["light_prior"] == 0.0 and not np.array_equal(full.frames, c.frames)
+    a = world.open(seed=3)
+    plain = world.open(seed=3).step(ACTS[2])
+    lit = a.step(ACTS[2], light_prior=True)
+    assert lit.timings["light_prior"] == 0.0 and _same([plain], [lit])
+    d = RealtimeDriver(w, rate=1000.0)  # impossible deadline: sheds the steps, then the re-aim
+    d.add(w.open(seed=2), {"mouse": [5.0, 0.0]})
+    d.run_for(0.3)
+    assert d.governor.light and d.governor.steps == 1 and d.stats.degraded > 0
+
+
+def test_tick_breakdown_counts_a_decode_inside_the_turn_prior_once(tmp_path, monkeypatch):
+    """A pixel prior without a kept picture decodes with the frame codec inside the turn prior:
+    that time is the frame decoder's, not the prior's too. A fake clock that only a decode moves
+    (1 s each) makes the split exact."""
+    import types
+
+    from worldsim.bench import tick_parts
+    w = World.load(str(random_world(tmp_path / "world", prior_space="pixel")))
+    assert w.model.prior_codec is None
+    clock = [0.0]
+    monkeypatch.setattr(tick_parts, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    decode, step_batch = w.model.frame_codec.decode, w.model.step_batch
+
+    def slow_decode(z):
+        clock[0] += 1.0
+        return decode(z)
+
+    def forget(state, *a, **k):  # no picture kept: every tick's prior decodes its latent again
+        state.prev_frame = None
+        return step_batch(state, *a, **k)
+
+    monkeypatch.setattr(w.model.frame_codec, "decode", slow_decode)
+    monkeypatch.setattr(w.model, "step_batch", forget)
+    parts = tick_parts.tick_breakdown(w, 1, ACTS, warmup=1)
+    # a tick: one decode shown + one inside the prior, both the frame decoder's; nothing else moves the clock
+    assert parts["frame_decoder"] == parts["total"] == 2000.0
+    assert parts["turn_prior"] == parts["dynamics"] == parts["rest"] == 0.0
+
+
 def test_step_many_batches_and_sessions_join_and_leave(world):
     a, b = world.open(seed=1), world.open(seed=2)
     solo_a = _run(a.fork(), ACTS)
@@ -225,6 +287,18 @@ def test_step_governor_climbs_back_when_the_full_count_is_measured_to_fit():
     gov = StepGovernor(3, period)
     assert run(gov, {1: 20.0, 2: 60.0, 3: 90.0}, 3) == [3, 2, 1] and gov.steps == 2
     assert StepGovernor(2, period, min_steps=2).max_steps == 2
+    # a one-step world with a light prior: its only lower level, left and climbed back the same way
+    levels = []
+    gov = StepGovernor(1, period, light=True)
+    for t in range(300):
+        levels.append((gov.steps, gov.light))
+        gov.update(130.0 if t < 3 else 40.0)  # a slow start (warm-up), then one step fits
+    assert levels[0] == (1, False) and levels[1] == (1, True) and levels[-200:] == [(1, False)] * 200
+    gov = StepGovernor(1, period, light=True)
+    for _ in range(600):
+        gov.update(70.0 if not gov.light else 45.0)  # one full step never fits: stays light, probes rarely
+    assert gov.light and gov.plan == {"sampling_steps": 1, "light_prior": True}
+    assert StepGovernor(2, period, min_steps=2, light=True).bottom == 2  # a floor above one step keeps the re-aim
 
 
 def test_gymnasium_env_passes_check_env(world):
@@ -332,11 +406,13 @@ def test_bench_smoke(world, tmp_path):
     # each batch's tick split into its parts: they add up to the whole, and the model's methods are back
     for b in ("1", "2"):
         parts = r["tick_breakdown_ms"][b]
-        assert set(parts) == {"dynamics", "frame_decoder", "audio_decoder", "rest", "total"}
+        assert set(parts) == {"dynamics", "frame_decoder", "audio_decoder", "turn_prior", "rest", "total"}
         assert parts["dynamics"] > 0 and parts["frame_decoder"] > 0 and parts["audio_decoder"] > 0
+        assert parts["turn_prior"] > 0
         assert abs(sum(v for k, v in parts.items() if k != "total") - parts["total"]) < 1e-6
     m = world.model
     assert "decode" not in m.frame_codec.__dict__ and "stream" not in m.dynamics.__dict__
+    assert "_turn_prior" not in m.__dict__
     # the FLOP count sees every layer's linears (oneDNN's packed ones included): at least one
     # block's tokens through all of them for each of the tick's forwards (a commit + 2 sampling steps)
     dyn = world.model.dynamics

@@ -19,7 +19,7 @@ turn in place, so that nearly every tick recalls a view — each recall costs an
 ``memory_hit_fraction`` the share that did) and
 ``memory_views``/``memory_cap``/``memory_mb`` (the store after the long run), and
 ``tick_breakdown_ms`` (one session's tick and the largest batch's, split into the dynamics, the
-frame decoder, the audio decoder and the rest: :mod:`worldsim.bench.tick_parts`).
+frame decoder, the audio decoder, the turn prior and the rest: :mod:`worldsim.bench.tick_parts`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ a tick rather than at it from outside.
   step), counted by PyTorch's FLOP counter;
 * :func:`time_dynamics` — the dynamics alone, decoders stubbed out, for achieved GFLOP/s;
 * :func:`tick_breakdown` — one tick of a batch of sessions split into the dynamics, the frame
-  decoder, the audio decoder and the rest (actions, noise, turn prior, scene memory, copies),
+  decoder, the audio decoder, the turn prior (a pixel prior's decode, warp and encode) and the rest
+  (actions, noise, scene memory, copies),
   with timers around those calls: the figure that says which part a faster tick has to come from.
 """
 
@@ -81,7 +82,7 @@ def time_dynamics(world, ticks: int = 100) -> float:
 
 
 PARTS = {"dynamics": ("dynamics", ("stream", "modulate")), "frame_decoder": ("frame_codec", ("decode",)),
-         "audio_decoder": ("audio_codec", ("decode",))}
+         "audio_decoder": ("audio_codec", ("decode",)), "turn_prior": ("", ("_turn_prior",))}  # "": the model
 
 
 def tick_breakdown(world, batch: int, actions: list[Any], warmup: int = 3) -> dict[str, float]:
@@ -92,20 +93,27 @@ def tick_breakdown(world, batch: int, actions: list[Any], warmup: int = 3) -> di
     warmup = min(warmup, len(actions) // 2)
     model = world.model
     spent = dict.fromkeys(PARTS, 0.0)
+    inside: list[str] = []  # the parts being timed now, outermost first: a nested part's time is its own only
 
     def timed(part: str, fn: Callable) -> Callable:
         def call(*a, **k):
             sync(model.device)
             t = time.perf_counter()
+            inside.append(part)
             try:
                 return fn(*a, **k)
             finally:
                 sync(model.device)
-                spent[part] += time.perf_counter() - t
+                dt = time.perf_counter() - t
+                inside.pop()
+                spent[part] += dt
+                if inside:  # e.g. the turn prior decoding with the frame codec
+                    spent[inside[-1]] -= dt
         return call
 
-    swaps = [(getattr(model, owner), name, lambda fn, part=part: timed(part, fn))
-             for part, (owner, names) in PARTS.items() if getattr(model, owner, None) is not None for name in names]
+    owners = {part: model if not owner else getattr(model, owner, None) for part, (owner, _) in PARTS.items()}
+    swaps = [(owners[part], name, lambda fn, part=part: timed(part, fn))
+             for part, (_, names) in PARTS.items() if owners[part] is not None for name in names]
     sessions = [world.open(seed=300 + i) for i in range(batch)]
     try:
         with _replaced(*swaps):

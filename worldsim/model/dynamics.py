@@ -502,15 +502,17 @@ def shift_latent(z: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
 
 
 def turn_prior(prev: torch.Tensor, feats: torch.Tensor, cfg: DynamicsConfig,
-               reaim: "Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None" = None) -> torch.Tensor:
+               reaim: "Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None" = None,
+               space: str | None = None) -> torch.Tensor:
     """Previous latent (B, C, h, w) turned by the yaw the action commands: slid in latent space,
     or with ``cfg.prior_space == "pixel"`` re-aimed by ``reaim(prev, yaw)`` (a LatentReaim);
-    unchanged without turn weights."""
+    unchanged without turn weights. ``space`` overrides ``cfg.prior_space`` ("latent": the light
+    prior a loaded runtime falls back on)."""
     if not cfg.turn_weights:
         return prev
     w = torch.tensor(cfg.turn_weights, dtype=torch.float32, device=prev.device)
     yaw = feats.float() @ w  # (B,) degrees to the right
-    if cfg.prior_space == "pixel":
+    if (space or cfg.prior_space) == "pixel":
         if reaim is None:
             raise ValueError("dynamics.prior_space 'pixel' needs the frame codec to re-aim pictures (reaim=)")
         return reaim(prev, yaw).to(prev.dtype)

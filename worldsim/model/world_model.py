@@ -230,10 +230,20 @@ class WorldModel:
         self._commit(state, z[:, -1], None if za is None else za[:, -1], act[:, -1], prior[:, -1], 0.0)
         self.remember_context(state, frames, buttons, axes)
 
-    def _turn_prior(self, prev: torch.Tensor, feats: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def light_prior(self) -> bool:
+        """Whether this world has a cheaper turn prior to fall back on under load: a pixel-space
+        prior (decode, re-aim, encode every tick) can be replaced for a tick by sliding the
+        previous latent, the prior the weights were first trained with (model card, session 25)."""
+        return self.dynamics.cfg.prior_space == "pixel" and bool(self.dynamics.cfg.turn_weights)
+
+    def _turn_prior(self, prev: torch.Tensor, feats: torch.Tensor, frames: torch.Tensor | None = None,
+                    light: bool = False) -> torch.Tensor:
         """The turn prior of latents (N, C, h, w) under action features (N, 3); a pixel-space prior
         re-aims ``frames`` (their decoded pictures, when known) or decodes them, then encodes, in
-        the codec's precision."""
+        the codec's precision — unless ``light``: then the latent grid is slid."""
+        if light:
+            return turn_prior(prev, feats, self.dynamics.cfg, space="latent")
         if self.dynamics.cfg.prior_space == "pixel":
             reaim = self.dynamics.reaim
             with self.autocast:
@@ -253,13 +263,13 @@ class WorldModel:
                     mem.store(frames[b, j], int(state.time[b]) - (c - 1 - j), 1.0)
 
     @torch.no_grad()
-    def step_batch(self, state: StreamState, buttons: np.ndarray, axes: np.ndarray, steps: int | None = None
-                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    def step_batch(self, state: StreamState, buttons: np.ndarray, axes: np.ndarray, steps: int | None = None,
+                   light_prior: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Advance every row one tick. buttons (B, NB), axes (B, NA) → frames (B, H, W, 3) uint8,
-        audio (B, S, C) int16 or None."""
+        audio (B, S, C) int16 or None. ``light_prior``: see :attr:`light_prior`."""
         dyn, cfg = self.dynamics, self.dynamics.cfg
         act, feats = self._actions(buttons, axes)
-        prior = self._turn_prior(state.prev, feats, state.prev_frame)
+        prior = self._turn_prior(state.prev, feats, state.prev_frame, light=light_prior)
         prior_tok = dyn.to_tokens(prior)[:, None]  # (B, 1, P, Dt)
         B = prior.shape[0]
         noise = [torch.stack([torch.randn(cfg.frame_tokens, cfg.token_dim, generator=g, device=self.device)

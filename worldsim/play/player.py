@@ -60,6 +60,8 @@ class Stats:
     steps: int = 0                      # sampling steps of the last tick (fewer when the machine is behind)
     steps_total: int = 0                # sampling steps over the run's ticks, for its summary
     steps_ticks: int = 0
+    light: bool = False                 # the last tick used the light turn prior
+    light_ticks: int = 0                # ticks made with the light turn prior (the clock's lowest level)
     latency_ms: float = 0.0             # input sampled → frame on screen, last tick
     latencies: list[float] = field(default_factory=list)
 
@@ -229,9 +231,10 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
                 if st.ticks < len(script):
                     action = script[st.ticks]
                 nxt = source.step(action)
-                st.model_ms, st.steps = nxt.model_ms, nxt.steps
+                st.model_ms, st.steps, st.light = nxt.model_ms, nxt.steps, nxt.light
                 if nxt.steps:
                     st.steps_total, st.steps_ticks = st.steps_total + nxt.steps, st.steps_ticks + 1
+                st.light_ticks += int(nxt.light)
                 if episodes:
                     episodes.add(cur.frame, action, cur.audio)
                 if video:
@@ -252,7 +255,7 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
                 if audio.on:
                     sound += f" · queued {audio.queued} · dropped {audio.dropped}"
                 lines = [f"{source.name} · tick {cur.tick} · {st.fps:4.1f} fps" + ("  PAUSED" if paused else ""),
-                         f"tick {st.model_ms:5.1f} ms" + (f" ({st.steps} steps)" if st.steps else "")
+                         f"tick {st.model_ms:5.1f} ms" + (f" ({st.steps} steps{', light' if st.light else ''})" if st.steps else "")
                          + f" · input to frame {st.latency_ms:5.1f} ms · "
                          f"late {st.late} · dropped {st.dropped}",
                          sound + f" · {source.memory_status()}" + (" · REC" if video or episodes else ""),
@@ -296,7 +299,7 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
             "latency_p99_ms": round(float(np.percentile(lat, 99)), 2), "audio": audio.on,
             "audio_queued": audio.queued, "audio_dropped": audio.dropped, "written": written, "paced": realtime,
             "sampling_steps_mean": round(st.steps_total / st.steps_ticks, 2) if st.steps_ticks else None,
-            "screenshot": cfg.screenshot, "source": source.where}
+            "light_prior_ticks": st.light_ticks, "screenshot": cfg.screenshot, "source": source.where}
 
 
 def add_play_args(p) -> None:
@@ -355,7 +358,8 @@ def main_play(args) -> int:
           f"sound {'on' if r['audio'] else 'off'} ({r['audio_queued']} chunks queued, {r['audio_dropped']} dropped"
           + ("" if r["paced"] or not r["audio_dropped"] else ": unpaced, ticks come faster than sound plays")
           + ")"
-          + (f", sampling steps {r['sampling_steps_mean']:g} a tick on average" if r["sampling_steps_mean"] else ""))
+          + (f", sampling steps {r['sampling_steps_mean']:g} a tick on average" if r["sampling_steps_mean"] else "")
+          + (f", {r['light_prior_ticks']} with the light turn prior" if r["light_prior_ticks"] else ""))
     for f in r["written"] + ([r["screenshot"]] if r["screenshot"] else []):
         print(f"wrote {f}")
     return 0

@@ -28,6 +28,7 @@ class Tick:
     tick: int
     model_ms: float
     steps: int = 0             # sampling steps that made it (0: unknown)
+    light: bool = False        # made with the light turn prior (the clock's lowest level)
 
 
 def read_image(path: str | Path, resolution: tuple[int, int] | None = None) -> np.ndarray:
@@ -70,7 +71,8 @@ class LocalSource:
         self.world = World.load(world, device=device, sampling_steps=sampling_steps, memory=memory)
         # paced play keeps the tick rate by shedding sampling steps (as the bridge server does);
         # fixed --sampling-steps, or unpaced runs (set_paced(False)), always use the full count
-        self.governor = StepGovernor(self.world.model.sampler.cfg.steps, 1.0 / self.world.tick_rate)
+        self.governor = StepGovernor(self.world.model.sampler.cfg.steps, 1.0 / self.world.tick_rate,
+                                     light=self.world.model.light_prior)
         self.adaptive = sampling_steps is None
         self.schema: ActionSchema = self.world.schema
         self.name, self.resolution = self.world.name, tuple(self.world.resolution)
@@ -84,12 +86,12 @@ class LocalSource:
         self.adaptive = self.adaptive and paced
 
     def step(self, action: dict[str, Any]) -> Tick:
-        steps = self.governor.steps if self.adaptive else None
-        c = self.session.step(action, sampling_steps=steps)
+        c = self.session.step(action, **(self.governor.plan if self.adaptive else {}))
         ms = c.timings.get("model_ms", 0.0)
         if self.adaptive:
             self.governor.update(ms)
-        return Tick(c.frames[-1], c.audio, c.tick, ms, int(c.timings.get("sampling_steps", 0)))
+        return Tick(c.frames[-1], c.audio, c.tick, ms, int(c.timings.get("sampling_steps", 0)),
+                    bool(c.timings.get("light_prior", 0.0)))
 
     def snapshot(self) -> Any:
         return self.session.snapshot()
@@ -148,7 +150,7 @@ class RemoteSource:
         except BridgeError as e:
             raise WorldsimError(f"lost the bridge server {self.client.addr}: {e}") from None
         return Tick(o.frame, o.audio, o.tick, float(o.timings.get("model_ms", 0.0)),
-                    int(o.timings.get("sampling_steps", 0)))
+                    int(o.timings.get("sampling_steps", 0)), bool(o.timings.get("light_prior", 0.0)))
 
     def snapshot(self) -> Any:
         return self.client.snapshot(self.sid)

@@ -9,7 +9,8 @@
   misses frames, it never grows a queue or blocks the clock. Per-tick lateness and
   compute time are recorded. Declared degradation (:class:`StepGovernor`): when a tick's
   compute exceeds the budget (``budget`` × period), the next ticks use one sampling step fewer
-  (down to ``min_steps``); they climb back when the higher count is measured to fit. A tick
+  (down to ``min_steps``), then, where the world has one, its light turn prior; they climb back
+  when the higher level is measured to fit. A tick
   that starts more than a period late is *skipped* (counted) rather than run in a burst.
 """
 
@@ -39,48 +40,70 @@ def freeze_heap() -> None:
 
 class StepGovernor:
     """The declared degradation, shared by :class:`RealtimeDriver`, the bridge server and the
-    player: a tick whose compute exceeded ``budget`` × period makes the next ticks use one
-    sampling step fewer (down to ``min_steps``). It climbs back one step when the higher count
-    is known to fit — the median of its last ticks under ``climb`` × the budget — or, like
-    before, when a tick took under half the budget. A count without a recent measurement
+    player: a tick whose compute exceeded ``budget`` × period makes the next ticks one level
+    cheaper. The levels are the sampling step counts, ``max_steps`` down to ``min_steps``, and,
+    with ``light`` (a world whose turn prior re-aims pictures: :attr:`WorldModel.light_prior`),
+    one more under a single step: one step with the *light turn prior* (the previous latent slid
+    by the turn instead of decoded, re-aimed and encoded again). It climbs back one level when the
+    higher one is known to fit — the median of its last ticks under ``climb`` × the budget — or,
+    like before, when a tick took under half the budget. A level without a recent measurement
     (fewer than 3 ticks, or none for ``forget`` ticks) is tried again every ``probe`` ticks:
     at most one late tick per probe where it does not fit.
 
     Why the measurements: a step is not a fixed share of a tick — the decoders and the committed
     block cost the same at any count (the default world in int8 on an AVX2 CPU: 31 / 44 ms at
     1 / 2 steps) — so "half the budget" is never reached at one step there, and a session used to
-    stay at one step after a single slow tick even on a machine where two fit."""
+    stay at one step after a single slow tick even on a machine where two fit.
+
+    Why a light level: a world sampled with one step (the default world since session 30) has no
+    step to shed; its turn prior's decode + encode is the next-largest part of a tick."""
 
     def __init__(self, max_steps: int, period_s: float, min_steps: int = 1, budget: float = 0.9,
-                 climb: float = 0.8, hold: int = 8, probe: int = 64, forget: int = 512):
+                 climb: float = 0.8, hold: int = 8, probe: int = 64, forget: int = 512, light: bool = False):
         self.max_steps = max(1, int(max_steps))
         self.min_steps = max(1, min(int(min_steps), self.max_steps))
+        self.bottom = 0 if light and self.min_steps == 1 else self.min_steps  # level 0: one step, light prior
         self.limit_ms = budget * period_s * 1e3
         self.climb, self.hold, self.probe, self.forget = climb, hold, probe, forget
-        self.steps = self.max_steps
-        self._ms: dict[int, deque] = {}      # steps → the compute times of its last ticks
-        self._seen: dict[int, int] = {}      # steps → the tick it last ran
+        self.level = self.max_steps
+        self._ms: dict[int, deque] = {}      # level → the compute times of its last ticks
+        self._seen: dict[int, int] = {}      # level → the tick it last ran
         self._tick = self._changed = 0
 
     @property
-    def degraded(self) -> bool:
-        return self.steps < self.max_steps
+    def steps(self) -> int:
+        """The sampling steps of the next tick."""
+        return max(self.level, 1)
 
-    def _set(self, steps: int) -> None:
-        self.steps, self._changed = steps, self._tick
+    @property
+    def light(self) -> bool:
+        """Whether the next tick uses the light turn prior."""
+        return self.level == 0
+
+    @property
+    def plan(self) -> dict[str, Any]:
+        """The next tick's keyword arguments for :meth:`World.step_many`."""
+        return {"sampling_steps": self.steps, "light_prior": self.light}
+
+    @property
+    def degraded(self) -> bool:
+        return self.level < self.max_steps
+
+    def _set(self, level: int) -> None:
+        self.level, self._changed = level, self._tick
 
     def update(self, compute_ms: float) -> None:
         self._tick += 1
-        k = self.steps
+        k = self.level
         self._ms.setdefault(k, deque(maxlen=8)).append(float(compute_ms))
         self._seen[k] = self._tick
-        if compute_ms > self.limit_ms and k > self.min_steps:
+        if compute_ms > self.limit_ms and k > self.bottom:
             return self._set(k - 1)
         if k >= self.max_steps:
             return
         if compute_ms < 0.5 * self.limit_ms:
             return self._set(k + 1)
-        if self._tick - self._changed < self.hold:  # settle before judging the next count
+        if self._tick - self._changed < self.hold:  # settle before judging the next level
             return
         up = self._ms.get(k + 1)
         known = up is not None and len(up) >= 3 and self._tick - self._seen[k + 1] <= self.forget
@@ -103,7 +126,7 @@ class TickStats:
     ticks: int = 0
     late: int = 0          # ticks that finished after their deadline
     skipped: int = 0       # deadlines dropped because the clock fell a whole period behind
-    degraded: int = 0      # ticks run with fewer sampling steps than configured
+    degraded: int = 0      # ticks run below the full level (fewer sampling steps, or the light prior)
     compute_ms: deque = field(default_factory=lambda: deque(maxlen=10000))
     lateness_ms: deque = field(default_factory=lambda: deque(maxlen=10000))
 
@@ -124,7 +147,8 @@ class RealtimeDriver:
             raise ValueError(f"tick rate must be > 0, got {rate}")
         self.period = 1.0 / self.rate
         self.on_chunk = on_chunk
-        self.governor = StepGovernor(world.model.sampler.cfg.steps, self.period, min_steps, budget)
+        self.governor = StepGovernor(world.model.sampler.cfg.steps, self.period, min_steps, budget,
+                                     light=world.model.light_prior)
         self.stats = TickStats()
         self._lock = threading.Lock()
         self._actions: dict[Session, ActionLike] = {}
@@ -164,7 +188,7 @@ class RealtimeDriver:
             return {}
         t0 = time.perf_counter()
         gov = self.governor
-        chunks = self.world.step_many(actions, sampling_steps=gov.steps)
+        chunks = self.world.step_many(actions, **gov.plan)
         ms = (time.perf_counter() - t0) * 1e3
         self.stats.ticks += 1
         self.stats.compute_ms.append(ms)

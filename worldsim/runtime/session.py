@@ -177,9 +177,11 @@ class World:
                 raise ActionError(f"bad (buttons, axes) action: {e}") from None
         raise ActionError(f"unsupported action type {type(a).__name__}")
 
-    def step_many(self, actions: Mapping["Session", ActionLike], sampling_steps: int | None = None
-                  ) -> dict["Session", Chunk]:
-        """Advance every given session one tick in one batched forward."""
+    def step_many(self, actions: Mapping["Session", ActionLike], sampling_steps: int | None = None,
+                  light_prior: bool = False) -> dict["Session", Chunk]:
+        """Advance every given session one tick in one batched forward. ``sampling_steps``
+        overrides the world's count for this tick; ``light_prior`` slides the previous latent for
+        the turn prior instead of re-aiming its picture (cheaper; the clocks' lowest level)."""
         if not actions:
             return {}
         sessions = list(actions)
@@ -206,13 +208,15 @@ class World:
             self._group = (sessions, batch)
             for s in sessions:
                 s._grouped = True
-        frames, audio = self.model.step_batch(batch, b, ax, steps=steps)
+        light = bool(light_prior) and self.model.light_prior
+        frames, audio = self.model.step_batch(batch, b, ax, steps=steps, light_prior=light)
         ms = (time.perf_counter() - t0) * 1e3
         out = {}
         for i, s in enumerate(sessions):
             s.tick += 1
             out[s] = Chunk(frames[i:i + 1], None if audio is None else audio[i], s.tick,
-                           {"model_ms": ms, "batch": float(len(sessions)), "sampling_steps": float(steps)})
+                           {"model_ms": ms, "batch": float(len(sessions)), "sampling_steps": float(steps),
+                            "light_prior": float(light)})
         return out
 
     def ungroup(self) -> None:
@@ -252,8 +256,8 @@ class Session:
     def __eq__(self, other: object) -> bool:
         return self is other
 
-    def step(self, action: ActionLike = None, sampling_steps: int | None = None) -> Chunk:
-        return self.world.step_many({self: action}, sampling_steps)[self]
+    def step(self, action: ActionLike = None, sampling_steps: int | None = None, light_prior: bool = False) -> Chunk:
+        return self.world.step_many({self: action}, sampling_steps, light_prior)[self]
 
     def snapshot(self) -> Snapshot:
         if self.closed:
