@@ -384,4 +384,5 @@ def test_bridge_bench_smoke(tmp_path):
         assert k in r, k
     assert 0 <= r["overhead_ms_p50"] <= r["rtt_ms_p50"] and r["inprocess_ms_p50"] > 0
     assert [x["sessions"] for x in r["realtime"]] == [1, 2] and all(x["min_fps"] > 0 for x in r["realtime"])
+    assert all(x["light_prior_frac"] == 0.0 for x in r["realtime"])  # a latent-prior world has no light level
     assert r["server_errors"] == 0

@@ -68,6 +68,7 @@ def _realtime(client, n: int, seconds: float, tick_rate: float, action: dict) ->
     counts = dict.fromkeys(sids, 0)
     dropped = dict.fromkeys(sids, 0)
     steps: list[float] = []  # sampling steps of each counted frame: under load the server sheds them
+    light: list[float] = []  # 1 where a frame was made with the light turn prior (the level below one step)
     t0 = time.monotonic()
     warm = t0 + 1.0  # frames in the first second are not counted (session start-up)
     while time.monotonic() - t0 < seconds + 1.0:
@@ -82,11 +83,13 @@ def _realtime(client, n: int, seconds: float, tick_rate: float, action: dict) ->
             if time.monotonic() >= warm:
                 counts[obs.sid] += 1
                 steps.append(float(obs.timings.get("sampling_steps", 0)))
+                light.append(float(obs.timings.get("light_prior", 0)))
     for sid in sids:
         client.close_session(sid)
     fps = [counts[s] / seconds for s in sids]
     return {"sessions": n, "min_fps": min(fps), "mean_fps": float(np.mean(fps)), "tick_rate": tick_rate,
-            "frames_dropped": int(sum(dropped.values())), "mean_sampling_steps": float(np.mean(steps)) if steps else None}
+            "frames_dropped": int(sum(dropped.values())), "mean_sampling_steps": float(np.mean(steps)) if steps else None,
+            "light_prior_frac": float(np.mean(light)) if light else None}
 
 
 def run_bridge_bench(world: str = "default", ticks: int = 300, session_counts=(1, 4, 8, 16),
@@ -113,7 +116,8 @@ def run_bridge_bench(world: str = "default", ticks: int = 300, session_counts=(1
                 r = _realtime(client, n, seconds, tick_rate, acts[0])
                 res["realtime"].append(r)
                 say(f"bridge realtime: {n} sessions, slowest {r['min_fps']:.1f} fps, "
-                    f"{r['mean_sampling_steps'] or 0:.2f} sampling steps per frame on average")
+                    f"{r['mean_sampling_steps'] or 0:.2f} sampling steps per frame on average, "
+                    f"{100 * (r['light_prior_frac'] or 0):.0f} % with the light turn prior")
             stats = client.request("PING").get("stats", {})
         res["server_errors"] = int(stats.get("internal_errors", 0)) if stats else None
     res["inprocess_ms_p50"] = _inprocess(world, acts, device)
