@@ -547,6 +547,12 @@ def test_shipped_default_world_loads_steps_and_is_described():
     assert a.frames.shape == (1, 64, 64, 3) and a.audio.shape == (1260, 2)
     assert not np.array_equal(a.frames, b.frames)  # the action changes the very next frame
     assert a.frames.std() > 5  # a picture, not a flat field
+    # real-time play of the shipped world can always shed something: a step, or the re-aim below one step
+    from worldsim.runtime.clock import StepGovernor
+    gov = StepGovernor(w.model.sampler.cfg.steps, 1 / w.tick_rate, light=w.model.light_prior)
+    assert gov.bottom < gov.max_steps
+    lit = w.open(seed=0).step({"keys": ["forward"]}, light_prior=True)
+    assert lit.timings["light_prior"] == 1.0 and lit.frames.std() > 5
     out = subprocess.run([sys.executable, "-m", "worldsim.cli", "info", "--json"], capture_output=True, text=True, timeout=120)
     dw = json.loads(out.stdout)["default_world"]
     assert dw["wad"] == "freedoom2" and dw["maps"] == ["MAP01"] and dw["tick_rate"] == 17.5 and dw["resolution"] == [64, 64]
