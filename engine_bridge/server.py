@@ -95,8 +95,7 @@ class BridgeServer:
         self._done = threading.Event()  # set when the loop has ended and its clean-up has run
         self.error: BaseException | None = None
         self.period = 1.0 / world.tick_rate if world is not None else 0.05
-        self.governor = (StepGovernor(world.model.sampler.cfg.steps, self.period, light=world.model.light_prior)
-                         if world is not None else None)
+        self.governor = StepGovernor.for_world(world, self.period) if world is not None else None
         self.endpoint: str | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------

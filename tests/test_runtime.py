@@ -549,8 +549,8 @@ def test_shipped_default_world_loads_steps_and_is_described():
     assert a.frames.std() > 5  # a picture, not a flat field
     # real-time play of the shipped world can always shed something: a step, or the re-aim below one step
     from worldsim.runtime.clock import StepGovernor
-    gov = StepGovernor(w.model.sampler.cfg.steps, 1 / w.tick_rate, light=w.model.light_prior)
-    assert gov.bottom < gov.max_steps
+    gov = StepGovernor.for_world(w, 1 / w.tick_rate)
+    assert gov.bottom < gov.max_steps and gov.max_steps == w.model.sampler.cfg.steps
     lit = w.open(seed=0).step({"keys": ["forward"]}, light_prior=True)
     assert lit.timings["light_prior"] == 1.0 and lit.frames.std() > 5
     out = subprocess.run([sys.executable, "-m", "worldsim.cli", "info", "--json"], capture_output=True, text=True, timeout=120)

@@ -71,8 +71,7 @@ class LocalSource:
         self.world = World.load(world, device=device, sampling_steps=sampling_steps, memory=memory)
         # paced play keeps the tick rate by shedding sampling steps (as the bridge server does);
         # fixed --sampling-steps, or unpaced runs (set_paced(False)), always use the full count
-        self.governor = StepGovernor(self.world.model.sampler.cfg.steps, 1.0 / self.world.tick_rate,
-                                     light=self.world.model.light_prior)
+        self.governor = StepGovernor.for_world(self.world, 1.0 / self.world.tick_rate)
         self.adaptive = sampling_steps is None
         self.schema: ActionSchema = self.world.schema
         self.name, self.resolution = self.world.name, tuple(self.world.resolution)

@@ -70,6 +70,12 @@ class StepGovernor:
         self._seen: dict[int, int] = {}      # level → the tick it last ran
         self._tick = self._changed = 0
 
+    @classmethod
+    def for_world(cls, world: World, period_s: float, **kw: Any) -> "StepGovernor":
+        """The governor of ``world``'s real-time ticks: its sampler's full count, its light level where
+        it has one (every clock builds it here, so none forgets a level)."""
+        return cls(world.model.sampler.cfg.steps, period_s, light=world.model.light_prior, **kw)
+
     @property
     def steps(self) -> int:
         """The sampling steps of the next tick."""
@@ -147,8 +153,7 @@ class RealtimeDriver:
             raise ValueError(f"tick rate must be > 0, got {rate}")
         self.period = 1.0 / self.rate
         self.on_chunk = on_chunk
-        self.governor = StepGovernor(world.model.sampler.cfg.steps, self.period, min_steps, budget,
-                                     light=world.model.light_prior)
+        self.governor = StepGovernor.for_world(world, self.period, min_steps=min_steps, budget=budget)
         self.stats = TickStats()
         self._lock = threading.Lock()
         self._actions: dict[Session, ActionLike] = {}
