@@ -8,7 +8,8 @@ import torch
 
 from worldsim.model.audio_codec import AudioCodec, AudioCodecConfig
 from worldsim.model.checkpoint import CheckpointError, load_component, save_component
-from worldsim.model.dynamics import Dynamics, DynamicsConfig, shift_latent, turn_prior
+from worldsim.model.action_inputs import shift_latent, turn_prior
+from worldsim.model.dynamics import Dynamics, DynamicsConfig
 from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
 from worldsim.model.kv_cache import KVCache
 from worldsim.model.sampler import FlowSampler, FlowSamplerConfig
@@ -441,7 +442,7 @@ def test_fused_attention_computes_what_the_plain_form_does():
     """Inference in fp32 attends through SDPA with the per-block bias spread over each block's
     tokens; the plain form (bf16 CPU inference, training) gives the same outputs, masked pairs
     included, and with autograd on the plain form runs, so the tick-distance bias still learns."""
-    from worldsim.model import dynamics as D
+    from worldsim.model import attention as D
     g = torch.Generator().manual_seed(3)
     B, H, N, Dh, Mq, Mk = 2, 2, 5, 8, 2, 4
     q = torch.randn(B, H, Mq * N, Dh, generator=g)

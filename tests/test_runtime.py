@@ -517,13 +517,13 @@ def test_bench_compares_the_attention_kernels_side_by_side(world, monkeypatch):
     import pytest
 
     from worldsim.bench.compare import compare_attention
-    from worldsim.model import dynamics
+    from worldsim.model import attention as att
     seen = []
-    real = dynamics.attention
-    monkeypatch.setattr(dynamics, "attention", lambda *a: seen.append(dynamics.ATTENTION_KERNEL) or real(*a))
+    real = att.attention
+    monkeypatch.setattr(att, "attention", lambda *a: seen.append(att.ATTENTION_KERNEL) or real(*a))
     r = compare_attention(str(world.model.path), ticks=4, batch=3, batch_ticks=2, block=2, progress=False)
-    assert {"plain", "sdpa"} <= set(seen) and dynamics.ATTENTION_KERNEL == "auto"  # (opening sessions primes in auto)
-    assert r["auto"] == dynamics.streaming_kernel(world.model.dtype, world.model.device)
+    assert {"plain", "sdpa"} <= set(seen) and att.ATTENTION_KERNEL == "auto"  # (opening sessions primes in auto)
+    assert r["auto"] == att.streaming_kernel(world.model.dtype, world.model.device)
     for k in ("plain", "sdpa"):
         assert r[k]["fps"] > 0 and r[k]["batch_fps"] > 0
     assert r["sdpa_over_plain"]["fps"] == pytest.approx(r["sdpa"]["fps"] / r["plain"]["fps"])

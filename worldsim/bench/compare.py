@@ -141,8 +141,8 @@ def compare_attention(world_spec: str = "default", ticks: int = 60, batch: int =
     """The dynamics' two attention kernels side by side on one world (its auto precision): the plain
     softmax(q kᵀ + bias) v and PyTorch's scaled_dot_product_attention, each forced for its own
     sessions' ticks (single and batch, interleaved). ``auto`` is the kernel this world's streaming
-    uses here (:func:`worldsim.model.dynamics.attention`); ``sdpa_over_plain`` > 1: SDPA faster."""
-    from worldsim.model import dynamics
+    uses here (:func:`worldsim.model.attention.attention`); ``sdpa_over_plain`` > 1: SDPA faster."""
+    from worldsim.model import attention
     from worldsim.runtime import World
 
     torch.set_num_threads(1)
@@ -152,15 +152,15 @@ def compare_attention(world_spec: str = "default", ticks: int = 60, batch: int =
     acts = _actions(worlds["plain"], ticks + 5)
 
     def use(k: str) -> Callable[[], None]:
-        return lambda: setattr(dynamics, "ATTENTION_KERNEL", k)
+        return lambda: setattr(attention, "ATTENTION_KERNEL", k)
 
     try:
         raced = _race(worlds, acts, ticks, batch, batch_ticks, block, {k: use(k) for k in kernels})
     finally:
-        dynamics.ATTENTION_KERNEL = "auto"
+        attention.ATTENTION_KERNEL = "auto"
     model = worlds["plain"].model
     res: dict[str, Any] = {"ticks": ticks, "batch": batch, "precision": model.precision,
-                           "auto": dynamics.streaming_kernel(model.dtype, model.device)}
+                           "auto": attention.streaming_kernel(model.dtype, model.device)}
     for k in kernels:
         res[k] = raced[k]
         say(f"{k}: {res[k]['fps']:.1f} fps, batch {batch}: {res[k]['batch_fps']:.1f} frames/s")

@@ -21,7 +21,8 @@ one to commit it. Attention bias is a learned table over the tick distance (0..C
 absolute positions, so the cache can roll forever.
 
 Turn prior: a mouse/keyboard turn mostly slides the image sideways, so each frame token
-also receives the previous frame's latent shifted by the commanded yaw (``turn_prior``);
+also receives the previous frame's latent shifted by the commanded yaw
+(:func:`~worldsim.model.action_inputs.turn_prior`);
 the network only has to predict what the slide does not explain. With ``prior_space =
 "pixel"`` the previous *picture* is re-aimed instead (decoded, warped as a pinhole camera
 turns, encoded: sharp where the latent slide blurs; the codec's owner passes the
@@ -47,6 +48,7 @@ from einops import rearrange
 
 from worldsim.errors import check_limits
 from worldsim.model import packed_linear
+from worldsim.model.attention import Attend
 from worldsim.model.kv_cache import KVCache
 
 
@@ -143,7 +145,7 @@ class Layer(nn.Module):
         nn.init.zeros_(self.ada.bias)
         self.dist_bias = nn.Parameter(torch.zeros(cfg.n_heads, cfg.context))  # bias by tick distance
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor, attend: "Attend", drop: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, attend: Attend, drop: int = 0) -> torch.Tensor:
         # x (B, M·N, D); mod (B, M, 1, 6D): this layer's adaLN terms of each block, the scales with
         # their 1 already added (see Dynamics.modulate). drop: the leading blocks whose keys/values
         # are wanted but not their outputs (the last layer of a forward that commits clean blocks);
@@ -171,108 +173,6 @@ class Layer(nn.Module):
         h = torch.addcmul(b2, F.layer_norm(x, (D,), eps=LN_EPS), s2)
         up, _, down = self.mlp
         return torch.addcmul(x, g2, packed_linear.mlp(up, down, h)).flatten(1, 2)
-
-
-ATTENTION_KERNEL = "auto"  # "auto" | "plain" | "sdpa": tests and `worldsim bench --compare-attention` force one
-
-
-def streaming_kernel(dtype: torch.dtype, device: str | torch.device) -> str:
-    """The kernel "auto" picks for inference in ``dtype`` on ``device`` (see :func:`attention`)."""
-    return "sdpa" if torch.device(device).type == "cuda" or dtype == torch.float32 else "plain"
-
-
-def attention_kernel(q: torch.Tensor) -> str:
-    """The kernel :func:`attention` runs for ``q``: "plain" whenever a gradient is wanted, else
-    ``ATTENTION_KERNEL``, or with "auto" :func:`streaming_kernel`'s pick."""
-    if torch.is_grad_enabled():
-        return "plain"
-    return streaming_kernel(q.dtype, q.device) if ATTENTION_KERNEL == "auto" else ATTENTION_KERNEL
-
-
-def token_bias(bias: torch.Tensor, N: int) -> torch.Tensor:
-    """A per-block-pair bias (..., Mq, Mk) spread over each block's N tokens: (..., Mq·N, Mk·N)."""
-    *lead, Mq, Mk = bias.shape
-    return bias[..., :, None, :, None].expand(*lead, Mq, N, Mk, N).reshape(*lead, Mq * N, Mk * N)
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, N: int,
-              mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q kᵀ / √Dh + bias) v. q (B, H, Mq·N, Dh), k/v (B, H, Mk·N, Dh): blocks of N tokens;
-    ``bias`` (B|1, H, Mq, Mk) per pair of blocks (-inf = masked); ``mask``: ``token_bias(bias, N)``
-    in q's dtype when the caller built it already (:class:`Attend`: once a forward, not once a layer;
-    ``bias`` may then be None, as SDPA reads only the mask — the caller checked that SDPA runs).
-    Returns (B, Mq·N, H·Dh).
-
-    Two kernels, the same arithmetic: in bf16 on a CPU the plain form below is 1.5–2x faster than
-    ``scaled_dot_product_attention``, with the bias broadcast over each block's tokens rather than
-    materialised per token (at batch 16 the per-token bias cost more than the softmax); in fp32
-    (an int8 world's attention on a CPU without native bf16 included) SDPA is faster (`worldsim
-    bench --compare-attention`, README Speed), and on CUDA it is the fused kernel. Only inference takes SDPA; training keeps the
-    plain form, whose gradient reaches the learned tick-distance bias through the add."""
-    B, H, Lq, Dh = q.shape
-    if mask is None and attention_kernel(q) == "sdpa":
-        mask = token_bias(bias, N).to(q.dtype)  # (B|1, H, Lq, Mk·N)
-    if mask is not None:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, Lq, Dh)
-        return out.transpose(1, 2).reshape(B, Lq, H * Dh)
-    # fp32 before the scale and bias (the softmax runs in fp32 anyway): a broadcast add is slow in bf16
-    Mq, Mk = bias.shape[-2:]
-    logits = (q @ k.transpose(-1, -2)).float().view(B, H, Mq, N, Mk, N)  # (B, H, Mq, N, Mk, N)
-    logits.mul_(Dh ** -0.5).add_(bias[:, :, :, None, :, None])
-    out = torch.softmax(logits.view(B, H, Lq, -1), dim=-1).to(v.dtype) @ v  # (B, H, Lq, Dh)
-    return out.transpose(1, 2).reshape(B, Lq, H * Dh)
-
-
-class Attend:
-    """How a forward attends: full window (training) or current block + KV cache (streaming).
-    ``rel``/``allowed`` are per pair of blocks (query block, key block): every token of a block
-    shares its tick, so the tick-distance bias and the mask are the same for all its tokens."""
-
-    def __init__(self, rel: torch.Tensor, allowed: torch.Tensor, block_tokens: int, cache: KVCache | None = None,
-                 commit_tokens: int = 0, layers: "nn.ModuleList | None" = None):
-        self.rel, self.allowed, self.N = rel, allowed, block_tokens  # (B|1, Mq, Mk) tick distance, bool mask
-        self.cache, self.commit_tokens = cache, commit_tokens  # the leading tokens to stage into the cache
-        self.layers = list(layers or [])
-        self.layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
-        self._bias = None
-        self._mask = None
-
-    def bias(self, li: int, dtype) -> torch.Tensor:
-        """Attention bias of layer ``li`` (B|1, H, Mq, Mk); built for all layers at the first call,
-        so the table lookup and the mask run once per forward instead of once per layer."""
-        return self._all_bias(dtype)[li]
-
-    def _all_bias(self, dtype) -> torch.Tensor:
-        if self._bias is None:
-            table = torch.stack([layer.dist_bias for layer in self.layers])  # (L, H, C)
-            b = table[:, :, self.rel.clamp(0, table.shape[-1] - 1)]  # (L, H, B, Mq, Mk)
-            b = b.transpose(1, 2).masked_fill(~self.allowed[None, :, None], float("-inf"))  # (L, B, H, Mq, Mk)
-            self._bias = b.to(dtype)
-        return self._bias
-
-    def mask(self, li: int, q: torch.Tensor) -> torch.Tensor | None:
-        """SDPA's token-level bias of layer ``li`` (B|1, H, Mq·N, Mk·N), built for all layers at the
-        first call; None where :func:`attention` takes the plain form (it broadcasts the block bias)."""
-        if self._mask is None:  # decided once a forward (False: the plain form)
-            self._mask = (token_bias(self._all_bias(q.dtype), self.N)  # (L, B|1, H, Mq·N, Mk·N)
-                          if attention_kernel(q) == "sdpa" else False)
-        return None if self._mask is False else self._mask[li]
-
-    def __call__(self, layer: Layer, q, k, v, first: int = 0):
-        """Attention of the query blocks ``first`` .. M-1 (q holds only those) to every key."""
-        li = self.layer_index[id(layer)]
-        if self.cache is not None:
-            if self.commit_tokens:
-                n = self.commit_tokens
-                self.cache.append(li, k[:, :, :n], v[:, :, :n])
-            if q.shape[2] == 0:
-                return q.new_zeros(q.shape[0], 0, q.shape[1] * q.shape[3])  # (B, 0, D)
-            k = torch.cat([self.cache.k[li].to(k.dtype), k], dim=2)
-            v = torch.cat([self.cache.v[li].to(v.dtype), v], dim=2)
-        mask = self.mask(li, q)
-        if mask is not None:  # SDPA: the token-level bias is all it needs
-            return attention(q, k, v, None, self.N, mask[:, :, first * self.N:])
-        return attention(q, k, v, self.bias(li, q.dtype)[:, :, first:], self.N)
 
 
 class Dynamics(nn.Module):
@@ -468,53 +368,3 @@ class Dynamics(nn.Module):
         if n_clean:
             cache.commit(times[:, :n_clean])
         return self.head(x, mods[1][:, drop:], M - drop)
-
-
-# ---- action features and the turn prior --------------------------------------------------
-def action_vector(buttons: torch.Tensor, axes: torch.Tensor, cfg: DynamicsConfig, present: torch.Tensor | None = None
-                  ) -> torch.Tensor:
-    """(…, NB) buttons + (…, NA) axes → (…, action_dim) network input."""
-    scale = torch.tensor(cfg.axis_scale[: cfg.n_axes], dtype=torch.float32, device=axes.device)
-    flag = torch.ones(buttons.shape[:-1] + (1,), device=buttons.device) if present is None else present[..., None].float()
-    return torch.cat([buttons.float(), axes.float() / scale, flag], dim=-1)
-
-
-def turn_features(buttons: torch.Tensor, axes: torch.Tensor, button_names: list[str], axis_names: list[str]) -> torch.Tensor:
-    """Features whose linear combination predicts rightward yaw (deg/tick):
-    [right - left keys, (right - left)·run, mouse_dx]. Missing controls count as 0."""
-    def b(name):
-        return buttons[..., button_names.index(name)].float() if name in button_names else torch.zeros(buttons.shape[:-1])
-    turn = b("turn_right") - b("turn_left")
-    dx = axes[..., axis_names.index("mouse_dx")].float() if "mouse_dx" in axis_names else torch.zeros_like(turn)
-    return torch.stack([turn, turn * b("run"), dx], dim=-1)
-
-
-def shift_latent(z: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-    """Slide latents (B, C, h, w) left by ``cells`` (B,) latent cells (a right turn moves the
-    scene left), bilinear, edges repeated."""
-    B, _, h, w = z.shape
-    ys = torch.linspace(-1, 1, h, device=z.device)
-    xs = torch.linspace(-1, 1, w, device=z.device)
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    gx = gx[None] + (2.0 * cells.float() / (w - 1))[:, None, None]
-    grid = torch.stack([gx, gy[None].expand(B, h, w)], dim=-1)  # (B, h, w, 2)
-    return F.grid_sample(z.float(), grid, mode="bilinear", padding_mode="border", align_corners=True).to(z.dtype)
-
-
-def turn_prior(prev: torch.Tensor, feats: torch.Tensor, cfg: DynamicsConfig,
-               reaim: "Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None" = None,
-               space: str | None = None) -> torch.Tensor:
-    """Previous latent (B, C, h, w) turned by the yaw the action commands: slid in latent space,
-    or with ``cfg.prior_space == "pixel"`` re-aimed by ``reaim(prev, yaw)`` (a LatentReaim);
-    unchanged without turn weights. ``space`` overrides ``cfg.prior_space`` ("latent": the light
-    prior a loaded runtime falls back on)."""
-    if not cfg.turn_weights:
-        return prev
-    w = torch.tensor(cfg.turn_weights, dtype=torch.float32, device=prev.device)
-    yaw = feats.float() @ w  # (B,) degrees to the right
-    if (space or cfg.prior_space) == "pixel":
-        if reaim is None:
-            raise ValueError("dynamics.prior_space 'pixel' needs the frame codec to re-aim pictures (reaim=)")
-        return reaim(prev, yaw).to(prev.dtype)
-    cells = yaw * cfg.px_per_degree * cfg.latent_size / cfg.frame_size
-    return shift_latent(prev, cells)

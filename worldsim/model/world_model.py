@@ -26,7 +26,8 @@ from worldsim.model.audio_codec import AudioCodec, AudioCodecConfig
 from worldsim.model.checkpoint import CheckpointError, config_from_dict, load_component
 from worldsim.device import pick_device  # noqa: F401  (re-exported: callers import it from here)
 from worldsim.errors import read_json
-from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, turn_features, turn_prior
+from worldsim.model.action_inputs import action_vector, turn_features, turn_prior
+from worldsim.model.dynamics import Dynamics, DynamicsConfig
 from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
 from worldsim.model.memory import MemoryConfig, PoseTracker, SceneMemory
 from worldsim.model.stream_state import Pending, StreamState

@@ -311,8 +311,9 @@ def run_stage(out: str | Path, episodes: Sequence[Episode], cfg: DecoderAdvConfi
     start = done if resume else 0
     dyn_steps = int((read_component_json(out, "dynamics").get("meta") or {}).get("train_steps", 0))
     bank_f, where_f, key_f = base_dir / "bank.npy", base_dir / "bank_where.npy", base_dir / "bank.json"
-    # the bank indexes the episodes (its real frames): drawn again if they, or the dynamics, changed
+    # the bank indexes the episodes (its real frames): drawn again if they, the dynamics or the sampler changed
     key = {"dynamics_train_steps": dyn_steps, "starts": cfg.bank_starts, "horizon": cfg.bank_horizon, "seed": seed,
+           "sampler": json.loads((out / "world.json").read_text()).get("sampler"),
            "episodes": [f"{Path(e.path).name}:{len(e)}" for e in episodes]}
     if bank_f.exists() and where_f.exists() and key_f.exists() and json.loads(key_f.read_text()) == key:
         bank = np.load(bank_f), np.load(where_f)

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from worldsim.data.episode import Episode
 from worldsim.errors import check_limits
 from worldsim.model.checkpoint import save_component
-from worldsim.model.dynamics import Dynamics, DynamicsConfig, action_vector, shift_latent, turn_features, turn_prior
+from worldsim.model.action_inputs import action_vector, shift_latent, turn_features, turn_prior
+from worldsim.model.dynamics import Dynamics, DynamicsConfig
 from worldsim.model.memory import MemoryConfig
 from worldsim.precision import PRECISIONS
 from worldsim.train.latents import LatentStore

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from worldsim.model.dynamics import Dynamics, action_vector, turn_features, turn_prior
+from worldsim.model.action_inputs import action_vector, turn_features, turn_prior
+from worldsim.model.dynamics import Dynamics
 from worldsim.model.sampler import FlowSampler, FlowSamplerConfig
 from worldsim.train.loop import autocast
 
