@@ -29,20 +29,29 @@ def focal_px(width: int, fov: float) -> float:
     return (width / 2.0) / math.tan(math.radians(fov) / 2.0)
 
 
+def yaw_grid(dyaw: torch.Tensor, fov: float, height: int, width: int) -> torch.Tensor:
+    """``grid_sample``'s sampling grid (N, height, width, 2), coordinates in [-1, 1], that shows a
+    view as it would be after the camera turns ``dyaw`` (N,) degrees to the left; any sampling
+    resolution of the same picture (pixels, or a coarser feature grid) gets the same warp."""
+    N, H, W = dyaw.shape[0], height, width
+    f = focal_px(W, fov)
+    th = torch.deg2rad(dyaw.float()).view(N, 1, 1)
+    ys = torch.arange(H, dtype=torch.float32, device=dyaw.device) + 0.5 - H / 2
+    xs = torch.arange(W, dtype=torch.float32, device=dyaw.device) + 0.5 - W / 2
+    ys = ys * (W / H)  # rows in units of the columns' spacing: a square picture, whatever the grid
+    Y, X = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) sample centres, origin at the image centre
+    # the ray through each new sample, expressed in the old camera (rotated back by the turn)
+    rx = X * torch.cos(th) - f * torch.sin(th)  # (N, H, W)
+    rz = (X * torch.sin(th) + f * torch.cos(th)).clamp_min(1e-3)  # rays behind the old camera: clamped far out
+    return torch.stack([(f * rx / rz) / (W / 2), (f * Y / rz) / (W / 2)], dim=-1)  # (N, H, W, 2)
+
+
 def yaw_warp(frames: torch.Tensor, dyaw: torch.Tensor, fov: float, keep: torch.Tensor | None = None) -> torch.Tensor:
     """The views ``frames`` (N, H, W, 3) uint8 would be after the camera turns ``dyaw`` (N,)
     degrees to the left (counter-clockwise, as DOOM's yaw), bilinear, edges repeated; pixels
     where ``keep`` (H, W) is true are left as they are. Returns (N, H, W, 3) uint8."""
     N, H, W, _ = frames.shape
-    f = focal_px(W, fov)
-    th = torch.deg2rad(dyaw.float()).view(N, 1, 1)
-    ys = torch.arange(H, dtype=torch.float32, device=frames.device) + 0.5 - H / 2
-    xs = torch.arange(W, dtype=torch.float32, device=frames.device) + 0.5 - W / 2
-    Y, X = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) pixel centres, origin at the image centre
-    # the ray through each new pixel, expressed in the old camera (rotated back by the turn)
-    rx = X * torch.cos(th) - f * torch.sin(th)  # (N, H, W)
-    rz = (X * torch.sin(th) + f * torch.cos(th)).clamp_min(1e-3)  # rays behind the old camera: clamped far out
-    grid = torch.stack([(f * rx / rz) / (W / 2), (f * Y / rz) / (H / 2)], dim=-1)  # (N, H, W, 2) in [-1, 1]
+    grid = yaw_grid(dyaw.to(frames.device), fov, H, W)  # (N, H, W, 2)
     x = frames.permute(0, 3, 1, 2).float()  # (N, 3, H, W)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     out = out.permute(0, 2, 3, 1).round_().clamp_(0, 255).to(torch.uint8)  # (N, H, W, 3)

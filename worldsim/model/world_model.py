@@ -31,6 +31,7 @@ from worldsim.model.dynamics import Dynamics, DynamicsConfig
 from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
 from worldsim.model.memory import MemoryConfig, PoseTracker, SceneMemory
 from worldsim.model.stream_state import Pending, StreamState
+from worldsim.model.reaim_net import LearnedReaim, ReaimNet, ReaimNetConfig
 from worldsim.model.view_warp import LatentReaim, runs_to_mask
 from worldsim.model.sampler import FlowSampler, FlowSamplerConfig
 from worldsim.model import packed_linear
@@ -40,12 +41,13 @@ DEFAULT_WORLD_DIR = Path(__file__).resolve().parent.parent / "assets" / "default
 
 
 PRIOR_CODEC = "frame_codec_prior"  # optional: the frame codec the pixel turn prior decodes with
+REAIM = "reaim"  # optional: the pixel turn prior learned in latent space (worldsim train --stage reaim)
 
 
 class WorldModel:
     def __init__(self, frame_codec: FrameCodec, audio_codec: AudioCodec | None, dynamics: Dynamics,
                  world: dict[str, Any], sampler: FlowSamplerConfig | None = None, device: str = "cpu",
-                 precision: str | None = None, prior_codec: FrameCodec | None = None):
+                 precision: str | None = None, prior_codec: FrameCodec | None = None, reaim_net: ReaimNet | None = None):
         self.device = device
         # weights in the compute dtype: under bf16 autocast, fp32 weights would be re-cast on every
         # call (no grad means no cast cache), which costs more than the small per-tick matmuls
@@ -84,7 +86,12 @@ class WorldModel:
         # decoder, when the shown one is sharpened: its invented detail would feed back tick after tick,
         # README model card, session 25), else by the frame codec
         self.prior_codec = None if prior_codec is None else prior_codec.to(device, wd).eval()
-        if self.dynamics.cfg.prior_space == "pixel":
+        # a world may ship that prior learned in latent space (reaim.safetensors, model/reaim_net.py): no
+        # picture decoded, warped and encoded a tick
+        self.reaim_net = None if reaim_net is None else reaim_net.to(device, wd).eval()
+        if self.dynamics.cfg.prior_space == "pixel" and self.reaim_net is not None:
+            self.dynamics.reaim = LearnedReaim(self.reaim_net, self.dynamics.cfg.reaim_min_deg)
+        elif self.dynamics.cfg.prior_space == "pixel":
             self.dynamics.reaim = LatentReaim(self.prior_codec or self.frame_codec, self.memory_cfg.fov,
                                               torch.from_numpy(keep) if self.memory_cfg.overlay else None,
                                               self.dynamics.cfg.reaim_min_deg)
@@ -96,7 +103,10 @@ class WorldModel:
     # ---- loading --------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike = "default", device: str | None = None,
-             sampler: FlowSamplerConfig | None = None, precision: str | None = None) -> "WorldModel":
+             sampler: FlowSamplerConfig | None = None, precision: str | None = None,
+             learned_reaim: bool = True) -> "WorldModel":
+        """``learned_reaim=False``: a world that ships a learned turn prior (``reaim.*``) turns
+        with the pixel prior it imitates instead."""
         root = DEFAULT_WORLD_DIR if str(path) == "default" else Path(path)
         if not root.is_dir():
             raise CheckpointError(f"{root}: no such checkpoint directory")
@@ -121,8 +131,13 @@ class WorldModel:
             pc, _ = load_component(root, PRIOR_CODEC, FrameCodec, FrameCodecConfig)
             if pc.cfg.latent_channels != fc.cfg.latent_channels or pc.cfg.latent_size != fc.cfg.latent_size:
                 raise CheckpointError(f"{root}: {PRIOR_CODEC} does not fit the frame codec's latents")
+        rn = None
+        if learned_reaim and (root / f"{REAIM}.json").exists():
+            rn, _ = load_component(root, REAIM, ReaimNet, ReaimNetConfig)
+            if rn.cfg.latent_channels != fc.cfg.latent_channels or rn.cfg.latent_size != fc.cfg.latent_size:
+                raise CheckpointError(f"{root}: {REAIM} does not fit the frame codec's latents")
         m = cls(fc.to(memory_format=torch.channels_last), ac, dyn, world, sampler, pick_device(device), precision,
-                None if pc is None else pc.to(memory_format=torch.channels_last))
+                None if pc is None else pc.to(memory_format=torch.channels_last), rn)
         m.path = root
         return m
 

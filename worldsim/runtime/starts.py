@@ -213,8 +213,8 @@ def encode_starts(root: str | os.PathLike, batch: int = 64) -> Path:
 
 def primed_digest(root: str | os.PathLike) -> np.ndarray:
     """sha256 of what priming depends on: the codecs' weights (the pixel turn prior's own codec,
-    ``frame_codec_prior``, too), the dynamics' weights and config, and the prior's re-aim (the
-    screen-fixed pixels and field of view of world.json's ``memory``). Not the files' notes: a
+    ``frame_codec_prior``, and its learned form, ``reaim``, too), the dynamics' weights and config,
+    and the prior's re-aim (the screen-fixed pixels and field of view of world.json's ``memory``). Not the files' notes: a
     history entry written into dynamics.json's meta leaves a stored priming valid (in session 25
     one such edit, after ``encode_starts``, left the shipped world priming every start at open)."""
     import json
@@ -225,7 +225,8 @@ def primed_digest(root: str | os.PathLike) -> np.ndarray:
 
     mem = section("world.json", "memory") or {}
     what = {"dynamics": section("dynamics.json", "config"), "overlay": mem.get("overlay"), "fov": mem.get("fov")}
-    h = hashlib.sha256(codec_digest(root, CODEC_FILES + ("frame_codec_prior.safetensors", "dynamics.safetensors")).tobytes())
+    h = hashlib.sha256(codec_digest(root, CODEC_FILES + ("frame_codec_prior.safetensors", "dynamics.safetensors",
+                                                        "reaim.safetensors")).tobytes())
     h.update(json.dumps(what, sort_keys=True).encode())
     return np.frombuffer(h.digest(), np.uint8).copy()
 

@@ -6,7 +6,8 @@ Stages, each resumable and skipped when already complete: ``frame_codec`` → ``
 against the frozen encoder) → ``latents`` (encode the data once) → ``dynamics`` (its base
 schedule, then the config's ``dynamics_rounds``: :mod:`worldsim.train.rounds`) → ``frame_decoder_adv`` (only when
 ``frame_decoder_adv_train.steps`` > 0: the frame decoder sharpened for the latents this dynamics
-generates, :mod:`worldsim.train.decoder_adv`). The run directory is itself a world
+generates, :mod:`worldsim.train.decoder_adv`) → ``reaim`` (only when ``reaim_train.steps`` > 0: the
+pixel turn prior learned in latent space, :mod:`worldsim.train.reaim_trainer`). The run directory is itself a world
 checkpoint (``world.json`` + one safetensors/JSON pair per component), loadable with
 ``WorldModel.load(run_dir)`` and evaluable with ``worldsim eval --checkpoint run_dir``;
 ``worldsim export`` writes a bf16 copy (the shipped default world is one).
@@ -17,6 +18,7 @@ YAML configs only pick values of the dataclasses next to the code they configure
 ``frame_codec_train``/``audio_codec_train``/``frame_decoder_train``/``audio_decoder_train``
 (:class:`CodecTrainConfig`),
 ``dynamics_train`` (:class:`DynamicsTrainConfig`), ``frame_decoder_adv_train`` (:class:`DecoderAdvConfig`),
+``reaim_train`` (:class:`ReaimTrainConfig`),
 ``dynamics_rounds`` (a list of named
 :class:`DynamicsTrainConfig` changes, :mod:`worldsim.train.rounds`), plus ``name``, ``data``, ``heldout``,
 ``seed``, ``audio`` (bool).
@@ -45,9 +47,10 @@ from worldsim.model.sampler import FlowSamplerConfig
 from worldsim.train.codec_trainer import DECODER_FIELDS, CodecTrainConfig, load_codec, train_codec, train_decoder
 from worldsim.train.decoder_adv import DecoderAdvConfig
 from worldsim.train.dynamics_trainer import DynamicsTrainConfig, camera_turns, fit_turn_weights
+from worldsim.train.reaim_trainer import ReaimTrainConfig
 from worldsim.train.rounds import DynamicsRound, parse_rounds, train_chain
 
-STAGES = ("frame_codec", "audio_codec", "frame_decoder", "audio_decoder", "latents", "dynamics", "frame_decoder_adv")
+STAGES = ("frame_codec", "audio_codec", "frame_decoder", "audio_decoder", "latents", "dynamics", "frame_decoder_adv", "reaim")
 
 
 class TrainConfigError(WorldsimError, ValueError):
@@ -72,6 +75,7 @@ class RunConfig:
     dynamics_train: DynamicsTrainConfig = field(default_factory=DynamicsTrainConfig)
     dynamics_rounds: list[DynamicsRound] = field(default_factory=list)
     frame_decoder_adv_train: DecoderAdvConfig = field(default_factory=DecoderAdvConfig)  # steps 0: off
+    reaim_train: ReaimTrainConfig = field(default_factory=ReaimTrainConfig)  # steps 0: off
 
 
 def load_run_config(path: str | os.PathLike) -> RunConfig:
@@ -270,21 +274,38 @@ def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None
                 raise TrainConfigError(str(e)) from None
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
+    if "reaim" in stages and cfg.reaim_train.steps > 0 and rank == 0:
+        from worldsim.train.latents import load_latents
+        if not (out / "latents" / "index.json").exists():
+            raise TrainConfigError(f"{out}: the reaim stage reads the run's latent store (run the latents stage first)")
+        report["reaim"] = _reaim_stage(cfg, out, load_latents(out / "latents"), resume, max_steps, progress, device)
     return report
+
+
+def _reaim_stage(cfg: RunConfig, out: Path, store: Any, resume: bool, max_steps: int | None, progress: bool,
+                 device: str) -> dict[str, Any]:
+    from worldsim.train.reaim_trainer import train_reaim
+    if not (out / "dynamics.json").exists():
+        raise TrainConfigError(f"{out}: the reaim stage needs a trained world (run the dynamics stage first)")
+    try:
+        return train_reaim(out, store, cfg.reaim_train, cfg.seed, resume, max_steps, progress, device)
+    except ValueError as e:
+        raise TrainConfigError(str(e)) from None
 
 
 def _train_on_latents(cfg: RunConfig, out: Path, latents: Path, resume: bool, max_steps: int | None,
                       stages: tuple[str, ...], device: str, progress: bool, max_seconds: float | None) -> dict[str, Any]:
-    """The dynamics stage alone, on a prebuilt latent store (a machine that has the store but not
-    the recordings, e.g. a lent GPU). The run directory must already hold the codecs the store
-    was encoded with, and the dynamics' turn weights (its dynamics.json)."""
+    """The dynamics stage (and/or the reaim stage) alone, on a prebuilt latent store (a machine that
+    has the store but not the recordings, e.g. a lent GPU). The run directory must already hold the
+    codecs the store was encoded with, and the dynamics' turn weights (its dynamics.json)."""
     import torch.distributed as dist
 
     from worldsim.model.checkpoint import read_component_json
     from worldsim.train.latents import load_latents
 
-    if tuple(stages) != ("dynamics",):
-        raise TrainConfigError("--latents trains the dynamics stage only: add --stage dynamics")
+    if not stages or not set(stages) <= {"dynamics", "reaim"}:
+        raise TrainConfigError("--latents trains the dynamics and reaim stages only: add --stage dynamics "
+                               "and/or --stage reaim")
     if not (latents / "index.json").exists():
         raise TrainConfigError(f"{latents}: not a latent store (no index.json)")
     for name in ("frame_codec", "dynamics"):
@@ -294,16 +315,21 @@ def _train_on_latents(cfg: RunConfig, out: Path, latents: Path, resume: bool, ma
     fc = config_from_dict(FrameCodecConfig, read_component_json(out, "frame_codec")["config"], f"{out}/frame_codec.json")
     if tuple(store.frames.shape[1:]) != (fc.latent_channels, fc.latent_size, fc.latent_size):
         raise TrainConfigError(f"{latents}: latents {tuple(store.frames.shape[1:])} do not fit {out}'s frame codec")
-    # the architecture is the run's; the config may only switch the memory input on (and its
-    # dynamics_train or a round the turn prior: prior_space)
-    prev = read_component_json(out, "dynamics")["config"]
-    prev["memory_input"] = bool(prev.get("memory_input")) or cfg.dynamics.memory_input
-    dcfg = config_from_dict(DynamicsConfig, prev, where=f"{out}/dynamics.json")
-    report = train_chain(store, out, dcfg, cfg.dynamics_train, cfg.dynamics_rounds, cfg.seed, resume, max_steps,
-                         progress, device, None, max_seconds, TrainConfigError)
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
-        kept = json.loads((out / "world.json").read_text()) if (out / "world.json").exists() else {}
-        write_world_json(out, cfg, store.info, {k: v for k, v in kept.items() if k in ("memory", "training")})
+    rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    report: dict[str, Any] = {}
+    if "dynamics" in stages:
+        # the architecture is the run's; the config may only switch the memory input on (and its
+        # dynamics_train or a round the turn prior: prior_space)
+        prev = read_component_json(out, "dynamics")["config"]
+        prev["memory_input"] = bool(prev.get("memory_input")) or cfg.dynamics.memory_input
+        dcfg = config_from_dict(DynamicsConfig, prev, where=f"{out}/dynamics.json")
+        report = train_chain(store, out, dcfg, cfg.dynamics_train, cfg.dynamics_rounds, cfg.seed, resume, max_steps,
+                             progress, device, None, max_seconds, TrainConfigError)
+        if rank0:
+            kept = json.loads((out / "world.json").read_text()) if (out / "world.json").exists() else {}
+            write_world_json(out, cfg, store.info, {k: v for k, v in kept.items() if k in ("memory", "training")})
+    if "reaim" in stages and cfg.reaim_train.steps > 0 and rank0:
+        report["reaim"] = _reaim_stage(cfg, out, store, resume, max_steps, progress, device)
     return report
 
 
@@ -362,7 +388,7 @@ def export_world(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: torc
     (``decoder_adv/``), else the frame codec."""
     from worldsim.model.checkpoint import load_component
     from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
-    from worldsim.model.world_model import PRIOR_CODEC, WorldModel
+    from worldsim.model.world_model import PRIOR_CODEC, REAIM, WorldModel
     from worldsim.train.decoder_adv import STAGE_DIR
 
     run_dir, out = Path(run_dir), Path(out)
@@ -370,14 +396,14 @@ def export_world(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: torc
     if prior_space is not None:
         model.dynamics.cfg = dataclasses.replace(model.dynamics.cfg, prior_space=prior_space)
         if prior_space == "latent":
-            model.prior_codec = None
+            model.prior_codec = model.reaim_net = None
         elif model.prior_codec is None and (run_dir / STAGE_DIR / "frame_codec.json").exists():
             model.prior_codec, _ = load_component(run_dir / STAGE_DIR, "frame_codec", FrameCodec, FrameCodecConfig)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name, mod in (("frame_codec", model.frame_codec), ("audio_codec", model.audio_codec), ("dynamics", model.dynamics),
-                      (PRIOR_CODEC, model.prior_codec)):
+                      (PRIOR_CODEC, model.prior_codec), (REAIM, model.reaim_net)):
         if mod is None:
             continue
         src = run_dir / f"{name}.json"
