@@ -92,6 +92,12 @@ def test_a_world_with_the_net_turns_with_it_and_can_be_told_not_to(trained):
     for _ in range(3):
         chunk = s.step(a)
     assert chunk.frames.shape == (1, 64, 64, 3)
+    # starts primed with the net serve a world that turns with it, not one told to take the pixel prior
+    from worldsim.runtime.starts import encode_starts
+    encode_starts(run)
+    assert World.load(str(run)).starts.primed(0) is not None
+    told = World.load(str(run), learned_reaim=False)
+    assert type(told.model.dynamics.reaim) is LatentReaim and told.starts.primed(0) is None
 
 
 def test_resume_skips_a_finished_stage_and_export_keeps_or_drops_the_net(trained):

@@ -77,11 +77,12 @@ class World:
 
     @classmethod
     def load(cls, path: str = "default", device: str | None = None, sampling_steps: int | None = None,
-             memory: bool | None = None, precision: str | None = None) -> "World":
+             memory: bool | None = None, precision: str | None = None, learned_reaim: bool = True) -> "World":
         """``memory``: long-term scene memory for its sessions (None: the world's setting, on by default).
         ``precision``: "auto" (bf16 where native, else fp32), "bf16" or "fp32" (None: $WORLDSIM_PRECISION,
-        else auto; :mod:`worldsim.precision`)."""
-        model = WorldModel.load(path, device=device, precision=precision)
+        else auto; :mod:`worldsim.precision`). ``learned_reaim=False``: a world that ships its turn prior
+        learned (``reaim.*``) turns with the pixel prior instead (:meth:`WorldModel.load`)."""
+        model = WorldModel.load(path, device=device, precision=precision, learned_reaim=learned_reaim)
         if sampling_steps is not None:
             if sampling_steps < 1:
                 raise WorldsimError(f"sampling_steps must be ≥ 1, got {sampling_steps}")

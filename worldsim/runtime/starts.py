@@ -69,7 +69,8 @@ class StartContexts:
                 "codec_digest" in arrays and np.array_equal(arrays["codec_digest"], codec_digest(root))):
             arrays = {k: v for k, v in arrays.items() if k not in LATENT_KEYS}  # stale or unchecked: encode at open
         if any(k.startswith(PRIMED) for k in arrays) and not (
-                "primed_digest" in arrays and np.array_equal(arrays["primed_digest"], primed_digest(root))):
+                "primed_digest" in arrays and np.array_equal(
+                    arrays["primed_digest"], primed_digest(root, getattr(model, "reaim_net", None) is not None))):
             arrays = {k: v for k, v in arrays.items() if not k.startswith(PRIMED)}  # stale: prime at open
         return cls(arrays, model)
 
@@ -211,12 +212,14 @@ def encode_starts(root: str | os.PathLike, batch: int = 64) -> Path:
     return path
 
 
-def primed_digest(root: str | os.PathLike) -> np.ndarray:
+def primed_digest(root: str | os.PathLike, learned_reaim: bool = True) -> np.ndarray:
     """sha256 of what priming depends on: the codecs' weights (the pixel turn prior's own codec,
     ``frame_codec_prior``, and its learned form, ``reaim``, too), the dynamics' weights and config,
     and the prior's re-aim (the screen-fixed pixels and field of view of world.json's ``memory``). Not the files' notes: a
     history entry written into dynamics.json's meta leaves a stored priming valid (in session 25
-    one such edit, after ``encode_starts``, left the shipped world priming every start at open)."""
+    one such edit, after ``encode_starts``, left the shipped world priming every start at open).
+    ``learned_reaim=False``: the digest of a world loaded to turn with the pixel prior its ``reaim``
+    imitates, which a priming made with the net does not match."""
     import json
 
     def section(name: str, key: str) -> Any:
@@ -225,8 +228,9 @@ def primed_digest(root: str | os.PathLike) -> np.ndarray:
 
     mem = section("world.json", "memory") or {}
     what = {"dynamics": section("dynamics.json", "config"), "overlay": mem.get("overlay"), "fov": mem.get("fov")}
-    h = hashlib.sha256(codec_digest(root, CODEC_FILES + ("frame_codec_prior.safetensors", "dynamics.safetensors",
-                                                        "reaim.safetensors")).tobytes())
+    reaim = ("reaim.safetensors",) if learned_reaim else ()
+    h = hashlib.sha256(codec_digest(root, CODEC_FILES + ("frame_codec_prior.safetensors", "dynamics.safetensors")
+                                    + reaim).tobytes())
     h.update(json.dumps(what, sort_keys=True).encode())
     return np.frombuffer(h.digest(), np.uint8).copy()
 

@@ -279,6 +279,8 @@ def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None
         if not (out / "latents" / "index.json").exists():
             raise TrainConfigError(f"{out}: the reaim stage reads the run's latent store (run the latents stage first)")
         report["reaim"] = _reaim_stage(cfg, out, load_latents(out / "latents"), resume, max_steps, progress, device)
+    if "reaim" in stages and cfg.reaim_train.steps > 0 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
     return report
 
 
