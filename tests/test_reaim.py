@@ -159,3 +159,15 @@ def test_the_stage_needs_turn_weights_and_a_latent_store(tmp_path, capsys):
                  "--stage", "reaim"]) != 0
     assert "no turn weights" in capsys.readouterr().err
     assert not (run / "reaim.json").exists()
+
+
+def test_the_recipe_skips_the_stage_for_a_picture_that_never_turns(tmp_path):
+    """``worldsim train`` with every stage on recordings without turning (no turn weights, as a
+    Gymnasium game's): the run finishes, with no learned prior to ship."""
+    from tests.helpers import plain_episodes
+    from worldsim.actions import VIZDOOM_SCHEMA
+
+    data = plain_episodes(tmp_path / "data", VIZDOOM_SCHEMA, episodes=2, steps=30)
+    run = tmp_path / "run"
+    assert main(["train", "--config", "tiny", "--data", str(data), "--out", str(run), "--quiet"]) == 0
+    assert (run / "dynamics.json").exists() and not (run / "reaim.json").exists()

@@ -36,6 +36,8 @@ def test_tiny_trains_evaluates_and_resumes(toy, tmp_path, capsys):
     assert fl[-1]["loss"] < fl[0]["loss"]
     dl = _log(run, "dynamics")
     assert dl[-1]["step"] == 30
+    # last, the turn prior learned in latent space (tests/test_reaim.py)
+    assert json.loads((run / "reaim.json").read_text())["meta"]["train_steps"] == 5
 
     # resume continues from step 30 (optimizer state included) rather than starting over
     cfg = ROOT / "configs" / "tiny.yaml"

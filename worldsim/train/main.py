@@ -69,7 +69,8 @@ def main_train(args: argparse.Namespace) -> int:
             import torch.distributed as dist
             dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"trained {out}: " + ", ".join(f"{k} {v['steps']} steps" for k, v in report.items() if isinstance(v, dict)))
+        print(f"trained {out}: " + ", ".join(f"{k} {v['steps']} steps" if "steps" in v else f"{k} skipped ({v.get('skipped')})"
+                                             for k, v in report.items() if isinstance(v, dict)))
     return 0
 
 

@@ -278,7 +278,12 @@ def run_training(cfg: RunConfig, out: str | os.PathLike, data: str | None = None
         from worldsim.train.latents import load_latents
         if not (out / "latents" / "index.json").exists():
             raise TrainConfigError(f"{out}: the reaim stage reads the run's latent store (run the latents stage first)")
-        report["reaim"] = _reaim_stage(cfg, out, load_latents(out / "latents"), resume, max_steps, progress, device)
+        from worldsim.model.checkpoint import read_component_json
+        if (out / "dynamics.json").exists() and not read_component_json(out, "dynamics")["config"].get("turn_weights"):
+            # a game whose picture does not turn (no turn prior to learn): nothing to do, as for the slide
+            report["reaim"] = {"skipped": "no turn prior: the recordings show no turning"}
+        else:
+            report["reaim"] = _reaim_stage(cfg, out, load_latents(out / "latents"), resume, max_steps, progress, device)
     if "reaim" in stages and cfg.reaim_train.steps > 0 and dist.is_available() and dist.is_initialized():
         dist.barrier()
     return report
