@@ -171,3 +171,16 @@ def test_the_recipe_skips_the_stage_for_a_picture_that_never_turns(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--config", "tiny", "--data", str(data), "--out", str(run), "--quiet"]) == 0
     assert (run / "dynamics.json").exists() and not (run / "reaim.json").exists()
+
+
+def test_turn_speckle_measures_a_world_both_ways(trained, capsys):
+    import numpy as np
+
+    from worldsim.eval.turn_speckle import main as speckle_main, speckle
+    assert speckle(np.full((64, 64, 3), 90, np.uint8)) < 1e-3  # (float rounding of the luma weights)
+    checker = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)[..., None].repeat(3, -1)
+    assert speckle(checker) > 500
+    _, run, _ = trained
+    assert speckle_main([str(run), f"{run}:pixel", "--starts", "1", "--ticks", "12"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[1].startswith(f"{run}:pixel: turn key held")

@@ -5,9 +5,11 @@ to a picture, warps it as a pinhole camera turns and encodes it again: ~2/3 of a
 round trip every tick a player turns, a fifth of a tick on a CPU (README Speed, session 30).
 Sliding the latent grid instead is nearly free but blurs (a grid cell is 8 pixels wide, and the
 latent of a shifted picture is not the blend of two cells). :class:`ReaimNet` learns the map the
-pixel prior computes, ``(latent, yaw) → latent``, as a residual on that slide: three 3×3 convs on
-the 8×8 grid, told the yaw, the sub-cell part of the slide and where each cell sits (the edge
-strip a turn brings into view, the weapon that stays in place). Trained against the pixel prior
+pixel prior computes, ``(latent, yaw) → latent``, as a residual on that slide, told the yaw, the
+sub-cell part of the slide and where each cell sits (the edge strip a turn brings into view, the
+weapon that stays in place): three 3×3 convs on the 8×8 grid, or (``sub`` > 0, the default world's)
+each cell unfolded into ``sub`` columns of a finer grid that is turned there as the picture would be
+(:func:`~worldsim.model.view_warp.yaw_grid`) and folded back, so the warp itself is not learned. Trained against the pixel prior
 itself on recorded latents (``worldsim train --stage reaim``, :mod:`worldsim.train.reaim_trainer`);
 a world that ships ``reaim.safetensors`` turns with it (:class:`LearnedReaim`).
 """

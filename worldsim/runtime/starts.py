@@ -228,6 +228,8 @@ def primed_digest(root: str | os.PathLike, learned_reaim: bool = True) -> np.nda
 
     mem = section("world.json", "memory") or {}
     what = {"dynamics": section("dynamics.json", "config"), "overlay": mem.get("overlay"), "fov": mem.get("fov")}
+    if learned_reaim and section("reaim.json", "config") is not None:  # its settings (max_deg) too
+        what["reaim"] = section("reaim.json", "config")
     reaim = ("reaim.safetensors",) if learned_reaim else ()
     h = hashlib.sha256(codec_digest(root, CODEC_FILES + ("frame_codec_prior.safetensors", "dynamics.safetensors")
                                     + reaim).tobytes())
