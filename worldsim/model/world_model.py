@@ -89,12 +89,16 @@ class WorldModel:
         # a world may ship that prior learned in latent space (reaim.safetensors, model/reaim_net.py): no
         # picture decoded, warped and encoded a tick
         self.reaim_net = None if reaim_net is None else reaim_net.to(device, wd).eval()
+        self._keep = torch.from_numpy(keep) if self.memory_cfg.overlay else None
         if self.dynamics.cfg.prior_space == "pixel" and self.reaim_net is not None:
             self.dynamics.reaim = LearnedReaim(self.reaim_net, self.dynamics.cfg.reaim_min_deg)
         elif self.dynamics.cfg.prior_space == "pixel":
-            self.dynamics.reaim = LatentReaim(self.prior_codec or self.frame_codec, self.memory_cfg.fov,
-                                              torch.from_numpy(keep) if self.memory_cfg.overlay else None,
-                                              self.dynamics.cfg.reaim_min_deg)
+            self.dynamics.reaim = self.pixel_reaim(min_deg=self.dynamics.cfg.reaim_min_deg)
+
+    def pixel_reaim(self, codec: FrameCodec | None = None, min_deg: float = 0.0) -> LatentReaim:
+        """The pixel turn prior of this world's pictures (its field of view, its screen-fixed pixels kept),
+        decoded by ``codec``, else by the codec the world keeps for it, else by its frame codec."""
+        return LatentReaim(codec or self.prior_codec or self.frame_codec, self.memory_cfg.fov, self._keep, min_deg)
 
     def set_memory(self, on: bool) -> None:
         """Long-term scene memory for streams opened from now on (the eval's on/off switch)."""

@@ -282,6 +282,16 @@ def train_decoder_adv(codec: nn.Module, frozen: nn.Module, bank: tuple[np.ndarra
 STAGE_DIR = "decoder_adv"  # in the run: the frame codec the stage starts from, and the bank
 
 
+def base_codec(run: str | Path) -> Any:
+    """The frame codec this stage started from in ``run`` (a FrameCodec, eval mode), or None when the
+    stage never ran there: the faithful decoder a pixel turn prior decodes with."""
+    from worldsim.model.checkpoint import load_component
+    from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
+
+    d = Path(run) / STAGE_DIR
+    return load_component(d, "frame_codec", FrameCodec, FrameCodecConfig)[0].eval() if (d / "frame_codec.json").exists() else None
+
+
 def run_stage(out: str | Path, episodes: Sequence[Episode], cfg: DecoderAdvConfig, seed: int = 0,
               resume: bool = False, max_steps: int | None = None, progress: bool = True,
               device: str = "cpu") -> dict[str, Any]:

@@ -393,10 +393,8 @@ def export_world(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: torc
     ``prior_space`` switches the dynamics' turn prior (same weights); for ``pixel`` the prior
     decodes with the run's ``frame_codec_prior``, else the codec its decoder stage started from
     (``decoder_adv/``), else the frame codec."""
-    from worldsim.model.checkpoint import load_component
-    from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
     from worldsim.model.world_model import PRIOR_CODEC, REAIM, WorldModel
-    from worldsim.train.decoder_adv import STAGE_DIR
+    from worldsim.train.decoder_adv import STAGE_DIR, base_codec
 
     run_dir, out = Path(run_dir), Path(out)
     model = WorldModel.load(run_dir)  # validates everything first
@@ -404,8 +402,8 @@ def export_world(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: torc
         model.dynamics.cfg = dataclasses.replace(model.dynamics.cfg, prior_space=prior_space)
         if prior_space == "latent":
             model.prior_codec = model.reaim_net = None
-        elif model.prior_codec is None and (run_dir / STAGE_DIR / "frame_codec.json").exists():
-            model.prior_codec, _ = load_component(run_dir / STAGE_DIR, "frame_codec", FrameCodec, FrameCodecConfig)
+        elif model.prior_codec is None:
+            model.prior_codec = base_codec(run_dir)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

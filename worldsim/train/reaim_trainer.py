@@ -94,19 +94,12 @@ def pixel_prior(out: Path, world: Any) -> LatentReaim:
     """The pixel turn prior of the world in ``out``: its own, or, for a run whose dynamics still
     slides latents, the one ``worldsim export --prior-space pixel`` gives it (decoded by the run's
     ``frame_codec_prior``, else the codec its decoder stage started from, else the frame codec)."""
-    from worldsim.model.checkpoint import load_component
-    from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
-    from worldsim.model.view_warp import runs_to_mask
-    from worldsim.train.decoder_adv import STAGE_DIR
+    from worldsim.train.decoder_adv import base_codec
 
     if world.dynamics.cfg.prior_space == "pixel":
         return world.dynamics.reaim
-    codec = world.prior_codec
-    if codec is None and (out / STAGE_DIR / "frame_codec.json").exists():
-        codec = load_component(out / STAGE_DIR, "frame_codec", FrameCodec, FrameCodecConfig)[0].to(world.device).eval()
-    mem = world.memory_cfg
-    keep = torch.from_numpy(runs_to_mask(mem.overlay, *world.resolution)) if mem.overlay else None
-    return LatentReaim(codec or world.frame_codec, mem.fov, keep)
+    base = None if world.prior_codec is not None else base_codec(out)
+    return world.pixel_reaim(None if base is None else base.to(world.device))
 
 
 def _scores(net: ReaimNet, z: torch.Tensor, yaw: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
