@@ -35,44 +35,45 @@ def test_pose_tracker_turns_exactly_and_walks_back_to_where_it_started():
     assert out > 100 and np.hypot(p.x, p.y) < 0.05 * out
 
 
-def _frame(rng, value=None):
-    return np.full((8, 8, 3), value, np.uint8) if value is not None else rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+def _latent(rng, value=None):
+    return np.full((4, 2, 2), value, np.float32) if value is not None else rng.normal(size=(4, 2, 2)).astype(np.float32)
 
 
 def test_store_is_bounded_and_keeps_the_most_trusted_view():
     cfg = MemoryConfig(cap=64)
-    m = SceneMemory(cfg, (8, 8, 3), PoseTracker(cfg, B, A))
+    m = SceneMemory(cfg, (4, 2, 2), PoseTracker(cfg, B, A))
     rng = np.random.default_rng(0)
     size = m.nbytes
     for t in range(5000):
         m.pose.x, m.pose.y, m.pose.yaw = rng.uniform(-2000, 2000, 2).tolist() + [float(rng.uniform(0, 360))]
-        m.store(_frame(rng), t, float(rng.uniform(0.1, 1.0)))
+        m.store(_latent(rng), t, float(rng.uniform(0.1, 1.0)))
     assert len(m) == 64 and m.nbytes == size and len(set(m.keys.values())) == 64
     assert (m.conf > 0.5).mean() > 0.8           # eviction drops the least trusted first
-    m2 = SceneMemory(cfg, (8, 8, 3), PoseTracker(cfg, B, A))
-    m2.store(_frame(rng, 200), 0, 1.0)
-    m2.store(_frame(rng, 10), 50, 0.3)           # a blurrier view of the same place does not replace it
-    assert (m2.frames[m2.keys[m2._key()]] == 200).all()
+    m2 = SceneMemory(cfg, (4, 2, 2), PoseTracker(cfg, B, A))
+    m2.store(torch.full((4, 2, 2), 2.0), 0, 1.0)  # a latent on the model's device, as the runtime stores it
+    m2.store(_latent(rng, -1.0), 50, 0.3)        # a blurrier view of the same place does not replace it
+    assert (m2.latents[m2.keys[m2._key()]] == 2.0).all() and m2.latents.dtype == np.float16
 
 
 def test_recall_only_on_return_and_only_beyond_the_kv_window():
     cfg = MemoryConfig()
-    m = SceneMemory(cfg, (8, 8, 3), PoseTracker(cfg, B, A))
-    f0 = _frame(np.random.default_rng(1))
-    m.store(f0, 0, 1.0)
+    m = SceneMemory(cfg, (4, 2, 2), PoseTracker(cfg, B, A))
+    z0 = _latent(np.random.default_rng(1))
+    m.store(z0, 0, 1.0)
     assert m.recall(10, min_age=8) is None       # too recent: the KV cache still has it
     hit = m.recall(100, min_age=8)
-    assert hit.weight == pytest.approx(1.0) and hit.conf == 1.0 and np.array_equal(hit.frame.numpy(), f0)
-    m.pose.yaw = 10.0                            # turned a little: the view comes back re-aimed
+    assert hit.weight == pytest.approx(1.0) and hit.conf == 1.0 and hit.yaw == 0.0
+    assert torch.allclose(hit.latent, torch.from_numpy(z0), atol=2e-3)  # kept in float16
+    m.pose.yaw = 10.0                            # turned 10° left: the view is to be re-aimed 10° left
     hit = m.recall(100, min_age=8)
-    assert 0 < hit.weight < 1 and not np.array_equal(hit.frame.numpy(), f0)
+    assert 0 < hit.weight < 1 and hit.yaw == pytest.approx(-10.0)
     m.pose.x, m.pose.yaw = 100.0, 0.0
     assert m.recall(100, min_age=8) is None      # somewhere else
     m.pose.x, m.pose.yaw = 0.0, 90.0
     assert m.recall(100, min_age=8) is None      # same place, looking elsewhere
     z = torch.ones(4, 2, 2)
     assert m.settle(z, None, None) is z and m.conf_now == pytest.approx(cfg.decay)
-    out = m.settle(z, torch.zeros(4, 2, 2), Hit(torch.zeros(8, 8, 3, dtype=torch.uint8), 0.25, 1.0))
+    out = m.settle(z, torch.zeros(4, 2, 2), Hit(torch.zeros(4, 2, 2), 0.0, 0.25, 1.0))
     assert torch.allclose(out, torch.full((4, 2, 2), 0.75)) and m.hits == 1
 
 
@@ -100,6 +101,34 @@ def test_a_360_spin_comes_back_to_the_remembered_view(default_world):
     m = s_on.state.memories[0]
     assert m.hits > 0 and 0 < len(m) <= m.cfg.cap
     assert np.abs(on[20] - off[20]).mean() < 1.0   # away from remembered places memory changes nothing
+
+
+def test_remembered_latents_are_reaimed_as_the_world_turns_a_tick(default_world):
+    model = default_world.model
+    z = torch.from_numpy(np.asarray(default_world.starts.latents(0)[0][-3:], np.float32))  # (3, C, h, w) real views
+    yaw = torch.tensor([0.5, -9.0, 24.0])  # under reaim_min_deg / a turn the net learned / beyond
+    assert model.dynamics.cfg.reaim_min_deg > 0.5 and 9.0 <= model.memory_cfg.learned_deg < 24.0
+    out = model.reaim_memories(z, yaw)
+    assert torch.equal(out[0], z[0])  # no turn to speak of: the latent as it was
+    with model.autocast:
+        learned = model.reaim_net(z[1:2], yaw[1:2]).float()
+        pixel = model.pixel_reaim()._reaim(z[2:], yaw[2:], None).float()
+    assert torch.allclose(out[1:2], learned, atol=1e-5) and torch.allclose(out[2:], pixel, atol=1e-5)
+    assert (out[1] - z[1]).abs().mean() > 0.1  # it did turn
+
+
+def test_an_opened_start_remembers_its_context_latents(default_world, monkeypatch):
+    k = default_world.starts.index(None, 0)
+    lat = np.asarray(default_world.starts.latents(k)[0], np.float32)  # (c, C, h, w) stored with the start
+    for primed in (True, False):  # a start whose priming is stored, and one primed by the dynamics
+        default_world._primed.clear()
+        if not primed:
+            monkeypatch.setattr(default_world.starts, "primed", lambda k: None)
+        m = default_world.open(seed=0).state.memories[0]
+        assert 1 <= len(m) <= len(lat)
+        # the last context view, stored last at the viewer's pose, is the latent the stream starts from
+        assert np.allclose(m.latents[m.keys[m._key()]], lat[-1], atol=2e-2)
+    default_world._primed.clear()
 
 
 def test_memory_is_part_of_snapshots_and_forks(default_world):

@@ -113,6 +113,35 @@ def ttff_cold(world_path: str, sampling_steps: int | None = None, device: str | 
     return float(r.stdout.strip().splitlines()[-1])
 
 
+def memory_overhead(world, ticks: int, say=lambda m: None) -> dict[str, float]:
+    """Tick time with long-term memory on ÷ off − 1 (``memory_overhead``), the same ticks
+    interleaved in blocks of 25, turning in place (10°/tick) so that after the first turn nearly
+    every tick recalls a view: the worst case. ``memory_hit_fraction``: the share that did."""
+    sch = world.schema
+    spin = ({"keys": [], "mouse": [10.0, 0.0]} if {"mouse_dx", "mouse_dy"} <= set(sch.axes)
+            else {"keys": ["turn_right"]} if "turn_right" in sch.buttons
+            else _actions(world, 1)[0])  # a world without a turn control: the memory at whatever it recalls
+    world.model.set_memory(False)
+    s_off = world.open(seed=0)
+    world.model.set_memory(True)
+    s_on = world.open(seed=0)
+    spent, n_on = {"on": 0.0, "off": 0.0}, 0
+    for blk in range(max(1, ticks // 25)):
+        for name, x in (("on", s_on), ("off", s_off)) if blk % 2 else (("off", s_off), ("on", s_on)):
+            t = time.perf_counter()
+            for _ in range(25):
+                x.step(spin)
+            spent[name] += time.perf_counter() - t
+            n_on += 25 if name == "on" else 0
+    res = {"memory_overhead": spent["on"] / spent["off"] - 1,
+           "memory_hit_fraction": s_on.state.memories[0].hits / max(1, n_on)}
+    say(f"memory on vs off: {100 * res['memory_overhead']:+.1f} % tick time "
+        f"(a remembered view recalled on {100 * res['memory_hit_fraction']:.0f} % of the ticks)")
+    for x in (s_on, s_off):
+        x.close()
+    return res
+
+
 def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10000, batches=(1, 4, 16),
               batch_ticks: int = 40, baseline: bool = True, cold: bool = True, progress: bool = True,
               sampling_steps: int | None = None, device: str | None = None) -> dict[str, Any]:
@@ -191,31 +220,8 @@ def run_bench(world_spec: str = "default", ticks: int = 300, rss_ticks: int = 10
             x.close()
         say(f"batch {b}: {res['batch_fps'][str(b)]:.1f} frames/s")
 
-    # long-term memory: the same ticks with it on and off, interleaved in blocks, turning in
-    # place (10°/tick) so that after the first turn nearly every tick recalls a view: the worst case
     if world.model.memory_cfg.enabled:
-        sch = world.schema
-        spin = ({"keys": [], "mouse": [10.0, 0.0]} if {"mouse_dx", "mouse_dy"} <= set(sch.axes)
-                else {"keys": ["turn_right"]} if "turn_right" in sch.buttons
-                else acts[0])  # a world without a turn control: the memory at whatever it recalls
-        world.model.set_memory(False)
-        s_off = world.open(seed=0)
-        world.model.set_memory(True)
-        s_on = world.open(seed=0)
-        spent, n_on = {"on": 0.0, "off": 0.0}, 0
-        for blk in range(max(1, ticks // 25)):
-            for name, x in (("on", s_on), ("off", s_off)) if blk % 2 else (("off", s_off), ("on", s_on)):
-                block = [spin] * 25
-                t = time.perf_counter()
-                for a in block:
-                    x.step(a)
-                spent[name] += time.perf_counter() - t
-                n_on += len(block) if name == "on" else 0
-        res["memory_overhead"] = spent["on"] / spent["off"] - 1
-        m = s_on.state.memories[0]
-        res["memory_hit_fraction"] = m.hits / max(1, n_on)
-        say(f"memory on vs off: {100 * res['memory_overhead']:+.1f} % tick time "
-            f"(a remembered view recalled on {100 * res['memory_hit_fraction']:.0f} % of the ticks)")
+        res.update(memory_overhead(world, ticks, say))
 
     # dynamics GFLOP/s vs a matmul in the same precision measured now
     res["matmul_gflops"] = matmul_gflops(dtype=world.model.dtype, device=dev)

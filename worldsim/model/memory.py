@@ -1,26 +1,30 @@
 """Long-term scene memory: what leaves the rolling KV window is kept, and brought back on return.
 
 The KV cache holds the last ``context`` ticks; anything older is forgotten by the network.
-:class:`SceneMemory` keeps a bounded store of the frames shown beside it, each tagged with the
+:class:`SceneMemory` keeps a bounded store of the views shown beside it, each tagged with the
 tick and with where the viewer was: a pose (x, y, yaw) *estimated from the actions alone*
 by :class:`PoseTracker` (DOOM's movement is a momentum model: we integrate
 DOOM's own player physics, checked against recorded ViZDoom poses; a mouse turn of d degrees
 is exactly d degrees). The store is a map
-``(grid cell, heading bin) → frame``: a place seen again replaces its entry only with a view
+``(grid cell, heading bin) → view``: a place seen again replaces its entry only with a view
 at least as trustworthy (real frames have confidence 1; generated ones lose a little
 confidence every tick since the last real or remembered view), and when the store is full
-the least trusted entry is evicted — so the memory is bounded (``cap`` frames,
+the least trusted entry is evicted — so the memory is bounded (``cap`` views,
 preallocated) however long a session runs.
 
 On every tick the session asks the memory whether the viewer is back at a remembered place
 (within ``pos_tol`` units and ``yaw_tol`` degrees, and older than the KV window). If so, the
-remembered view, re-aimed by the small heading difference (:func:`yaw_warp`: a turn in place
-is an exact image warp, screen-fixed pixels such as the weapon kept), is encoded and blended
-into the generated latent with a weight that grows as the match gets closer; the blended
-latent is what is shown and what enters the context, so the world continues from the
-remembered place. The store keeps views as pixels (what was shown, or the real frame),
-because re-aiming a latent grid blurs it (measured in :mod:`worldsim.model.view_warp`). A dynamics network trained with a memory input
-(``DynamicsConfig.memory_input``, trained on the same retrieval over recorded poses) also
+remembered view, re-aimed by the small heading difference, is blended into the generated latent
+with a weight that grows as the match gets closer; the blended latent is what is shown and what
+enters the context, so the world continues from the remembered place. The store keeps views as
+latents (what was shown, or the real frame's encoding; float16, 2 KB a view where the picture
+took 12 KB): the runtime re-aims them as the world's turn prior does a turn
+(:meth:`~worldsim.model.world_model.WorldModel.reaim_memories`: the learned prior of
+:mod:`~worldsim.model.reaim_net` within the turns it was trained on, else decode → :func:`yaw_warp`
+→ encode, a turn in place being an exact image warp with the screen-fixed pixels such as the
+weapon kept). Sliding a latent grid instead would blur (measured in :mod:`worldsim.model.view_warp`);
+keeping pictures cost an encode on every recalling tick (README Speed, session 32). A dynamics
+network trained with a memory input (``DynamicsConfig.memory_input``, trained on the same retrieval over recorded poses) also
 receives the remembered latent and its weight while it generates the tick, and ``blend`` sets
 how much of the match weight is still blended in afterwards (1 = all, 0 = leave it to the
 network).
@@ -36,7 +40,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from worldsim.model.view_warp import runs_to_mask, yaw_warp
 
 
 @dataclass
@@ -47,6 +50,8 @@ class MemoryConfig:
     yaw_bin: float = 15.0            # degrees per heading bin of the store
     pos_tol: float = 32.0            # a return: this close (map units) ...
     yaw_tol: float = 30.0            # ... and facing this close (degrees; the view is re-aimed) ...
+    learned_deg: float = 15.0        # views this few degrees off are re-aimed by the world's learned turn prior (the
+                                     # turns a tick makes, what it was trained on: a run-turn is 14.1°), others by pixels
     min_age: int = 24                # ... to a view at least this many ticks old (3× the KV window)
     strength: float = 1.0            # weight of a perfect match
     blend: float = 1.0               # fraction of the weight blended into the generated latent
@@ -121,18 +126,18 @@ def _wrap(deg: np.ndarray | float) -> np.ndarray | float:
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
 
 
-def _resident(shape: tuple[int, ...], like: np.ndarray | None = None) -> np.ndarray:
-    """A uint8 array in its own anonymous mapping, resident from the start (zeros, or ``like``),
+def _resident(shape: tuple[int, ...], like: np.ndarray | None = None, dtype=np.uint8) -> np.ndarray:
+    """An array in its own anonymous mapping, resident from the start (zeros, or ``like``),
     so a session's RSS stays flat as the store fills, and handed back to the OS when the session
     goes (from the heap it would stay with the process). On Linux the kernel maps all its pages
-    in the mmap call (MAP_POPULATE): 25 MB in ~15 ms instead of ~30 ms of page faults from writing
-    it through — time a session's open (its first frame) would otherwise pay."""
-    n = int(np.prod(shape))
+    in the mmap call (MAP_POPULATE): when the store kept 25 MB of pictures, ~15 ms instead of ~30 ms
+    of page faults from writing it through — time a session's open (its first frame) would otherwise pay."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if _POPULATE:
         buf = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATE)  # zero-filled
     else:
         buf = mmap.mmap(-1, n)
-    a = np.frombuffer(buf, np.uint8).reshape(shape)
+    a = np.frombuffer(buf, dtype).reshape(shape)
     if like is not None:
         a[...] = like
     elif not _POPULATE:
@@ -142,25 +147,27 @@ def _resident(shape: tuple[int, ...], like: np.ndarray | None = None) -> np.ndar
 
 @dataclass
 class Hit:
-    """A remembered view for the current pose: ``frame`` (H, W, 3) uint8, already re-aimed to the
-    current heading; ``weight`` of the match (0..``strength``); ``conf`` the view's trust."""
+    """A remembered view for the current pose: ``latent`` (C, h, w) float32 as it was stored, to be
+    re-aimed ``yaw`` degrees to the right (remembered − current heading); ``weight`` of the match
+    (0..``strength``); ``conf`` the view's trust."""
 
-    frame: torch.Tensor
+    latent: torch.Tensor
+    yaw: float
     weight: float
     conf: float
 
 
 @dataclass
 class SceneMemory:
-    """One stream's memory. Per tick: ``observe`` → ``recall`` → (encode the hit) → ``settle``
-    → (decode) → ``remember``."""
+    """One stream's memory. Per tick: ``observe`` → ``recall`` → (re-aim the hit) → ``settle``
+    → ``remember``."""
 
     cfg: MemoryConfig
-    frame_shape: tuple[int, int, int]        # (H, W, 3)
+    latent_shape: tuple[int, int, int]       # (C, h, w)
     pose: PoseTracker
     conf_now: float = 1.0            # trust in the stream's current frame
     hits: int = 0                    # ticks on which a memory was blended in
-    frames: np.ndarray = field(init=False)  # (cap, H, W, 3) uint8
+    latents: np.ndarray = field(init=False)  # (cap, C, h, w) float16
     where: np.ndarray = field(init=False)   # (cap, 3) x, y, yaw of each entry
     tick: np.ndarray = field(init=False)    # (cap,)
     conf: np.ndarray = field(init=False)    # (cap,) -1 = free slot
@@ -168,21 +175,19 @@ class SceneMemory:
     slot_key: list = field(init=False)      # slot → its key
 
     def __post_init__(self) -> None:
-        self.frames = _resident((self.cfg.cap, *self.frame_shape))
+        self.latents = _resident((self.cfg.cap, *self.latent_shape), dtype=np.float16)
         self.where = np.zeros((self.cfg.cap, 3))
         self.tick = np.zeros(self.cfg.cap, np.int64)
         self.conf = np.full(self.cfg.cap, -1.0)
         self.keys = {}
         self.slot_key = [None] * self.cfg.cap
-        H, W = self.frame_shape[:2]
-        self.keep = torch.from_numpy(runs_to_mask(self.cfg.overlay, H, W)) if self.cfg.overlay else None
 
     def __len__(self) -> int:
         return len(self.keys)
 
     @property
     def nbytes(self) -> int:
-        return self.frames.nbytes + self.where.nbytes + self.tick.nbytes + self.conf.nbytes
+        return self.latents.nbytes + self.where.nbytes + self.tick.nbytes + self.conf.nbytes
 
     def observe(self, buttons: np.ndarray, axes: np.ndarray) -> None:
         self.pose.update(buttons, axes)
@@ -193,8 +198,8 @@ class SceneMemory:
                 int(((p.yaw + c.yaw_bin / 2) % 360.0) // c.yaw_bin))
 
     def recall(self, tick: int, min_age: int) -> Hit | None:
-        """The remembered view for the current pose, re-aimed to the current heading, or None
-        when the viewer is nowhere it remembers (outside the KV window)."""
+        """The remembered view for the current pose (with the turn that re-aims it to the current
+        heading), or None when the viewer is nowhere it remembers (outside the KV window)."""
         c, p = self.cfg, self.pose
         ok = (self.conf >= 0) & (tick - self.tick >= max(min_age, c.min_age))
         if not ok.any():
@@ -206,12 +211,11 @@ class SceneMemory:
         i = int(np.argmax(score))
         if score[i] <= 0:
             return None
-        frame = torch.from_numpy(self.frames[i:i + 1])  # (1, H, W, 3)
-        frame = yaw_warp(frame, torch.tensor([-float(dyaw[i])]), c.fov, self.keep)[0]
-        return Hit(frame, float(c.strength * score[i]), float(self.conf[i]))
+        z = torch.from_numpy(self.latents[i].astype(np.float32))  # (C, h, w)
+        return Hit(z, float(dyaw[i]), float(c.strength * score[i]), float(self.conf[i]))
 
-    def store(self, frame: np.ndarray | torch.Tensor, tick: int, conf: float) -> None:
-        """Remember ``frame`` (H, W, 3) uint8 as the view from the current pose."""
+    def store(self, latent: np.ndarray | torch.Tensor, tick: int, conf: float) -> None:
+        """Remember ``latent`` (C, h, w) as the view from the current pose."""
         key = self._key()
         i = self.keys.get(key)
         if i is not None and self.conf[i] > conf:
@@ -225,12 +229,12 @@ class SceneMemory:
                 del self.keys[self.slot_key[i]]
             self.keys[key] = i
             self.slot_key[i] = key
-        self.frames[i] = frame.cpu().numpy() if isinstance(frame, torch.Tensor) else frame
+        self.latents[i] = latent.detach().float().cpu().numpy() if isinstance(latent, torch.Tensor) else latent
         self.where[i] = (self.pose.x, self.pose.y, self.pose.yaw)
         self.tick[i], self.conf[i] = tick, conf
 
     def settle(self, z: torch.Tensor, zm: torch.Tensor | None, hit: Hit | None) -> torch.Tensor:
-        """One generated latent ``z``, given this tick's :meth:`recall` and the hit's latent ``zm``:
+        """One generated latent ``z``, given this tick's :meth:`recall` and the hit's re-aimed latent ``zm``:
         blend the remembered view in (``cfg.blend`` of its weight) and update the trust in what
         the stream now shows."""
         if hit is None or zm is None:
@@ -243,13 +247,13 @@ class SceneMemory:
         self.hits += 1
         return z
 
-    def remember(self, frame: np.ndarray | torch.Tensor, tick: int) -> None:
-        """Store what the stream showed this tick, with the stream's current trust."""
-        self.store(frame, tick, self.conf_now)
+    def remember(self, latent: np.ndarray | torch.Tensor, tick: int) -> None:
+        """Store the latent of what the stream showed this tick, with the stream's current trust."""
+        self.store(latent, tick, self.conf_now)
 
     def copy(self) -> "SceneMemory":
         m = copy.copy(self)
-        m.frames = _resident(self.frames.shape, self.frames)
+        m.latents = _resident(self.latents.shape, self.latents, np.float16)
         m.where, m.tick, m.conf = self.where.copy(), self.tick.copy(), self.conf.copy()
         m.keys, m.slot_key, m.pose = dict(self.keys), list(self.slot_key), copy.copy(self.pose)
         return m

@@ -46,7 +46,7 @@ class StreamState:
     prev_frame: torch.Tensor | None = None
 
     def snapshot(self, memories: bool = True) -> dict[str, Any]:
-        """A copy of everything (``memories=False``: without the scene memories, 25 MB a copy,
+        """A copy of everything (``memories=False``: without the scene memories, 4 MB a copy,
         for a snapshot whose :meth:`restore` keeps the restoring state's own)."""
         snap = {"cache": self.cache.snapshot(), "prev": self.prev.clone(), "time": self.time.clone(),
                 "rng": [g.get_state() for g in self.generators],

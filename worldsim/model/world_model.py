@@ -155,7 +155,7 @@ class WorldModel:
             g.manual_seed(int(s))
             gens.append(g)
         shape = (fc.latent_channels, fc.latent_size, fc.latent_size)
-        mems = [SceneMemory(self.memory_cfg, (*self.resolution, 3), PoseTracker(self.memory_cfg, *self._names))
+        mems = [SceneMemory(self.memory_cfg, shape, PoseTracker(self.memory_cfg, *self._names))
                 if self.memory_cfg.enabled else None for _ in seeds]
         cache = self.dynamics.new_cache(B, device=self.device, dtype=self.dtype)  # slots in the compute dtype
         return StreamState(cache, torch.zeros(B, *shape, device=self.device),
@@ -248,7 +248,7 @@ class WorldModel:
             state.time += m
         # the last context tick stays pending: the first step commits it
         self._commit(state, z[:, -1], None if za is None else za[:, -1], act[:, -1], prior[:, -1], 0.0)
-        self.remember_context(state, frames, buttons, axes)
+        self.remember_context(state, frames, buttons, axes, z)
 
     @property
     def light_prior(self) -> bool:
@@ -271,16 +271,39 @@ class WorldModel:
                                   reaim if frames is None else (lambda z, yaw: reaim(z, yaw, frames)))
         return turn_prior(prev, feats, self.dynamics.cfg)
 
-    def remember_context(self, state: StreamState, frames: np.ndarray, buttons: np.ndarray, axes: np.ndarray) -> None:
-        """The scene-memory half of :meth:`prime` (no network): the context's real frames,
+    def remember_context(self, state: StreamState, frames: np.ndarray, buttons: np.ndarray, axes: np.ndarray,
+                         latents: np.ndarray | torch.Tensor | None = None) -> None:
+        """The scene-memory half of :meth:`prime` (no dynamics): the context's real views (frames
+        (B, c, H, W, 3), or their ``latents`` (B, c, C, h, w) when known: else encoded here),
         remembered with full confidence at the ticks ``prime`` gave them."""
-        c = frames.shape[1]
+        if all(m is None for m in state.memories):
+            return
+        if latents is None:
+            latents, _ = self._encode_context(frames, None, state)
+        c = latents.shape[1]
         for b, mem in enumerate(state.memories):
             if mem is not None:
                 for j in range(c):
                     if j > 0:
                         mem.observe(buttons[b, j - 1], axes[b, j - 1])
-                    mem.store(frames[b, j], int(state.time[b]) - (c - 1 - j), 1.0)
+                    mem.store(latents[b, j], int(state.time[b]) - (c - 1 - j), 1.0)
+
+    @torch.no_grad()
+    def reaim_memories(self, z: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
+        """Remembered latents (N, C, h, w) re-aimed ``yaw`` (N,) degrees to the right, float32, as
+        the world's turn prior turns a tick: by its learned prior (``reaim.*``) for turns up to
+        ``memory.learned_deg`` (the turns it learned), else by the pixel prior (decode, warp, encode);
+        turns under the dynamics' ``reaim_min_deg`` keep their latent."""
+        min_deg = self.dynamics.cfg.reaim_min_deg
+        near = (yaw.abs() <= self.memory_cfg.learned_deg if self.reaim_net is not None
+                else torch.zeros_like(yaw, dtype=torch.bool))  # (N,)
+        out = torch.empty(z.shape, device=self.device)
+        with self.autocast:
+            if bool(near.any()):
+                out[near] = LearnedReaim(self.reaim_net, min_deg)(z[near], yaw[near]).float()
+            if not bool(near.all()):
+                out[~near] = self.pixel_reaim(min_deg=min_deg)(z[~near], yaw[~near]).float()
+        return out
 
     @torch.no_grad()
     def step_batch(self, state: StreamState, buttons: np.ndarray, axes: np.ndarray, steps: int | None = None,
@@ -304,11 +327,11 @@ class WorldModel:
             if m is not None:
                 m.observe(buttons[b], axes[b])
                 hits[b] = m.recall(int(t_next[b]), self.context_steps + 1)
-        zms: list = [None] * B  # the remembered views as latents: one encode for every row that has one
+        zms: list = [None] * B  # the remembered views re-aimed to where each viewer now looks: one call for all rows
         rows = [b for b, h in enumerate(hits) if h is not None]
         if rows:
-            with self.autocast:
-                zr = self.frame_codec.encode(torch.stack([hits[b].frame for b in rows]).to(self.device)).float()
+            zr = self.reaim_memories(torch.stack([hits[b].latent for b in rows]).to(self.device),
+                                     torch.tensor([hits[b].yaw for b in rows], device=self.device))  # (R, C, h, w)
             for k, b in enumerate(rows):
                 zms[b] = zr[k]
         mem_tok = None
@@ -368,7 +391,7 @@ class WorldModel:
                 audio = self.audio_codec.decode(za.view(B, self.audio_codec.cfg.latent_channels, -1)).cpu().numpy()
         for b, m in enumerate(state.memories):  # what was shown is what a return will bring back
             if m is not None:
-                m.remember(frames[b], int(t_next[b]))
+                m.remember(z[b], int(t_next[b]))
         return frames, audio
 
     # ---- the evaluation contract --------------------------------------------------------

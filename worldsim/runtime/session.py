@@ -128,9 +128,11 @@ class World:
         if primed is not None:
             # the network's half of priming is deterministic: a shipped start's is run once per
             # world and copied since. Left out of the copy: the generator (this session's seed) and
-            # the scene memory (25 MB a copy), which is filled from the context again, without the network
+            # the scene memory (4 MB a copy), which is filled from the context again, without the dynamics
             state.restore(primed)
-            self.model.remember_context(state, ctx["frames"][None], ctx["buttons"][None], ctx["axes"][None])
+            lat = self.starts.latents(k)  # the start's stored latents: nothing to encode
+            self.model.remember_context(state, ctx["frames"][None], ctx["buttons"][None], ctx["axes"][None],
+                                        None if lat is None else lat[0][None])
             return self._adopt(state, seed, tick=0)
         au = ctx.get("audio")
         lat = self.starts.latents(k)  # a shipped start's stored latents: no encoding

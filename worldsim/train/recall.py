@@ -6,9 +6,10 @@ seen beyond the KV window near the viewer's (dead-reckoned) pose. To teach the n
 the latent store, the earlier tick of the same episode (at least ``min_age`` ticks older)
 whose recorded pose matches best, with the same score as the runtime's (flat near a perfect
 match, 0 at ``pos_tol`` units or ``yaw_tol`` degrees) and the heading difference, so the
-trainer can turn the remembered view to the current heading. The runtime re-aims the view in
-pixels (:mod:`worldsim.model.view_warp`) and encodes it; the latent store holds no pixels, so
-the trainer slides the latent instead (blurrier at large differences: an approximation).
+trainer can turn the remembered view to the current heading. The runtime re-aims the remembered
+latent as the world turns a tick (its learned turn prior, or decode → warp → encode:
+:meth:`~worldsim.model.world_model.WorldModel.reaim_memories`); the trainer slides the latent
+instead (blurrier at large differences: an approximation).
 Recorded poses stand in for dead reckoning (measured: feeding the real poses to the runtime
 memory moved loop-closure PSNR by only +0.26 dB).
 """
