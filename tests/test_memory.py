@@ -169,3 +169,22 @@ def test_loop_recording_and_loop_closure_eval(default_world, tmp_path):
                     for t in range(t2 - 2, t2 + 1)])
     assert r["recall"] == pytest.approx(want, abs=1e-6) and r["patterns"]["spin"]["recall"]
     assert r["strip"].shape == (64, 192, 3)
+
+
+@pytest.mark.parametrize("bad, msg", [({"cap": 0}, "memory.cap must be >= 1"),
+                                      ({"blend": 1.5}, r"memory.blend must be in \[0, 1\]"),
+                                      ({"fov": 180}, "memory.fov must be < 180")])
+def test_a_bad_memory_setting_fails_at_load(tmp_path, bad, msg):
+    import json
+
+    from worldsim.model.checkpoint import CheckpointError
+    from worldsim.model.world_model import DEFAULT_WORLD_DIR
+
+    for f in DEFAULT_WORLD_DIR.iterdir():  # the shipped world, its world.json edited
+        (tmp_path / f.name).symlink_to(f)
+    w = json.loads((DEFAULT_WORLD_DIR / "world.json").read_text())
+    w["memory"].update(bad)
+    (tmp_path / "world.json").unlink()
+    (tmp_path / "world.json").write_text(json.dumps(w))
+    with pytest.raises(CheckpointError, match=msg):
+        World.load(str(tmp_path))

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from worldsim.errors import check_limits
 
 
 @dataclass
@@ -74,6 +75,15 @@ class MemoryConfig:
     # estimated from the training recordings by view_warp.estimate_overlay)
     fov: float = 90.0
     overlay: tuple = ()
+
+    def validate(self) -> None:
+        check_limits(self, "memory", {"cap": 1, "cell": 1e-6, "yaw_bin": 1e-6, "pos_tol": 1e-6, "yaw_tol": 1e-6,
+                                      "learned_deg": 0, "min_age": 0, "tics": 1, "walk": 0, "run": 0, "strafe": 0,
+                                      "strafe_run": 0, "yaw_key": 0, "yaw_key_run": 0, "yaw_key_slow": 0,
+                                      "slow_tics": 0, "fov": 1e-6},
+                     within=("strength", "blend", "decay", "friction"))
+        if self.fov >= 180:
+            raise ValueError(f"memory.fov must be < 180 (a pinhole camera's field of view), got {self.fov}")
 
 
 @dataclass
