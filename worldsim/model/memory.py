@@ -24,10 +24,10 @@ took 12 KB): the runtime re-aims them as the world's turn prior does a turn
 → encode, a turn in place being an exact image warp with the screen-fixed pixels such as the
 weapon kept). Sliding a latent grid instead would blur (measured in :mod:`worldsim.model.view_warp`);
 keeping pictures cost an encode on every recalling tick (README Speed, session 32). A dynamics
-network trained with a memory input (``DynamicsConfig.memory_input``, trained on the same retrieval over recorded poses) also
-receives the remembered latent and its weight while it generates the tick, and ``blend`` sets
-how much of the match weight is still blended in afterwards (1 = all, 0 = leave it to the
-network).
+network trained with a memory input (``DynamicsConfig.memory_input``, trained on the same
+retrieval over recorded poses) also receives the remembered latent and its weight while it
+generates the tick, and ``blend`` sets how much of the match weight is still blended in
+afterwards (1 = all, 0 = leave it to the network).
 """
 
 from __future__ import annotations

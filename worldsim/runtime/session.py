@@ -125,19 +125,18 @@ class World:
             primed = self.starts.primed(k)
             if primed is not None:
                 self._primed[k] = primed
+        lat = self.starts.latents(k)  # a shipped start's stored latents: no encoding
+        if lat is not None:
+            lat = tuple(None if x is None else x[None] for x in lat)  # a batch of one row
         if primed is not None:
             # the network's half of priming is deterministic: a shipped start's is run once per
             # world and copied since. Left out of the copy: the generator (this session's seed) and
             # the scene memory (4 MB a copy), which is filled from the context again, without the dynamics
             state.restore(primed)
-            lat = self.starts.latents(k)  # the start's stored latents: nothing to encode
             self.model.remember_context(state, ctx["frames"][None], ctx["buttons"][None], ctx["axes"][None],
-                                        None if lat is None else lat[0][None])
+                                        None if lat is None else lat[0])
             return self._adopt(state, seed, tick=0)
         au = ctx.get("audio")
-        lat = self.starts.latents(k)  # a shipped start's stored latents: no encoding
-        if lat is not None:
-            lat = tuple(None if x is None else x[None] for x in lat)  # a batch of one row
         self.model.prime(state, ctx["frames"][None], None if au is None else au[None], ctx["buttons"][None],
                          ctx["axes"][None], latents=lat)
         if k is not None:
