@@ -47,6 +47,8 @@ class PlayConfig:
     record_episode: str | None = None   # DIR: the session as an episode (training data)
     screenshot: str | None = None       # PNG of the window when the loop ends
     hud: bool = True
+    resume: str | None = None           # a saved session (.wsnap) to continue instead of opening a new one
+    save: str | None = None             # write the session there (.wsnap) when the loop ends
 
 
 @dataclass
@@ -72,7 +74,7 @@ def _make_source(cfg: PlayConfig):
     if cfg.connect:
         return RemoteSource(cfg.connect, seed=cfg.seed, start=cfg.start)
     return LocalSource(cfg.world, seed=cfg.seed, start=cfg.start, device=cfg.device,
-                       sampling_steps=cfg.sampling_steps, memory=cfg.memory)
+                       sampling_steps=cfg.sampling_steps, memory=cfg.memory, resume=cfg.resume)
 
 
 class EpisodeSink:
@@ -278,6 +280,7 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
                     next_t = time.perf_counter() + period
         if cfg.screenshot:
             pygame.image.save(screen, cfg.screenshot)
+        saved_to = str(source.save(cfg.save)) if cfg.save else None
     finally:
         written = []
         if video and video.frames:
@@ -292,6 +295,7 @@ def play(cfg: PlayConfig) -> dict[str, Any]:
             written += episodes.written
         source.close()
         pygame.quit()
+    written += [saved_to] if saved_to else []
     lat = np.array(st.latencies or [0.0])
     return {"ticks": st.ticks, "last_tick": cur.tick, "frames_changed": st.frames_changed, "late": st.late,
             "dropped": st.dropped,
@@ -329,6 +333,8 @@ def add_play_args(p) -> None:
     p.add_argument("--record-episode", metavar="DIR", help="record the session as training data (episode format)")
     p.add_argument("--screenshot", metavar="OUT.png", help="save the window (with the HUD) when the run ends")
     p.add_argument("--no-hud", action="store_true", help="start with the HUD hidden (F1 toggles)")
+    p.add_argument("--save", metavar="FILE.wsnap", help="save the session to this file when the run ends (resume it with --resume)")
+    p.add_argument("--resume", metavar="FILE.wsnap", help="continue a session saved with --save (same world)")
 
 
 def main_play(args) -> int:
@@ -341,7 +347,15 @@ def main_play(args) -> int:
                             "belong to the server")
     if args.connect and not args.connect.startswith(("tcp://", "ipc://")):
         raise WorldsimError(f"--connect {args.connect!r}: expected tcp://HOST:PORT")
-    for flag, path, kind in (("--record", args.record, ".mp4"), ("--screenshot", args.screenshot, ".png")):
+    if args.connect and (args.save or args.resume):
+        raise WorldsimError("--save/--resume keep a session of a world in this process; a server keeps its "
+                            "sessions' snapshots itself (the bridge's snapshot/restore)")
+    if args.resume and args.start:
+        raise WorldsimError("--resume continues a saved session: it has no --start picture")
+    if args.resume and not Path(args.resume).is_file():
+        raise WorldsimError(f"--resume {args.resume}: no such file")
+    for flag, path, kind in (("--record", args.record, ".mp4"), ("--screenshot", args.screenshot, ".png"),
+                             ("--save", args.save, ".wsnap")):
         if path and not Path(path).suffix.lower() == kind:
             raise WorldsimError(f"{flag} {path}: expected a {kind} file name")
         if path:  # a new user's `--record out/run.mp4` should just work: its folder is made here
@@ -351,7 +365,7 @@ def main_play(args) -> int:
                      memory=args.memory == "on",
                      headless=args.headless, realtime=args.realtime, actions=args.actions, record=args.record,
                      record_scale=args.record_scale, record_episode=args.record_episode,
-                     screenshot=args.screenshot, hud=not args.no_hud)
+                     screenshot=args.screenshot, hud=not args.no_hud, resume=args.resume, save=args.save)
     r = play(cfg)
     print(f"played {r['ticks']} ticks ({r['source']}): first frame {r['first_frame_ms']} ms, "
           f"input→frame p50 {r['latency_p50_ms']} ms, late {r['late']}, dropped {r['dropped']}, "

@@ -63,7 +63,9 @@ class LocalSource:
     """A session of a world loaded in this process (no server)."""
 
     def __init__(self, world: str = "default", seed: int = 0, start: np.ndarray | str | Path | None = None,
-                 device: str | None = None, sampling_steps: int | None = None, memory: bool | None = None):
+                 device: str | None = None, sampling_steps: int | None = None, memory: bool | None = None,
+                 resume: str | Path | None = None):
+        """``resume``: a session saved with :meth:`save` (a .wsnap file) to continue instead of opening one."""
         from worldsim.runtime import World
 
         from worldsim.runtime.clock import StepGovernor, freeze_heap
@@ -75,7 +77,8 @@ class LocalSource:
         self.adaptive = sampling_steps is None
         self.schema: ActionSchema = self.world.schema
         self.name, self.resolution = self.world.name, tuple(self.world.resolution)
-        self.session = self.world.open(seed=seed, start=_start(start, self.resolution))
+        self.session = (self.world.restore(resume) if resume is not None
+                        else self.world.open(seed=seed, start=_start(start, self.resolution)))
         self.tick_rate, self.audio_spec = float(self.world.tick_rate), self.world.audio_spec
         self.where = f"in process ({self.world.model.device})"
         freeze_heap()  # the loaded world out of the collector's view before play ticks (see freeze_heap)
@@ -102,6 +105,9 @@ class LocalSource:
     def restore(self, snap: Any) -> None:
         self.session.close()
         self.session = self.world.restore(snap)
+
+    def save(self, path: str | Path) -> Path:
+        return self.session.save(path)
 
     def close(self) -> None:
         self.session.close()

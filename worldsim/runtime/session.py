@@ -6,6 +6,7 @@
     chunk.frames  # (K, H, W, 3) uint8, K = 1 frame per tick
     chunk.audio   # (S, C) int16, the sound that arrives with those frames
     snap = s.snapshot(); s2 = world.restore(snap); s3 = s.fork()
+    s.save("game.wsnap"); s4 = world.restore("game.wsnap")   # on disk, resumed later or elsewhere
     chunks = world.step_many({s: a, s2: b})   # one batched forward for all of them
 
 Streaming state contract: a session's whole future depends only on its
@@ -21,8 +22,10 @@ inside a batch matches the same session stepped alone to within a pixel level or
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -32,7 +35,8 @@ from worldsim.actions import Action, ActionError, check_axes
 from worldsim.errors import WorldsimError
 from worldsim.model.stream_state import StreamState
 from worldsim.model.world_model import WorldModel
-from worldsim.runtime.starts import StartContexts
+from worldsim.runtime.snapshot_file import load_snapshot, save_snapshot
+from worldsim.runtime.starts import StartContexts, primed_digest
 
 ActionLike = Action | Mapping[str, Any] | tuple | None
 
@@ -150,9 +154,28 @@ class World:
         self.sessions[s.id] = s
         return s
 
-    def restore(self, snap: Snapshot) -> "Session":
+    @property
+    def stream_digest(self) -> str | None:
+        """Hex digest of what a stream of this world depends on (weights and their settings), or None
+        for a world not loaded from a directory: a snapshot file carries it (:mod:`.snapshot_file`)."""
+        if not hasattr(self, "_stream_digest"):
+            root = getattr(self.model, "path", None)
+            self._stream_digest = (None if root is None else
+                                   primed_digest(root, learned_reaim=self.model.reaim_net is not None).tobytes().hex())
+        return self._stream_digest
+
+    def load_snapshot(self, path: str | os.PathLike) -> Snapshot:
+        """A snapshot saved by :meth:`Session.save`, checked against this world (WorldsimError when it
+        is not a snapshot file, or one of another world or of other weights)."""
+        return load_snapshot(path, self.model, self.name, self.stream_digest)
+
+    def restore(self, snap: "Snapshot | str | os.PathLike") -> "Session":
+        """A new session continuing from ``snap``: a :class:`Snapshot`, or the path of a file
+        :meth:`Session.save` wrote."""
+        if isinstance(snap, (str, os.PathLike)):
+            snap = self.load_snapshot(snap)
         if not isinstance(snap, Snapshot):
-            raise WorldsimError(f"restore expects a Snapshot, got {type(snap).__name__}")
+            raise WorldsimError(f"restore expects a Snapshot or a snapshot file's path, got {type(snap).__name__}")
         if snap.world != self.name:
             raise WorldsimError(f"snapshot of world {snap.world!r} cannot be restored into {self.name!r}")
         state = self.model.new_state([snap.seed])
@@ -269,6 +292,11 @@ class Session:
     def fork(self) -> "Session":
         """An independent copy that continues exactly as this one would."""
         return self.world.restore(self.snapshot())
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write this session's snapshot to a file (safetensors, ~6 MB for the default world) that
+        :meth:`World.restore` resumes, in this process or a later one (:mod:`.snapshot_file`)."""
+        return save_snapshot(self.snapshot(), path, self.world.stream_digest)
 
     def close(self) -> None:
         if self._grouped:
