@@ -82,3 +82,45 @@ def test_play_saves_and_resumes_a_session(tmp_path):
     assert r.returncode == 0 and "played 6 ticks" in r.stdout, r.stderr
     r = subprocess.run(cmd + ["--resume", str(snap), "--start", "demos/player.png"], capture_output=True, text=True)
     assert r.returncode != 0 and "no --start" in r.stderr
+
+
+def test_a_snapshot_branches_with_a_new_seed_and_shows_its_latest_frame(world, tmp_path):
+    s = world.open(seed=2)
+    last = [s.step(TURN) for _ in range(12)][-1]
+    assert np.array_equal(s.frame(), last.frames[-1])  # the latest frame, decoded again from its latent
+    snap = s.snapshot()
+    a, a2, b = world.restore(snap, seed=7), world.restore(snap, seed=7), world.restore(snap, seed=8)
+    assert a.tick == b.tick == s.tick and a.seed == 7
+    fa, fa2, fb = ([x.step(TURN) for _ in range(6)] for x in (a, a2, b))
+    assert _same(fa, fa2) and not _same(fa, fb)  # a seed is a reproducible branch; another seed another one
+    r = world.restore(snap)  # no seed: the snapshot's own draws, the saved session's own future
+    assert _same([s.step(TURN) for _ in range(6)], [r.step(TURN) for _ in range(6)])
+
+
+def test_gym_envs_reset_from_a_saved_session(world, tmp_path):
+    from gymnasium.vector.utils import concatenate, create_empty_array
+
+    from worldsim.envs import WorldModelEnv
+    from worldsim.envs.gym_env import WorldModelVectorEnv
+
+    s = world.open(seed=4)
+    for _ in range(10):
+        s.step(TURN)
+    path = s.save(tmp_path / "situation.wsnap")
+    env = WorldModelEnv(world)
+    obs, info = env.reset(seed=1, options={"snapshot": str(path)})
+    assert np.array_equal(obs, s.frame()) and info["tick"] == s.tick
+    obs2, _ = env.reset(seed=1, options={"snapshot": s.snapshot()})
+    assert np.array_equal(obs, obs2)
+    with pytest.raises(ValueError, match="not both"):
+        env.reset(options={"snapshot": str(path), "start": s.frame()})
+    venv = WorldModelVectorEnv(2, world=world)
+    vobs, _ = venv.reset(seed=5, options={"snapshot": str(path)})
+    assert np.array_equal(vobs[0], vobs[1])  # both envs start in the saved situation ...
+    one = venv.single_action_space.sample()
+    act = concatenate(venv.single_action_space, [one, one], create_empty_array(venv.single_action_space, 2))
+    for _ in range(6):
+        vobs, *_ = venv.step(act)
+    assert not np.array_equal(vobs[0], vobs[1])  # ... and go on with their own draws
+    env.close()
+    venv.close()

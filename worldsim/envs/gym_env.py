@@ -94,11 +94,25 @@ class WorldModelEnv(gym.Env):
         return {"frame": frame, "audio": audio if audio is not None else np.zeros(self.observation_space["audio"].shape, np.int16)}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """``options["start"]``: an image or episode context to begin from (:meth:`World.open`);
+        ``options["snapshot"]``: a saved session (a :class:`~worldsim.runtime.session.Snapshot` or a
+        ``.wsnap`` path, :meth:`Session.save`) to continue from, drawing new noise from this reset's
+        seed — rollouts from one saved situation (the first observation is its latest frame, the
+        audio observation silence)."""
         super().reset(seed=seed)
         if self.session is not None:
             self.session.close()
+            self.session = None
         s = int(self.np_random.integers(0, 2**31 - 1))
-        self.session = self.world.open(seed=s, start=(options or {}).get("start"))
+        options = options or {}
+        if options.get("snapshot") is not None:
+            if options.get("start") is not None:
+                raise ValueError("reset options: give a 'start' or a 'snapshot', not both")
+            self.session = self.world.restore(options["snapshot"], seed=s)
+            self._t = 0
+            frame = self.session.frame()
+            return self._obs(frame, None), {"tick": self.session.tick}
+        self.session = self.world.open(seed=s, start=options.get("start"))
         self._t = 0
         ctx_frame = self.world.starts.context((options or {}).get("start"), s)["frames"][-1]
         ctx_audio = self.world.starts.context((options or {}).get("start"), s).get("audio")

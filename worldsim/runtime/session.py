@@ -169,18 +169,21 @@ class World:
         is not a snapshot file, or one of another world or of other weights)."""
         return load_snapshot(path, self.model, self.name, self.stream_digest)
 
-    def restore(self, snap: "Snapshot | str | os.PathLike") -> "Session":
+    def restore(self, snap: "Snapshot | str | os.PathLike", seed: int | None = None) -> "Session":
         """A new session continuing from ``snap``: a :class:`Snapshot`, or the path of a file
-        :meth:`Session.save` wrote."""
+        :meth:`Session.save` wrote. ``seed``: None continues the snapshot's own random draws (the
+        same actions replay the same frames); a seed draws new ones from that point (a branch: the
+        same state, another future — rollouts from one saved situation)."""
         if isinstance(snap, (str, os.PathLike)):
             snap = self.load_snapshot(snap)
         if not isinstance(snap, Snapshot):
             raise WorldsimError(f"restore expects a Snapshot or a snapshot file's path, got {type(snap).__name__}")
         if snap.world != self.name:
             raise WorldsimError(f"snapshot of world {snap.world!r} cannot be restored into {self.name!r}")
-        state = self.model.new_state([snap.seed])
-        state.restore(snap.state)
-        return self._adopt(state, snap.seed, snap.tick)
+        seed = snap.seed if seed is None else int(seed)
+        state = self.model.new_state([seed])
+        state.restore(snap.state if seed == snap.seed else {k: v for k, v in snap.state.items() if k != "rng"})
+        return self._adopt(state, seed, snap.tick)
 
     def action(self, a: ActionLike) -> Action:
         """Normalise an action: Action, script-style dict, (buttons, axes) arrays, or None (no-op)."""
@@ -292,6 +295,17 @@ class Session:
     def fork(self) -> "Session":
         """An independent copy that continues exactly as this one would."""
         return self.world.restore(self.snapshot())
+
+    def frame(self) -> np.ndarray:
+        """The picture of this session's latest tick (H, W, 3) uint8, decoded from its latest latent:
+        the frame it last showed (in a world whose sampler commits clean latents, ``context_level`` 0,
+        as the default world's does), or for a session not yet stepped its last context frame as the
+        codec sees it."""
+        if self.closed:
+            raise SessionClosed(f"session {self.id} is closed")
+        m = self.world.model
+        with torch.no_grad(), m.autocast:
+            return m.frame_codec.decode(self.state.prev.to(m.device))[0].cpu().numpy()
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write this session's snapshot to a file (safetensors, ~6 MB for the default world) that
