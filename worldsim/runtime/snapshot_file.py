@@ -10,8 +10,8 @@ world that is to resume it, so a file from another world or from other weights i
 a clear error instead of resuming into nonsense; a resumed session replays bit-exactly what the
 saved one would have (tests/test_snapshot_file.py).
 
-Size: the KV cache (8 ticks of every layer) plus the scene memory's store (float16 latents,
-4.3 MB at the default world's 2,048 views): ~6 MB for the default world.
+Size: the KV cache (8 ticks of every layer, ~1.5 MB for the default world) plus the scene memory's
+filled slots (2 KB a view, up to 4.3 MB when all 2,048 are filled).
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ SUFFIX = ".wsnap"
 
 
 def _memory_tensors(m: Any, b: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    keyed = np.array([k is not None for k in m.slot_key], np.uint8)  # (cap,)
-    keys = np.array([k if k is not None else (0, 0, 0) for k in m.slot_key], np.int64)  # (cap, 3)
+    """The filled slots of a scene memory (a young session's file stays small), each with its slot
+    index: eviction picks among slots in index order, so they go back where they were."""
+    slots = np.array([i for i, k in enumerate(m.slot_key) if k is not None], np.int64)  # (n,)
+    keys = np.array([m.slot_key[i] for i in slots], np.int64).reshape(-1, 3)  # (n, 3)
     p = m.pose
-    t = {"latents": torch.from_numpy(np.ascontiguousarray(m.latents)), "where": torch.from_numpy(m.where),
-         "tick": torch.from_numpy(m.tick), "conf": torch.from_numpy(m.conf), "keyed": torch.from_numpy(keyed),
-         "keys": torch.from_numpy(keys),
-         "pose": torch.tensor([p.x, p.y, p.yaw, p.vx, p.vy], dtype=torch.float64)}
-    return ({f"memory.{b}.{k}": v for k, v in t.items()},
-            {"conf_now": m.conf_now, "hits": m.hits, "turn_held": p.turn_held})
+    t = {"slots": slots, "keys": keys, "latents": m.latents[slots], "where": m.where[slots], "tick": m.tick[slots],
+         "conf": m.conf[slots], "pose": np.array([p.x, p.y, p.yaw, p.vx, p.vy], np.float64)}
+    return ({f"memory.{b}.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in t.items()},
+            {"conf_now": m.conf_now, "hits": m.hits, "turn_held": p.turn_held, "cap": len(m.slot_key)})
 
 
 def save_snapshot(snap: Any, path: str | os.PathLike, digest: str | None) -> Path:
@@ -142,14 +142,17 @@ def load_snapshot(path: str | os.PathLike, model: Any, world_name: str, digest: 
                 continue
             m = SceneMemory(model.memory_cfg, tuple(state["prev"].shape[1:]),
                             PoseTracker(model.memory_cfg, *model._names))
-            lat = t[f"memory.{b}.latents"].numpy()
-            if lat.shape != m.latents.shape:
-                raise WorldsimError(f"{path}: its scene memory holds {lat.shape} latents, this world's {m.latents.shape}")
-            m.latents[...] = lat
-            m.where[...], m.tick[...], m.conf[...] = (t[f"memory.{b}.{x}"].numpy() for x in ("where", "tick", "conf"))
-            keys, keyed = t[f"memory.{b}.keys"].numpy(), t[f"memory.{b}.keyed"].numpy()
-            m.slot_key = [tuple(int(c) for c in keys[i]) if keyed[i] else None for i in range(len(keyed))]
-            m.keys = {key: i for i, key in enumerate(m.slot_key) if key is not None}
+            slots, lat = t[f"memory.{b}.slots"].numpy(), t[f"memory.{b}.latents"].numpy()
+            if int(scalars["cap"]) != len(m.slot_key) or lat.shape[1:] != m.latents.shape[1:]:
+                raise WorldsimError(f"{path}: its scene memory ({scalars['cap']} views of {lat.shape[1:]}) does not "
+                                    f"fit this world's ({len(m.slot_key)} of {m.latents.shape[1:]})")
+            if len(slots) and (slots.min() < 0 or slots.max() >= len(m.slot_key) or len(set(slots.tolist())) < len(slots)):
+                raise WorldsimError(f"{path}: a damaged snapshot (scene-memory slots out of range)")
+            m.latents[slots] = lat
+            m.where[slots], m.tick[slots], m.conf[slots] = (t[f"memory.{b}.{x}"].numpy() for x in ("where", "tick", "conf"))
+            for i, key in zip(slots.tolist(), t[f"memory.{b}.keys"].numpy().tolist()):
+                m.slot_key[i] = tuple(key)
+                m.keys[tuple(key)] = i
             m.pose.x, m.pose.y, m.pose.yaw, m.pose.vx, m.pose.vy = (float(x) for x in t[f"memory.{b}.pose"])
             m.pose.turn_held = int(scalars["turn_held"])
             m.conf_now, m.hits = float(scalars["conf_now"]), int(scalars["hits"])
