@@ -231,6 +231,17 @@ class BridgeClient:
     def restore(self, snapshot: str, mode: str = "lockstep", credit: int = 2) -> str:
         return self.request(P.RESTORE, {"snapshot": snapshot, "mode": mode, "credit": credit})["sid"]
 
+    def save(self, sid: str, name: str) -> dict[str, Any]:
+        """Keep session ``sid`` on the server's disk as ``name`` (capability "save"): ``{name, tick, bytes}``."""
+        return self.request(P.SAVE, {"name": name}, sid)
+
+    def load(self, name: str, mode: str = "lockstep", credit: int = 2, seed: int | None = None) -> str:
+        """A new session continuing the save ``name`` (``seed``: new random draws from there)."""
+        body: dict[str, Any] = {"name": name, "mode": mode, "credit": credit}
+        if seed is not None:
+            body["seed"] = seed
+        return self.request(P.LOAD, body)["sid"]
+
     def fork(self, sid: str, mode: str | None = None, credit: int = 2) -> str:
         body: dict[str, Any] = {"credit": credit}
         if mode:

@@ -8,8 +8,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = (1, 1)
-CAPABILITIES = ("lockstep", "realtime", "snapshot", "fork", "resume", "record")
+PROTOCOL_VERSION = (1, 2)
+CAPABILITIES = ("lockstep", "realtime", "snapshot", "fork", "resume", "record", "save")
 WORLD_CAPABILITIES = ("lockstep", "realtime", "snapshot", "fork")  # what a server with a world offers
 MAX_MESSAGE_BYTES = 1 << 20
 
@@ -17,7 +17,9 @@ MAX_MESSAGE_BYTES = 1 << 20
 HELLO, OPEN, STEP, ACT, CREDIT, SNAPSHOT, RESTORE, FORK, CLOSE, PING = (
     "HELLO", "OPEN", "STEP", "ACT", "CREDIT", "SNAPSHOT", "RESTORE", "FORK", "CLOSE", "PING")
 REC_OPEN, REC_STEP, REC_CLOSE = "REC_OPEN", "REC_STEP", "REC_CLOSE"  # 1.1, capability "record"
-REQUESTS = (HELLO, OPEN, STEP, ACT, CREDIT, SNAPSHOT, RESTORE, FORK, CLOSE, PING, REC_OPEN, REC_STEP, REC_CLOSE)
+SAVE, LOAD = "SAVE", "LOAD"  # 1.2, capability "save": sessions kept on the server's disk
+REQUESTS = (HELLO, OPEN, STEP, ACT, CREDIT, SNAPSHOT, RESTORE, FORK, CLOSE, PING, REC_OPEN, REC_STEP, REC_CLOSE,
+            SAVE, LOAD)
 # server → client
 WELCOME, OK, ERROR, OBS, PONG = "WELCOME", "OK", "ERROR", "OBS", "PONG"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -30,9 +31,12 @@ from engine_bridge.security import setup_curve
 from worldsim import __version__
 from worldsim.actions import Action, ActionError
 from worldsim.runtime.clock import StepGovernor, freeze_heap
+from worldsim.errors import WorldsimError
 from worldsim.runtime.session import Session, Snapshot, World
+from worldsim.runtime.snapshot_file import SUFFIX
 
 log = logging.getLogger("worldsim.bridge")
+SAVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a file name in the save dir, never a path
 
 
 @dataclass
@@ -46,6 +50,8 @@ class ServerConfig:
     max_credit: int = 8
     max_snapshots: int = 32
     curve_keys: str | None = None   # directory from `worldsim keys`: enables CURVE + ZAP allow-list
+    save_dir: str | None = None     # where SAVE writes sessions (capability "save"; None: not offered)
+    max_saves: int = 256            # files SAVE may keep there (overwriting a name is always allowed)
 
 
 @dataclass
@@ -78,9 +84,10 @@ class BridgeServer:
             raise ValueError("a bridge server needs a world to serve, a recorder to record into, or both")
         self.world, self.recorder = world, recorder
         # capabilities this server offers: a world's sessions, recording, and resuming either
-        self.offered = [c for c in P.CAPABILITIES if (world is not None and c in P.WORLD_CAPABILITIES)
-                        or (recorder is not None and c == "record") or c == "resume"]
         self.cfg = cfg or ServerConfig()
+        self.offered = [c for c in P.CAPABILITIES if (world is not None and c in P.WORLD_CAPABILITIES)
+                        or (recorder is not None and c == "record") or c == "resume"
+                        or (world is not None and c == "save" and self.cfg.save_dir is not None)]
         self.clients: dict[str, _Client] = {}
         self.by_identity: dict[bytes, str] = {}
         self.sessions: dict[str, _Sess] = {}
@@ -386,6 +393,45 @@ class BridgeServer:
         self._capacity()
         s = self._add(client, src.session.fork(), mode, credit, src.action)
         self._send(client.identity, P.envelope(P.OK, {"sid": s.sid, "tick": s.session.tick}, rid, s.sid))
+
+    # ---- sessions on the server's disk (capability "save") ----------------------------
+    def _save_path(self, client: _Client, body: dict) -> Path:
+        if "save" not in client.capabilities:
+            raise P.ProtocolError("BAD_REQUEST", "this server keeps no saves (start it with `worldsim serve --save-dir "
+                                                 "DIR`), or 'save' was not negotiated in HELLO")
+        name = body.get("name")
+        if not isinstance(name, str) or not SAVE_NAME.fullmatch(name):
+            raise P.ProtocolError("BAD_REQUEST", "'name' must be 1-64 letters, digits, '_', '-' or '.', starting "
+                                                 f"with a letter or digit, got {name!r}")
+        return Path(self.cfg.save_dir) / f"{name}{SUFFIX}"
+
+    def _on_save(self, client, rid, sid, body):
+        s = self._sess(client, sid, body)
+        path = self._save_path(client, body)
+        if not path.exists() and len(list(Path(self.cfg.save_dir).glob(f"*{SUFFIX}"))) >= self.cfg.max_saves:
+            raise P.ProtocolError("CAPACITY", f"the server keeps at most {self.cfg.max_saves} saves; reuse a name")
+        try:
+            s.session.save(path)
+        except WorldsimError as e:  # e.g. a full disk: the client hears why, the server goes on
+            raise P.ProtocolError("INTERNAL", str(e)) from None
+        self._send(client.identity, P.envelope(P.OK, {"name": body["name"], "tick": s.session.tick,
+                                                      "bytes": path.stat().st_size}, rid, s.sid))
+
+    def _on_load(self, client, rid, sid, body):
+        path = self._save_path(client, body)
+        if not path.is_file():
+            raise P.ProtocolError("UNKNOWN_SNAPSHOT", f"no save {body['name']!r} on this server")
+        seed = body.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63):
+            raise P.ProtocolError("BAD_REQUEST", "seed must be nil or an integer 0..2^63-1")
+        mode, credit = self._mode(client, body)
+        self._capacity()
+        try:
+            session = self.world.restore(path, seed=seed)
+        except WorldsimError as e:  # a file of another world or of older weights
+            raise P.ProtocolError("BAD_REQUEST", str(e)) from None
+        s = self._add(client, session, mode, credit)
+        self._send(client.identity, P.envelope(P.OK, {"sid": s.sid, "tick": session.tick}, rid, s.sid))
 
     def _on_close(self, client, rid, sid, body):
         s = self._sess(client, sid, body)

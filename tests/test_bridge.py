@@ -287,6 +287,9 @@ def test_serve_cli_bad_input(capsys, tmp_path):
     assert main(["serve", "--world", str(tmp_path / "nope")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
     assert main(["serve", "--world", str(tmp_path), "--curve-keys", str(tmp_path / "nokeys")]) == 2
+    (tmp_path / "afile").write_text("")
+    assert main(["serve", "--save-dir", str(tmp_path / "afile" / "saves")]) == 2
+    assert "--save-dir" in capsys.readouterr().err
 
 
 def _write_timeline(path, text):
@@ -386,3 +389,49 @@ def test_bridge_bench_smoke(tmp_path):
     assert [x["sessions"] for x in r["realtime"]] == [1, 2] and all(x["min_fps"] > 0 for x in r["realtime"])
     assert all(x["light_prior_frac"] == 0.0 for x in r["realtime"])  # a latent-prior world has no light level
     assert r["server_errors"] == 0
+
+
+def test_sessions_saved_on_the_servers_disk_and_loaded_again(world, tmp_path):
+    (tmp_path / "saves").mkdir()
+    srv = BridgeServer(world, ServerConfig(bind="tcp://127.0.0.1:*", save_dir=str(tmp_path / "saves"),
+                                           max_saves=2)).start()
+    try:
+        c = BridgeClient(srv.endpoint, timeout_ms=5000)
+        assert "save" in c.welcome["capabilities"]
+        sid = c.open(seed=4)
+        for _ in range(3):
+            c.step(sid, {"keys": ["forward"]})
+        info = c.save(sid, "level-1")
+        assert info["tick"] == 3 and info["bytes"] > 0 and (tmp_path / "saves" / "level-1.wsnap").is_file()
+        a = [c.step(sid, {"keys": ["attack"]}).frame for _ in range(3)]
+        r = c.load("level-1")
+        assert c.step(r, {"keys": ["attack"]}).tick == 4
+        c2 = BridgeClient(srv.endpoint, timeout_ms=5000)  # another client (a later connection) loads it too
+        r2 = c2.load("level-1")
+        assert all(np.array_equal(x, c2.step(r2, {"keys": ["attack"]}).frame) for x in a)
+        for bad in ("../escape", "", "a/b", "x" * 65, 7):
+            with pytest.raises(BridgeError, match="BAD_REQUEST"):
+                c.save(sid, bad)
+        with pytest.raises(BridgeError, match="UNKNOWN_SNAPSHOT"):
+            c.load("never-saved")
+        c.save(sid, "level-2")
+        with pytest.raises(BridgeError, match="CAPACITY"):
+            c.save(sid, "level-3")  # the server keeps two
+        c.save(sid, "level-2")  # overwriting one is fine
+        (tmp_path / "saves" / "junk.wsnap").write_bytes(b"junk")
+        with pytest.raises(BridgeError, match="not a readable snapshot"):
+            c.load("junk")
+        assert c.step(r).tick == 5  # the client's sessions are fine after its errors
+        c.close()
+        c2.close()
+    finally:
+        srv.stop()
+    srv = BridgeServer(world, ServerConfig(bind="tcp://127.0.0.1:*")).start()  # no save dir: not offered
+    try:
+        c = BridgeClient(srv.endpoint, timeout_ms=3000)
+        assert "save" not in c.welcome["capabilities"]
+        with pytest.raises(BridgeError, match="keeps no saves"):
+            c.save(c.open(), "x")
+        c.close()
+    finally:
+        srv.stop()

@@ -224,6 +224,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume-ttl-ms", type=_positive_int, default=30000)
     p.add_argument("--device", type=device_arg, help=DEVICE_HELP)
     p.add_argument("--memory", choices=["on", "off"], default="on", help="long-term scene memory of sessions")
+    p.add_argument("--save-dir", type=Path, help="let clients SAVE sessions here and LOAD them later (capability 'save')")
+    p.add_argument("--max-saves", type=_positive_int, default=256, help="saves kept in --save-dir at most")
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -238,10 +240,16 @@ def _run_serve(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     if args.curve_keys is not None and not args.curve_keys.is_dir():
         raise CLIError(f"--curve-keys {args.curve_keys}: no such directory (make one with `worldsim keys DIR`)")
+    if args.save_dir is not None:
+        try:
+            args.save_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CLIError(f"--save-dir {args.save_dir}: cannot make it ({e.strerror or e})") from None
     world = World.load(args.world, device=args.device, memory=args.memory == "on")
     cfg = ServerConfig(bind=args.bind, max_sessions=args.max_sessions,
                        curve_keys=str(args.curve_keys) if args.curve_keys else None,
-                       heartbeat_timeout_ms=args.heartbeat_timeout_ms, resume_ttl_ms=args.resume_ttl_ms)
+                       heartbeat_timeout_ms=args.heartbeat_timeout_ms, resume_ttl_ms=args.resume_ttl_ms,
+                       save_dir=None if args.save_dir is None else str(args.save_dir), max_saves=args.max_saves)
     return _bridge_server(BridgeServer(world, cfg), args.bind, f"serving {world.name} in {world.model.precision}")
 
 
