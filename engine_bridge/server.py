@@ -317,6 +317,15 @@ class BridgeServer:
         client.sessions.add(sid)
         return s
 
+    @staticmethod
+    def _seed(body: dict, default: int | None) -> int | None:
+        seed = body.get("seed", default)
+        if seed is None and default is None:
+            return None
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
+            raise P.ProtocolError("BAD_REQUEST", f"seed must be an integer 0..2^63-1, got {seed!r}")
+        return seed
+
     def _capacity(self) -> None:
         if len(self.sessions) >= self.cfg.max_sessions:
             raise P.ProtocolError("CAPACITY", f"server holds its maximum of {self.cfg.max_sessions} sessions")
@@ -326,9 +335,7 @@ class BridgeServer:
             raise P.ProtocolError("BAD_REQUEST", "this server only records (worldsim record bridge): it has no world "
                                                  "to open; REC_OPEN starts a recording")
         mode, credit = self._mode(client, body)
-        seed = body.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
-            raise P.ProtocolError("BAD_REQUEST", "seed must be a non-negative integer")
+        seed = self._seed(body, 0)
         start = body.get("start")
         if start is not None:
             start = np.array(P.decode_array(start, "start"))
@@ -421,9 +428,7 @@ class BridgeServer:
         path = self._save_path(client, body)
         if not path.is_file():
             raise P.ProtocolError("UNKNOWN_SNAPSHOT", f"no save {body['name']!r} on this server")
-        seed = body.get("seed")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63):
-            raise P.ProtocolError("BAD_REQUEST", "seed must be nil or an integer 0..2^63-1")
+        seed = self._seed(body, None)
         mode, credit = self._mode(client, body)
         self._capacity()
         try:

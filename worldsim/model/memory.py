@@ -261,6 +261,35 @@ class SceneMemory:
         """Store the latent of what the stream showed this tick, with the stream's current trust."""
         self.store(latent, tick, self.conf_now)
 
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, float | int]]:
+        """The memory as arrays and scalars (a snapshot file's part, :mod:`worldsim.runtime.snapshot_file`):
+        only the filled slots, each with its index — eviction picks among slots in index order, so
+        :meth:`load_state` puts them back where they were."""
+        slots = np.array([i for i, k in enumerate(self.slot_key) if k is not None], np.int64)  # (n,)
+        p = self.pose
+        arrays = {"slots": slots, "keys": np.array([self.slot_key[i] for i in slots], np.int64).reshape(-1, 3),
+                  "latents": self.latents[slots], "where": self.where[slots], "tick": self.tick[slots],
+                  "conf": self.conf[slots], "pose": np.array([p.x, p.y, p.yaw, p.vx, p.vy], np.float64)}
+        return arrays, {"conf_now": self.conf_now, "hits": self.hits, "turn_held": p.turn_held, "cap": self.cfg.cap}
+
+    def load_state(self, arrays: dict[str, np.ndarray], scalars: dict[str, float | int]) -> None:
+        """Fill this (empty) memory from :meth:`state`'s output; ValueError when it does not fit."""
+        slots, lat = np.asarray(arrays["slots"]), np.asarray(arrays["latents"])
+        if int(scalars["cap"]) != self.cfg.cap or lat.shape[1:] != self.latents.shape[1:] or len(lat) != len(slots):
+            raise ValueError(f"its scene memory ({scalars['cap']} views of {lat.shape[1:]}) does not fit this "
+                             f"world's ({self.cfg.cap} of {self.latents.shape[1:]})")
+        if len(slots) and (slots.min() < 0 or slots.max() >= self.cfg.cap or len(set(slots.tolist())) < len(slots)):
+            raise ValueError("scene-memory slots out of range")
+        self.latents[slots] = lat
+        self.where[slots], self.tick[slots], self.conf[slots] = arrays["where"], arrays["tick"], arrays["conf"]
+        for i, key in zip(slots.tolist(), np.asarray(arrays["keys"]).tolist()):
+            self.slot_key[i] = tuple(key)
+            self.keys[tuple(key)] = i
+        p = self.pose
+        p.x, p.y, p.yaw, p.vx, p.vy = (float(x) for x in arrays["pose"])
+        p.turn_held = int(scalars["turn_held"])
+        self.conf_now, self.hits = float(scalars["conf_now"]), int(scalars["hits"])
+
     def copy(self) -> "SceneMemory":
         m = copy.copy(self)
         m.latents = _resident(self.latents.shape, self.latents, np.float16)

@@ -90,10 +90,13 @@ class WorldModel:
         # picture decoded, warped and encoded a tick
         self.reaim_net = None if reaim_net is None else reaim_net.to(device, wd).eval()
         self._keep = torch.from_numpy(keep) if self.memory_cfg.overlay else None
-        if self.dynamics.cfg.prior_space == "pixel" and self.reaim_net is not None:
-            self.dynamics.reaim = LearnedReaim(self.reaim_net, self.dynamics.cfg.reaim_min_deg)
-        elif self.dynamics.cfg.prior_space == "pixel":
-            self.dynamics.reaim = self.pixel_reaim(min_deg=self.dynamics.cfg.reaim_min_deg)
+        min_deg = self.dynamics.cfg.reaim_min_deg
+        # the two ways a latent turns, built once: the learned one (when shipped) and through the picture;
+        # the dynamics' pixel-space turn prior takes the first there is, the memory's recall both
+        self._learned_reaim = None if self.reaim_net is None else LearnedReaim(self.reaim_net, min_deg)
+        self._picture_reaim = self.pixel_reaim(min_deg=min_deg)
+        if self.dynamics.cfg.prior_space == "pixel":
+            self.dynamics.reaim = self._learned_reaim or self._picture_reaim
 
     def pixel_reaim(self, codec: FrameCodec | None = None, min_deg: float = 0.0) -> LatentReaim:
         """The pixel turn prior of this world's pictures (its field of view, its screen-fixed pixels kept),
@@ -294,15 +297,14 @@ class WorldModel:
         the world's turn prior turns a tick: by its learned prior (``reaim.*``) for turns up to
         ``memory.learned_deg`` (the turns it learned), else by the pixel prior (decode, warp, encode);
         turns under the dynamics' ``reaim_min_deg`` keep their latent."""
-        min_deg = self.dynamics.cfg.reaim_min_deg
-        near = (yaw.abs() <= self.memory_cfg.learned_deg if self.reaim_net is not None
+        near = (yaw.abs() <= self.memory_cfg.learned_deg if self._learned_reaim is not None
                 else torch.zeros_like(yaw, dtype=torch.bool))  # (N,)
         out = torch.empty(z.shape, device=self.device)
         with self.autocast:
             if bool(near.any()):
-                out[near] = LearnedReaim(self.reaim_net, min_deg)(z[near], yaw[near]).float()
+                out[near] = self._learned_reaim(z[near], yaw[near]).float()
             if not bool(near.all()):
-                out[~near] = self.pixel_reaim(min_deg=min_deg)(z[~near], yaw[~near]).float()
+                out[~near] = self._picture_reaim(z[~near], yaw[~near]).float()
         return out
 
     @torch.no_grad()

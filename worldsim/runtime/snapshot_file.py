@@ -30,18 +30,6 @@ FORMAT, VERSION = "worldsim-snapshot", 1
 SUFFIX = ".wsnap"
 
 
-def _memory_tensors(m: Any, b: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The filled slots of a scene memory (a young session's file stays small), each with its slot
-    index: eviction picks among slots in index order, so they go back where they were."""
-    slots = np.array([i for i, k in enumerate(m.slot_key) if k is not None], np.int64)  # (n,)
-    keys = np.array([m.slot_key[i] for i in slots], np.int64).reshape(-1, 3)  # (n, 3)
-    p = m.pose
-    t = {"slots": slots, "keys": keys, "latents": m.latents[slots], "where": m.where[slots], "tick": m.tick[slots],
-         "conf": m.conf[slots], "pose": np.array([p.x, p.y, p.yaw, p.vx, p.vy], np.float64)}
-    return ({f"memory.{b}.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in t.items()},
-            {"conf_now": m.conf_now, "hits": m.hits, "turn_held": p.turn_held, "cap": len(m.slot_key)})
-
-
 def save_snapshot(snap: Any, path: str | os.PathLike, digest: str | None) -> Path:
     """Write ``snap`` (a :class:`~worldsim.runtime.session.Snapshot`) to ``path``, atomically."""
     from safetensors.torch import save_file
@@ -65,8 +53,8 @@ def save_snapshot(snap: Any, path: str | os.PathLike, digest: str | None) -> Pat
         if m is None:
             mems.append(None)
             continue
-        mt, scalars = _memory_tensors(m, b)
-        t.update(mt)
+        arrays, scalars = m.state()  # only its filled slots: a young session's file stays small
+        t.update({f"memory.{b}.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
         mems.append(scalars)
     meta = {"format": FORMAT, "version": VERSION, "world": snap.world, "digest": digest, "tick": snap.tick,
             "seed": snap.seed, "layers": len(st["cache"].k), "rows": len(st.get("rng", ())), "memories": mems,
@@ -142,20 +130,11 @@ def load_snapshot(path: str | os.PathLike, model: Any, world_name: str, digest: 
                 continue
             m = SceneMemory(model.memory_cfg, tuple(state["prev"].shape[1:]),
                             PoseTracker(model.memory_cfg, *model._names))
-            slots, lat = t[f"memory.{b}.slots"].numpy(), t[f"memory.{b}.latents"].numpy()
-            if int(scalars["cap"]) != len(m.slot_key) or lat.shape[1:] != m.latents.shape[1:]:
-                raise WorldsimError(f"{path}: its scene memory ({scalars['cap']} views of {lat.shape[1:]}) does not "
-                                    f"fit this world's ({len(m.slot_key)} of {m.latents.shape[1:]})")
-            if len(slots) and (slots.min() < 0 or slots.max() >= len(m.slot_key) or len(set(slots.tolist())) < len(slots)):
-                raise WorldsimError(f"{path}: a damaged snapshot (scene-memory slots out of range)")
-            m.latents[slots] = lat
-            m.where[slots], m.tick[slots], m.conf[slots] = (t[f"memory.{b}.{x}"].numpy() for x in ("where", "tick", "conf"))
-            for i, key in zip(slots.tolist(), t[f"memory.{b}.keys"].numpy().tolist()):
-                m.slot_key[i] = tuple(key)
-                m.keys[tuple(key)] = i
-            m.pose.x, m.pose.y, m.pose.yaw, m.pose.vx, m.pose.vy = (float(x) for x in t[f"memory.{b}.pose"])
-            m.pose.turn_held = int(scalars["turn_held"])
-            m.conf_now, m.hits = float(scalars["conf_now"]), int(scalars["hits"])
+            try:
+                m.load_state({k: t[f"memory.{b}.{k}"].numpy() for k in ("slots", "keys", "latents", "where", "tick",
+                                                                          "conf", "pose")}, scalars)
+            except ValueError as e:
+                raise WorldsimError(f"{path}: {e}") from None
             mems.append(m)
         state["memories"] = mems
         return Snapshot(world_name, int(meta["tick"]), int(meta["seed"]), state)
