@@ -250,3 +250,94 @@ def test_cpp_client_realtime_against_a_record_server(cpp_client, record_server, 
                         str(tmp_path / "rt.rgb"), "--timeout-ms", "30000"], capture_output=True, text=True, timeout=400)
     assert p.returncode == 4, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
     assert "does not offer the 'realtime' capability" in p.stderr and "use --record" in p.stderr, p.stderr
+
+
+# ---- saves on the server's disk (protocol 1.2, capability "save") -------------------------------
+@pytest.fixture
+def save_server(tmp_path):
+    from engine_bridge.server import BridgeServer, ServerConfig
+    from tests.helpers import random_world
+    from worldsim.runtime import World
+
+    world = World.load(str(random_world(tmp_path / "world")))
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    saves = tmp_path / "saves"
+    srv = BridgeServer(world, ServerConfig(bind=addr, save_dir=str(saves)))
+    srv.start()
+    try:
+        yield srv, addr, world, saves
+    finally:
+        srv.stop()
+
+
+def _play(exe: Path, addr: str, out: Path, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+    p = subprocess.run([str(exe), "--addr", addr, "--out", str(out), "--timeout-ms", "30000", *args],
+                       capture_output=True, text=True, timeout=400)
+    return p, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+
+
+def test_cpp_client_saves_and_loads_on_the_server(cpp_client, save_server, tmp_path):
+    srv, addr, world, saves = save_server
+    H, W = world.resolution
+
+    def frames(path: Path) -> np.ndarray:
+        return np.fromfile(path, np.uint8).reshape(-1, H, W, 3)
+
+    p, log = _play(cpp_client, addr, tmp_path / "whole.rgb", "--ticks", "15", "--seed", "3")
+    assert p.returncode == 0, log
+    p, log = _play(cpp_client, addr, tmp_path / "first.rgb", "--ticks", "10", "--seed", "3", "--save", "slot-1")
+    assert p.returncode == 0, log
+    m = re.search(r"^saved: slot-1 \(tick 10, (\d+) bytes\)$", p.stdout, re.M)
+    assert m, log
+    assert (saves / "slot-1.wsnap").stat().st_size == int(m.group(1))
+
+    # a new connection (another process) goes on from the save: the frames an uninterrupted run played
+    p, log = _play(cpp_client, addr, tmp_path / "rest.rgb", "--ticks", "5", "--load", "slot-1")
+    assert p.returncode == 0, log
+    assert "loaded from save 'slot-1'" in p.stdout and "tick 10" in p.stdout, log
+    whole = frames(tmp_path / "whole.rgb")
+    np.testing.assert_array_equal(frames(tmp_path / "first.rgb"), whole[:10])
+    np.testing.assert_array_equal(frames(tmp_path / "rest.rgb"), whole[10:])
+
+    # with --seed: a branch from the same tick
+    p, log = _play(cpp_client, addr, tmp_path / "branch.rgb", "--ticks", "5", "--load", "slot-1", "--seed", "9")
+    assert p.returncode == 0, log
+    assert frames(tmp_path / "branch.rgb").shape == (5, H, W, 3)
+    assert not np.array_equal(frames(tmp_path / "branch.rgb"), whole[10:])
+
+    # realtime sessions load and save too
+    p, log = _play(cpp_client, addr, tmp_path / "rt.rgb", "--realtime", "--ticks", "4", "--load", "slot-1",
+                   "--save", "slot-2")
+    assert p.returncode == 0, log
+    m = re.search(r"^saved: slot-2 \(tick (\d+), \d+ bytes\)$", p.stdout, re.M)
+    assert m and int(m.group(1)) >= 14, log
+    assert (saves / "slot-2.wsnap").is_file()
+    assert srv.stats["errors_sent"] == 0, srv.stats
+    assert not srv.sessions, srv.sessions
+
+    # an unknown save: the server's error, exit 3, and the server goes on
+    p, log = _play(cpp_client, addr, tmp_path / "x.rgb", "--ticks", "2", "--load", "nope")
+    assert p.returncode == 3 and "UNKNOWN_SNAPSHOT" in p.stderr and "nope" in p.stderr, log
+    p, log = _play(cpp_client, addr, tmp_path / "y.rgb", "--ticks", "2", "--load", "slot-1")
+    assert p.returncode == 0, log
+
+
+@pytest.mark.parametrize("name", ["../escape", ".hidden", "a/b", "x" * 65])
+def test_cpp_client_refuses_a_save_name_that_is_a_path(cpp_client, tmp_path, name):
+    # checked before anything connects: no server needed
+    for flag in ("--save", "--load"):
+        p = subprocess.run([str(cpp_client), "--addr", f"tcp://127.0.0.1:{_free_port()}", flag, name],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert p.returncode == 1, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+        assert f"{flag}: a save's name is 1-64 letters" in p.stderr and "not a path" in p.stderr, p.stderr
+    p = subprocess.run([str(cpp_client), "--record", "f.rgb", "--save", "ok"], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)
+    assert p.returncode == 1 and "play mode options cannot be used with --record: --save" in p.stderr, p.stderr
+
+
+def test_cpp_client_save_needs_a_server_with_a_save_dir(cpp_client, server, tmp_path):
+    srv, addr, _ = server
+    p, log = _play(cpp_client, addr, tmp_path / "f.rgb", "--ticks", "3", "--save", "s")
+    assert p.returncode == 4, log
+    assert "does not offer the 'save' capability" in p.stderr and "--save-dir" in p.stderr, log
+    assert srv.stats["frames_sent"] == 0 and not srv.sessions  # refused before a session was opened

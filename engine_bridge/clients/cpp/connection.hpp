@@ -224,4 +224,12 @@ inline Reply handshake(Connection& conn, const std::string& needed) {
     return welcome;
 }
 
+// After the handshake: fail (exit 4) unless WELCOME granted `cap`; `hint` says how to get a
+// server that offers it.
+inline void require_capability(const Reply& welcome, const std::string& cap, const std::string& hint) {
+    auto caps = get<std::vector<std::string>>(welcome.body, "capabilities", "WELCOME.body");
+    if (std::find(caps.begin(), caps.end(), cap) == caps.end())
+        fail(kProtocol, "server does not offer the '" + cap + "' capability (offers: " + join(caps) + "): " + hint);
+}
+
 }  // namespace worldsim_bridge

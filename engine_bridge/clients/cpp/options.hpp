@@ -5,6 +5,8 @@
 
 #include "wire.hpp"  // fail, kUsage, join
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
@@ -21,25 +23,31 @@ struct Options {
     bool ticks_given = false; //   frames sent (only if given)
     std::string out = "frames.rgb";
     int64_t seed = 0;
+    bool seed_given = false;  // with --load: a new branch of random draws (LOAD's seed), else none sent
     long timeout_ms = 5000;
     long retries = 0;
     bool realtime = false;    // --realtime: a realtime session instead of lockstep STEPs
     std::string record;       // non-empty: record mode, frames read from this file
     long height = 64, width = 64;
     double tick_rate = 17.5;
+    std::string load;         // play/realtime: LOAD this save (capability "save") instead of OPEN
+    std::string save;         // play/realtime: SAVE the session under this name after the last tick
 };
 
 inline void usage(std::ostream& os) {
     os << "usage: worldsim_client [--addr tcp://127.0.0.1:5555] [--ticks 100] [--out frames.rgb]\n"
-          "                       [--seed N] [--timeout-ms 5000] [--retries 0]\n"
+          "                       [--seed N] [--timeout-ms 5000] [--retries 0] [--load NAME] [--save NAME]\n"
           "       worldsim_client --realtime [--addr tcp://127.0.0.1:5555] [--ticks 100] [--out frames.rgb]\n"
-          "                       [--seed N] [--timeout-ms 5000]\n"
+          "                       [--seed N] [--timeout-ms 5000] [--load NAME] [--save NAME]\n"
           "       worldsim_client --record frames.rgb [--size 64x64] [--tick-rate 17.5] [--ticks N]\n"
           "                       [--addr tcp://127.0.0.1:5555] [--timeout-ms 5000] [--retries 0]\n"
           "play mode runs --ticks lockstep ticks of a served world and writes the frames to --out;\n"
           "--realtime opens a realtime session instead: the server ticks at the world's rate and pushes\n"
           "the frames (flow control by credit), the client sends an action per frame, until --ticks\n"
           "frames arrived (no reconnects: a stream silent for --timeout-ms ends it, exit 2);\n"
+          "--load NAME continues a save kept on the server (`worldsim serve --save-dir DIR`) instead of\n"
+          "opening a new session (with --seed: new random draws from there on), --save NAME keeps the\n"
+          "session on the server's disk after the last tick;\n"
           "--record sends the raw RGB frames of a file (HxW by --size, e.g. play mode's --out) to a\n"
           "`worldsim record bridge` server, with the scripted actions, as a recording\n";
 }
@@ -71,6 +79,17 @@ inline double parse_rate(const std::string& flag, const std::string& s) {
     return v;
 }
 
+// A save's name as the server takes it (PROTOCOL.md, SAVE): a file name, never a path. Checked
+// here so that a typo fails before a session runs, not after its last tick.
+inline std::string save_name(const std::string& flag, const std::string& s) {
+    auto ok_char = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'; };
+    if (s.empty() || s.size() > 64 || !std::isalnum(static_cast<unsigned char>(s[0])) ||
+        !std::all_of(s.begin(), s.end(), ok_char))
+        fail(kUsage, flag + ": a save's name is 1-64 letters, digits, '_', '-' or '.', starting with a letter or "
+                            "digit (not a path), got '" + s + "'");
+    return s;
+}
+
 inline Options parse_args(int argc, char** argv) {
     Options o;
     std::vector<std::string> play_only, record_only;  // given options, to reject mixing the modes
@@ -86,7 +105,9 @@ inline Options parse_args(int argc, char** argv) {
         if (a == "--addr") o.addr = v;
         else if (a == "--ticks") { o.ticks = parse_long(a, v, 1); o.ticks_given = true; }
         else if (a == "--out") { o.out = v; play_only.push_back(a); }
-        else if (a == "--seed") { o.seed = parse_long(a, v, 0); play_only.push_back(a); }
+        else if (a == "--seed") { o.seed = parse_long(a, v, 0); o.seed_given = true; play_only.push_back(a); }
+        else if (a == "--load") { o.load = save_name(a, v); play_only.push_back(a); }
+        else if (a == "--save") { o.save = save_name(a, v); play_only.push_back(a); }
         else if (a == "--timeout-ms") o.timeout_ms = parse_long(a, v, 1);
         else if (a == "--retries") { o.retries = parse_long(a, v, 0); retries_given = true; }
         else if (a == "--record") {

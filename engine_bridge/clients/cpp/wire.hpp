@@ -20,7 +20,7 @@ namespace worldsim_bridge {
 using Packer = msgpack::packer<msgpack::sbuffer>;
 using BodyFn = std::function<void(Packer&)>;  // must pack exactly one map
 
-inline constexpr int kMajor = 1, kMinor = 1;  // the protocol version we speak
+inline constexpr int kMajor = 1, kMinor = 2;  // the protocol version we speak
 enum Exit { kOk = 0, kUsage = 1, kTimeout = 2, kErrorReply = 3, kProtocol = 4 };
 
 [[noreturn]] inline void fail(int code, const std::string& msg) {

@@ -1,10 +1,10 @@
-// worldsim_client: reference C++17 client for the worldsim bridge protocol 1.1
+// worldsim_client: reference C++17 client for the worldsim bridge protocol 1.2
 // (engine_bridge/PROTOCOL.md), written as a starting point for an Unreal-side client.
 //
 //   play:     worldsim_client --addr tcp://127.0.0.1:5555 --ticks 100 --out frames.rgb [--seed N]
-//                             [--timeout-ms 5000] [--retries 0]
+//                             [--timeout-ms 5000] [--retries 0] [--load NAME] [--save NAME]
 //   realtime: worldsim_client --addr tcp://127.0.0.1:5555 --realtime --ticks 100 --out frames.rgb [--seed N]
-//                             [--timeout-ms 5000]
+//                             [--timeout-ms 5000] [--load NAME] [--save NAME]
 //   record:   worldsim_client --addr tcp://127.0.0.1:5560 --record frames.rgb [--size 64x64] [--tick-rate 17.5]
 //                             [--ticks N] [--timeout-ms 5000] [--retries 0]
 //
@@ -20,6 +20,13 @@
 // After --ticks frames: CLOSE -> OK. Frames go to --out as in play mode. These ACT/CREDIT
 // messages double as the heartbeat, so no PING is needed. Realtime mode does not reconnect: a
 // frame stream that stops for --timeout-ms ends the program (exit 2), so --retries is refused.
+//
+// Saves (capability "save", protocol 1.2: a `worldsim serve --save-dir DIR` server), in both play
+// modes: --load NAME replaces OPEN by LOAD {name, mode, credit[, seed]} -> OK {sid, tick}, a new
+// session continuing the save (with --seed: new random draws from the saved tick on, else exactly
+// as the saved session would have gone on); --save NAME sends SAVE {sid, name} -> OK {name, tick,
+// bytes} after the last tick, before CLOSE. The scripted action follows the session's tick, so a
+// run loaded from a save made after T ticks plays what an uninterrupted run plays from tick T.
 //
 // Record mode (a `worldsim record bridge --out DIR` server, capability "record", protocol 1.1):
 // the client plays the engine that records its own gameplay. HELLO -> WELCOME, REC_OPEN {DOOM
@@ -81,27 +88,81 @@ void close_session(Connection& conn, const std::string& sid) {
     }, "OK");
 }
 
+// The capabilities a play mode asks for: its mode, and "save" when --load or --save is given.
+std::vector<std::string> play_capabilities(const Options& opt, const std::string& mode) {
+    std::vector<std::string> caps{mode};
+    if (!opt.load.empty() || !opt.save.empty()) caps.push_back("save");
+    return caps;
+}
+
+struct Opened {
+    std::string sid;
+    int64_t tick;
+};
+
+// OPEN -> OK {sid, tick: 0}, or with --load: LOAD -> OK {sid, tick} (the save's tick). A realtime
+// session starts ticking at once; OPEN gives it the first tick's action, a loaded one holds none
+// until the first ACT.
+Opened open_session(Connection& conn, const Options& opt, const Reply& welcome, const std::string& mode, int credit) {
+    const bool realtime = mode == "realtime";
+    if (!opt.load.empty() || !opt.save.empty())
+        require_capability(welcome, "save", "start the server with `worldsim serve --save-dir DIR`");
+    Reply opened = opt.load.empty()
+        ? conn.request("OPEN", "", [&](Packer& pk) {
+              pk.pack_map(realtime ? 4 : 2);
+              pk.pack("mode"); pk.pack(mode);
+              pk.pack("seed"); pk.pack(opt.seed);
+              if (realtime) {
+                  pk.pack("credit"); pk.pack(credit);
+                  pk.pack("action"); pack_action(pk, 0);
+              }
+          }, "OK")
+        : conn.request("LOAD", "", [&](Packer& pk) {
+              pk.pack_map(3 + (opt.seed_given ? 1 : 0));
+              pk.pack("name");   pk.pack(opt.load);
+              pk.pack("mode");   pk.pack(mode);
+              pk.pack("credit"); pk.pack(credit);
+              if (opt.seed_given) { pk.pack("seed"); pk.pack(opt.seed); }
+          }, "OK");
+    Opened o{get<std::string>(opened.body, "sid", "OK.body"), get<int64_t>(opened.body, "tick", "OK.body")};
+    std::cout << "session: " << o.sid << " (" << mode;
+    if (!opt.load.empty()) std::cout << ", loaded from save '" << opt.load << "'";
+    if (opt.load.empty() || opt.seed_given) std::cout << ", seed " << opt.seed;
+    std::cout << ", tick " << o.tick;
+    if (realtime) std::cout << ", credit " << credit;
+    std::cout << ")" << std::endl;
+    return o;
+}
+
+// SAVE -> OK {name, tick, bytes}: the session kept on the server's disk (--save).
+void save_session(Connection& conn, const Options& opt, const std::string& sid) {
+    if (opt.save.empty()) return;
+    Reply saved = conn.request("SAVE", sid, [&](Packer& pk) {
+        pk.pack_map(2);
+        pk.pack("sid");  pk.pack(sid);
+        pk.pack("name"); pk.pack(opt.save);
+    }, "OK");
+    std::cout << "saved: " << get<std::string>(saved.body, "name", "OK(SAVE).body") << " (tick "
+              << get<int64_t>(saved.body, "tick", "OK(SAVE).body") << ", "
+              << get<int64_t>(saved.body, "bytes", "OK(SAVE).body") << " bytes)" << std::endl;
+}
+
 // play: lockstep ticks, one STEP -> OBS each
 int run_play(const Options& opt) {
     std::ofstream out(opt.out, std::ios::binary | std::ios::trunc);
     if (!out) fail(kUsage, "cannot open " + opt.out + " for writing");
 
     zmq::context_t ctx(1);
-    Connection conn(ctx, opt, {"lockstep"});
+    Connection conn(ctx, opt, play_capabilities(opt, "lockstep"));
 
     // ---- handshake ----
     Reply welcome = handshake(conn, "lockstep");
     const WorldInfo world = read_world(welcome);
 
-    // ---- open a lockstep session ----
-    Reply opened = conn.request("OPEN", "", [&](Packer& pk) {
-        pk.pack_map(2);
-        pk.pack("mode"); pk.pack("lockstep");
-        pk.pack("seed"); pk.pack(opt.seed);
-    }, "OK");
-    const std::string sid = get<std::string>(opened.body, "sid", "OK.body");
-    int64_t tick = get<int64_t>(opened.body, "tick", "OK.body");
-    std::cout << "session: " << sid << " (seed " << opt.seed << ", tick " << tick << ")" << std::endl;
+    // ---- open a lockstep session (or load a save) ----
+    const Opened opened = open_session(conn, opt, welcome, "lockstep", 0);
+    const std::string sid = opened.sid;
+    int64_t tick = opened.tick;
 
     // ---- lockstep loop: one STEP -> one OBS ----
     uint64_t frames_bytes = 0, audio_samples = 0;
@@ -111,7 +172,7 @@ int run_play(const Options& opt) {
         Reply obs = conn.request("STEP", sid, [&](Packer& pk) {
             pk.pack_map(2);
             pk.pack("sid");    pk.pack(sid);
-            pk.pack("action"); pack_action(pk, t);
+            pk.pack("action"); pack_action(pk, static_cast<long>(tick));  // the session's tick: a loaded run goes on
         }, "OBS");
         step_ms_total += std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 
@@ -125,7 +186,8 @@ int run_play(const Options& opt) {
     out.close();
     if (!out) fail(kUsage, "closing " + opt.out + " failed");
 
-    // ---- close the session ----
+    // ---- keep it on the server's disk (--save), then close the session ----
+    save_session(conn, opt, sid);
     close_session(conn, sid);
 
     char mean[32];
@@ -142,25 +204,17 @@ int run_realtime(const Options& opt) {
     if (!out) fail(kUsage, "cannot open " + opt.out + " for writing");
 
     zmq::context_t ctx(1);
-    Connection conn(ctx, opt, {"realtime"});
+    Connection conn(ctx, opt, play_capabilities(opt, "realtime"));
 
     // ---- handshake ----
     Reply welcome = handshake(conn, "realtime");
     const WorldInfo world = read_world(welcome);
 
-    // ---- open a realtime session: it starts ticking at once, with the first tick's action ----
-    Reply opened = conn.request("OPEN", "", [&](Packer& pk) {
-        pk.pack_map(4);
-        pk.pack("mode");   pk.pack("realtime");
-        pk.pack("seed");   pk.pack(opt.seed);
-        pk.pack("credit"); pk.pack(kCredit);
-        pk.pack("action"); pack_action(pk, 0);
-    }, "OK");
+    // ---- open a realtime session (or load a save): it starts ticking at once ----
+    const Opened opened = open_session(conn, opt, welcome, "realtime", kCredit);
     const auto t_open = Clock::now();
-    const std::string sid = get<std::string>(opened.body, "sid", "OK.body");
-    int64_t tick = get<int64_t>(opened.body, "tick", "OK.body");
-    std::cout << "session: " << sid << " (realtime, seed " << opt.seed << ", tick " << tick << ", credit " << kCredit
-              << ")" << std::endl;
+    const std::string sid = opened.sid;
+    int64_t tick = opened.tick;
 
     // ---- frames as the server pushes them; per frame one CREDIT back and the next action ----
     uint64_t frames_bytes = 0, audio_samples = 0;
@@ -203,7 +257,8 @@ int run_realtime(const Options& opt) {
     out.close();
     if (!out) fail(kUsage, "closing " + opt.out + " failed");
 
-    // ---- close the session (frames still in flight are skipped) ----
+    // ---- --save (at the tick the server has reached), then close (frames in flight are skipped) ----
+    save_session(conn, opt, sid);
     close_session(conn, sid);
 
     const double secs = std::chrono::duration<double>(t_last - t_open).count();
