@@ -178,6 +178,27 @@ def test_kv_cache_snapshot_select_cat():
         c.commit(torch.tensor([1, 1, 1]))
 
 
+def test_kv_cache_extended_equals_the_concatenation_and_leaves_the_slots_alone():
+    """Attention reads the cache followed by a forward's new rows: written into the spare room
+    after the slots when they fit, else concatenated — the same tensor either way, and neither
+    touches what snapshots, restores and files see (the slots), nor survives a select or cat."""
+    g = torch.Generator().manual_seed(1)
+    c = KVCache(n_layers=2, batch=3, heads=2, head_dim=4, slots=2, block_tokens=5, dtype=torch.float32)
+    for layer in range(2):
+        c.append(layer, torch.randn(3, 2, 5, 4, generator=g), torch.randn(3, 2, 5, 4, generator=g))
+    c.commit(torch.tensor([0, 5, 9]))
+    before = c.snapshot()
+    for n in (5, 10, 15):  # one block, two (a streaming tick: the spare room), three (priming: concatenated)
+        k, v = torch.randn(3, 2, n, 4, generator=g), torch.randn(3, 2, n, 4, generator=g)
+        ek, ev = c.extended(1, k, v)
+        assert ek.shape == (3, 2, 10 + n, 4)
+        assert torch.equal(ek, torch.cat([c.k[1], k], 2)) and torch.equal(ev, torch.cat([c.v[1], v], 2))
+        assert c.k[1].shape == (3, 2, 10, 4)
+        assert all(torch.equal(a, b) for a, b in zip(before.k + before.v, c.k + c.v))
+    assert c.select([1]).k[0].shape == (1, 2, 10, 4) and KVCache.cat([c, c]).v[1].shape == (6, 2, 10, 4)
+    assert torch.equal(KVCache.cat([c.select([2]), c.select([0])]).k[1], c.k[1][[2, 0]])
+
+
 def test_kv_cache_commit_writes_the_same_whether_rows_share_a_slot_or_not():
     """Rows whose cursors agree take a plain copy into one slot, rows at different slots a scatter:
     both must leave every row's keys, values and ticks where the ring says."""

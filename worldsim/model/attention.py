@@ -109,8 +109,7 @@ class Attend:
                 self.cache.append(li, k[:, :, :n], v[:, :, :n])
             if q.shape[2] == 0:
                 return q.new_zeros(q.shape[0], 0, q.shape[1] * q.shape[3])  # (B, 0, D)
-            k = torch.cat([self.cache.k[li].to(k.dtype), k], dim=2)
-            v = torch.cat([self.cache.v[li].to(v.dtype), v], dim=2)
+            k, v = self.cache.extended(li, k, v)  # (B, H, slots·N + n, Dh)
         mask = self.mask(li, q)
         if mask is not None:  # SDPA: the token-level bias is all it needs
             return attention(q, k, v, None, self.N, mask[:, :, first * self.N:])
