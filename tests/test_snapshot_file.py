@@ -124,3 +124,37 @@ def test_gym_envs_reset_from_a_saved_session(world, tmp_path):
     assert not np.array_equal(vobs[0], vobs[1])  # ... and go on with their own draws
     env.close()
     venv.close()
+
+
+def test_worldsim_info_lists_saved_sessions(world, tmp_path, capsys):
+    from worldsim.cli import main
+
+    saves = tmp_path / "saves"
+    s = world.open(seed=4)
+    for _ in range(12):
+        s.step(TURN)
+    s.save(saves / "b.wsnap")
+    fresh = world.open(seed=9)  # remembers its start context's views
+    fresh.save(saves / "a.wsnap")
+    assert main(["info", str(saves), "--world", "default", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in rows] == [str(saves / "a.wsnap"), str(saves / "b.wsnap")]
+    a, b = rows
+    assert (a["world"], a["tick"], a["seed"], a["views"]) == (world.name, 0, 9, len(fresh.state.memories[0]))
+    assert (b["tick"], b["seed"]) == (12, 4) and b["views"] == len(s.state.memories[0]) > 0
+    assert b["bytes"] == (saves / "b.wsnap").stat().st_size and b["digest"] == world.stream_digest
+    assert a["resumable"] and b["resumable"]
+
+    # another world's save and a junk file: listed with the reason, exit 1; the good ones still listed
+    _rewrite(saves / "b.wsnap", saves / "c.wsnap", edit_meta=lambda m: m.update(world="elsewhere"))
+    (saves / "d.wsnap").write_bytes(b"junk")
+    assert main(["info", str(saves), "--world", "default"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4 and out[0].startswith(f"{saves / 'a.wsnap'}: world {world.name}, tick 0, seed 9")
+    assert "NOT resumable by" in out[2] and "a save of world 'elsewhere'" in out[2]
+    assert out[3].startswith("ERROR ") and "d.wsnap: not a readable snapshot file" in out[3]
+    # without --world nothing is loaded and every readable file passes
+    assert main(["info", str(saves / "c.wsnap")]) == 0 and "world elsewhere, tick 12" in capsys.readouterr().out
+    assert main(["info", str(tmp_path)]) == 2  # a directory without saves: a clear error
+    assert "no saved sessions" in capsys.readouterr().err
+    assert main(["info", "--world", "default"]) == 2 and "--world checks saved sessions" in capsys.readouterr().err

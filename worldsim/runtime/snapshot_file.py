@@ -75,18 +75,11 @@ def save_snapshot(snap: Any, path: str | os.PathLike, digest: str | None) -> Pat
     return path
 
 
-def load_snapshot(path: str | os.PathLike, model: Any, world_name: str, digest: str | None) -> Any:
-    """The :class:`~worldsim.runtime.session.Snapshot` saved in ``path``, for the world ``model``
-    (named ``world_name``, its stream digest ``digest``); WorldsimError when it is not a snapshot
-    file, or one of another world or other weights."""
+def _read(path: Path, tensors: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A snapshot file's JSON header and its tensors (``tensors``) or only their shapes;
+    WorldsimError when it is missing, not a worldsim snapshot, or of another format version."""
     from safetensors import safe_open
 
-    from worldsim.model.kv_cache import KVCacheSnapshot
-    from worldsim.model.memory import PoseTracker, SceneMemory
-    from worldsim.model.stream_state import Pending
-    from worldsim.runtime.session import Snapshot
-
-    path = Path(path)
     if not path.is_file():
         raise WorldsimError(f"{path}: no such snapshot file")
     try:
@@ -94,13 +87,46 @@ def load_snapshot(path: str | os.PathLike, model: Any, world_name: str, digest: 
             meta = json.loads((f.metadata() or {}).get("worldsim", "null"))
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise WorldsimError(f"{path}: not a worldsim snapshot (no {FORMAT} header)")
-            t = {k: f.get_tensor(k) for k in f.keys()}
+            t = {k: f.get_tensor(k) if tensors else f.get_slice(k).get_shape() for k in f.keys()}
     except WorldsimError:
         raise
     except Exception as e:  # safetensors' own error types differ across versions
         raise WorldsimError(f"{path}: not a readable snapshot file ({e})") from None
     if meta.get("version") != VERSION:
         raise WorldsimError(f"{path}: snapshot format version {meta.get('version')}, this worldsim reads {VERSION}")
+    return meta, t
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """What a snapshot file says of itself, without reading its tensors (`worldsim info FILE`):
+    ``world``, ``digest`` (of the weights that saved it), ``tick``, ``seed``, ``views`` (the scene
+    memory's remembered views), ``bytes``, ``saved`` (the file's time, ISO 8601 UTC). WorldsimError
+    for a file that is not a readable snapshot."""
+    import datetime
+
+    path = Path(path)
+    meta, shapes = _read(path, tensors=False)
+    try:
+        views = sum(int(shape[0]) for k, shape in shapes.items() if k.startswith("memory.") and k.endswith(".slots"))
+        st = path.stat()
+        return {"file": str(path), "world": str(meta["world"]), "digest": meta.get("digest"), "tick": int(meta["tick"]),
+                "seed": int(meta["seed"]), "views": views, "bytes": st.st_size,
+                "saved": datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc).isoformat(timespec="seconds")}
+    except (KeyError, ValueError, TypeError, IndexError, OSError) as e:
+        raise WorldsimError(f"{path}: a damaged or incomplete snapshot ({type(e).__name__}: {e})") from None
+
+
+def load_snapshot(path: str | os.PathLike, model: Any, world_name: str, digest: str | None) -> Any:
+    """The :class:`~worldsim.runtime.session.Snapshot` saved in ``path``, for the world ``model``
+    (named ``world_name``, its stream digest ``digest``); WorldsimError when it is not a snapshot
+    file, or one of another world or other weights."""
+    from worldsim.model.kv_cache import KVCacheSnapshot
+    from worldsim.model.memory import PoseTracker, SceneMemory
+    from worldsim.model.stream_state import Pending
+    from worldsim.runtime.session import Snapshot
+
+    path = Path(path)
+    meta, t = _read(path, tensors=True)
     if meta.get("world") != world_name:
         raise WorldsimError(f"{path}: a snapshot of world {meta.get('world')!r}, not of {world_name!r}")
     if digest is not None and meta.get("digest") is not None and meta["digest"] != digest:
