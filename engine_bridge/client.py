@@ -242,6 +242,15 @@ class BridgeClient:
             body["seed"] = seed
         return self.request(P.LOAD, body)["sid"]
 
+    def saves(self) -> list[dict[str, Any]]:
+        """The server's saves by name: ``{name, tick, seed, views, bytes, saved}`` each (``saved``:
+        ISO 8601 UTC), with ``error`` saying why when this world cannot load one."""
+        return self.request(P.SAVES, {})["saves"]
+
+    def delete_save(self, name: str) -> None:
+        """Remove the save ``name`` from the server's disk."""
+        self.request(P.DELETE_SAVE, {"name": name})
+
     def fork(self, sid: str, mode: str | None = None, credit: int = 2) -> str:
         body: dict[str, Any] = {"credit": credit}
         if mode:

@@ -17,9 +17,10 @@ MAX_MESSAGE_BYTES = 1 << 20
 HELLO, OPEN, STEP, ACT, CREDIT, SNAPSHOT, RESTORE, FORK, CLOSE, PING = (
     "HELLO", "OPEN", "STEP", "ACT", "CREDIT", "SNAPSHOT", "RESTORE", "FORK", "CLOSE", "PING")
 REC_OPEN, REC_STEP, REC_CLOSE = "REC_OPEN", "REC_STEP", "REC_CLOSE"  # 1.1, capability "record"
-SAVE, LOAD = "SAVE", "LOAD"  # 1.2, capability "save": sessions kept on the server's disk
+# 1.2, capability "save": sessions kept on the server's disk, listed and deleted (a game's save menu)
+SAVE, LOAD, SAVES, DELETE_SAVE = "SAVE", "LOAD", "SAVES", "DELETE_SAVE"
 REQUESTS = (HELLO, OPEN, STEP, ACT, CREDIT, SNAPSHOT, RESTORE, FORK, CLOSE, PING, REC_OPEN, REC_STEP, REC_CLOSE,
-            SAVE, LOAD)
+            SAVE, LOAD, SAVES, DELETE_SAVE)
 # server → client
 WELCOME, OK, ERROR, OBS, PONG = "WELCOME", "OK", "ERROR", "OBS", "PONG"
 

@@ -33,7 +33,7 @@ from worldsim.actions import Action, ActionError
 from worldsim.runtime.clock import StepGovernor, freeze_heap
 from worldsim.errors import WorldsimError
 from worldsim.runtime.session import Session, Snapshot, World
-from worldsim.runtime.snapshot_file import SUFFIX
+from worldsim.runtime.snapshot_file import SUFFIX, read_header
 
 log = logging.getLogger("worldsim.bridge")
 SAVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a file name in the save dir, never a path
@@ -402,10 +402,14 @@ class BridgeServer:
         self._send(client.identity, P.envelope(P.OK, {"sid": s.sid, "tick": s.session.tick}, rid, s.sid))
 
     # ---- sessions on the server's disk (capability "save") ----------------------------
-    def _save_path(self, client: _Client, body: dict) -> Path:
+    def _saves_offered(self, client: _Client) -> Path:
         if "save" not in client.capabilities:
             raise P.ProtocolError("BAD_REQUEST", "this server keeps no saves (start it with `worldsim serve --save-dir "
                                                  "DIR`), or 'save' was not negotiated in HELLO")
+        return Path(self.cfg.save_dir)
+
+    def _save_path(self, client: _Client, body: dict) -> Path:
+        self._saves_offered(client)
         name = body.get("name")
         if not isinstance(name, str) or not SAVE_NAME.fullmatch(name):
             raise P.ProtocolError("BAD_REQUEST", "'name' must be 1-64 letters, digits, '_', '-' or '.', starting "
@@ -434,9 +438,40 @@ class BridgeServer:
         try:
             session = self.world.restore(path, seed=seed)
         except WorldsimError as e:  # a file of another world or of older weights
-            raise P.ProtocolError("BAD_REQUEST", str(e)) from None
+            raise P.ProtocolError("BAD_REQUEST", str(e).replace(str(path), body["name"])) from None  # no server paths
         s = self._add(client, session, mode, credit)
         self._send(client.identity, P.envelope(P.OK, {"sid": s.sid, "tick": session.tick}, rid, s.sid))
+
+    def _on_saves(self, client, rid, sid, body):
+        """OK {saves: [{name, tick, seed, views, bytes, saved}, ...]} by name; a file this world
+        cannot resume (another world's, other weights', unreadable) is listed with ``error`` instead."""
+        out = []
+        for path in sorted(self._saves_offered(client).glob(f"*{SUFFIX}")):
+            name = path.name[:-len(SUFFIX)]
+            if not SAVE_NAME.fullmatch(name):
+                continue  # not a name LOAD could ask for
+            try:
+                h = read_header(path)
+            except WorldsimError as e:
+                out.append({"name": name, "error": str(e).replace(str(path), name)})
+                continue
+            why = (f"a save of world {h['world']!r}" if h["world"] != self.world.name else
+                   "saved with other weights or settings" if h["digest"] not in (None, self.world.stream_digest) else None)
+            entry = {"name": name, **{k: h[k] for k in ("tick", "seed", "views", "bytes", "saved")}}
+            if why:
+                entry["error"] = why
+            out.append(entry)
+        self._send(client.identity, P.envelope(P.OK, {"saves": out}, rid, sid))
+
+    def _on_delete_save(self, client, rid, sid, body):
+        path = self._save_path(client, body)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            raise P.ProtocolError("UNKNOWN_SNAPSHOT", f"no save {body['name']!r} on this server") from None
+        except OSError as e:
+            raise P.ProtocolError("INTERNAL", f"cannot delete save {body['name']!r}: {e.strerror or e}") from None
+        self._send(client.identity, P.envelope(P.OK, {"name": body["name"]}, rid, sid))
 
     def _on_close(self, client, rid, sid, body):
         s = self._sess(client, sid, body)

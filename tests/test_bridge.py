@@ -422,6 +422,28 @@ def test_sessions_saved_on_the_servers_disk_and_loaded_again(world, tmp_path):
         with pytest.raises(BridgeError, match="not a readable snapshot"):
             c.load("junk")
         assert c.step(r).tick == 5  # the client's sessions are fine after its errors
+
+        # the save menu: listed by name (a file LOAD cannot use says why), deleted by name
+        listed = {x["name"]: x for x in c2.saves()}
+        assert sorted(listed) == ["junk", "level-1", "level-2"]
+        assert (listed["level-1"]["tick"], listed["level-1"]["seed"]) == (3, 4) and "error" not in listed["level-1"]
+        assert listed["level-1"]["bytes"] == (tmp_path / "saves" / "level-1.wsnap").stat().st_size
+        assert listed["level-1"]["views"] >= 0 and listed["level-1"]["saved"].endswith("+00:00")
+        assert "not a readable snapshot" in listed["junk"]["error"] and str(tmp_path) not in listed["junk"]["error"]
+        c2.delete_save("level-1")
+        assert not (tmp_path / "saves" / "level-1.wsnap").exists()
+        assert [x["name"] for x in c.saves()] == ["junk", "level-2"]
+        with pytest.raises(BridgeError, match="UNKNOWN_SNAPSHOT"):
+            c.delete_save("level-1")
+        with pytest.raises(BridgeError, match="UNKNOWN_SNAPSHOT"):
+            c.load("level-1")
+        with pytest.raises(BridgeError, match="BAD_REQUEST"):
+            c.delete_save("../saves/level-2")
+        with pytest.raises(BridgeError, match="CAPACITY"):
+            c.save(sid, "level-3")  # junk and level-2 fill the two places ...
+        c.delete_save("junk")
+        c.save(sid, "level-3")  # ... until one is deleted
+        assert c.step(r).tick == 6
         c.close()
         c2.close()
     finally:
@@ -432,6 +454,9 @@ def test_sessions_saved_on_the_servers_disk_and_loaded_again(world, tmp_path):
         assert "save" not in c.welcome["capabilities"]
         with pytest.raises(BridgeError, match="keeps no saves"):
             c.save(c.open(), "x")
+        for call in (c.saves, lambda: c.delete_save("x"), lambda: c.load("x")):
+            with pytest.raises(BridgeError, match="keeps no saves"):
+                call()
         c.close()
     finally:
         srv.stop()
