@@ -321,6 +321,25 @@ def test_cpp_client_saves_and_loads_on_the_server(cpp_client, save_server, tmp_p
     p, log = _play(cpp_client, addr, tmp_path / "y.rgb", "--ticks", "2", "--load", "slot-1")
     assert p.returncode == 0, log
 
+    # the save menu: list, delete, list again
+    def saves_cmd(*args: str) -> tuple[subprocess.CompletedProcess, str]:
+        q = subprocess.run([str(cpp_client), "--addr", addr, "--timeout-ms", "30000", *args], capture_output=True,
+                           text=True, timeout=400)
+        return q, f"exit {q.returncode}\nstdout:\n{q.stdout}\nstderr:\n{q.stderr}"
+
+    p, log = saves_cmd("--list-saves")
+    assert p.returncode == 0, log
+    lines = [x for x in p.stdout.splitlines() if x.startswith("save: ")]
+    assert [x.split()[1] for x in lines] == ["slot-1", "slot-2"], log
+    assert re.fullmatch(r"save: slot-1 tick=10 seed=3 views=\d+ bytes=\d+ saved=\S+\+00:00", lines[0]), log
+    assert p.stdout.strip().splitlines()[-1] == "ok saves=2", log
+    p, log = saves_cmd("--delete-save", "slot-1")
+    assert p.returncode == 0 and "ok deleted=slot-1" in p.stdout and not (saves / "slot-1.wsnap").exists(), log
+    p, log = saves_cmd("--delete-save", "slot-1")
+    assert p.returncode == 3 and "UNKNOWN_SNAPSHOT" in p.stderr, log
+    p, log = saves_cmd("--list-saves")
+    assert p.returncode == 0 and p.stdout.strip().splitlines()[-1] == "ok saves=1", log
+
 
 @pytest.mark.parametrize("name", ["../escape", ".hidden", "a/b", "x" * 65])
 def test_cpp_client_refuses_a_save_name_that_is_a_path(cpp_client, tmp_path, name):
@@ -335,9 +354,26 @@ def test_cpp_client_refuses_a_save_name_that_is_a_path(cpp_client, tmp_path, nam
     assert p.returncode == 1 and "play mode options cannot be used with --record: --save" in p.stderr, p.stderr
 
 
+@pytest.mark.parametrize("args, want", [
+    (["--list-saves", "--ticks", "3"], "--list-saves talks to the server's saves only; it takes no --ticks"),
+    (["--delete-save", "a", "--realtime"], "it takes no --realtime"),
+    (["--list-saves", "--load", "a"], "it takes no --load"),
+    (["--list-saves", "--delete-save", "a"], "one at a time"),
+])
+def test_cpp_client_save_menu_takes_no_play_options(cpp_client, tmp_path, args, want):
+    p = subprocess.run([str(cpp_client), "--addr", f"tcp://127.0.0.1:{_free_port()}", *args], capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    assert p.returncode == 1 and want in p.stderr, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+
+
 def test_cpp_client_save_needs_a_server_with_a_save_dir(cpp_client, server, tmp_path):
     srv, addr, _ = server
     p, log = _play(cpp_client, addr, tmp_path / "f.rgb", "--ticks", "3", "--save", "s")
     assert p.returncode == 4, log
     assert "does not offer the 'save' capability" in p.stderr and "--save-dir" in p.stderr, log
     assert srv.stats["frames_sent"] == 0 and not srv.sessions  # refused before a session was opened
+    p, log = _play(cpp_client, addr, tmp_path / "f.rgb", "--list-saves")
+    assert p.returncode == 1 and "takes no --out" in p.stderr, log
+    q = subprocess.run([str(cpp_client), "--addr", addr, "--list-saves", "--timeout-ms", "30000"], capture_output=True,
+                       text=True, timeout=400)
+    assert q.returncode == 4 and "does not offer the 'save' capability" in q.stderr and "--save-dir" in q.stderr, q.stderr

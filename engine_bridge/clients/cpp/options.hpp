@@ -32,6 +32,8 @@ struct Options {
     double tick_rate = 17.5;
     std::string load;         // play/realtime: LOAD this save (capability "save") instead of OPEN
     std::string save;         // play/realtime: SAVE the session under this name after the last tick
+    bool list_saves = false;  // --list-saves: print the server's saves (SAVES), nothing else
+    std::string delete_save;  // --delete-save NAME: remove a save (DELETE_SAVE), nothing else
 };
 
 inline void usage(std::ostream& os) {
@@ -39,6 +41,7 @@ inline void usage(std::ostream& os) {
           "                       [--seed N] [--timeout-ms 5000] [--retries 0] [--load NAME] [--save NAME]\n"
           "       worldsim_client --realtime [--addr tcp://127.0.0.1:5555] [--ticks 100] [--out frames.rgb]\n"
           "                       [--seed N] [--timeout-ms 5000] [--load NAME] [--save NAME]\n"
+          "       worldsim_client --list-saves | --delete-save NAME [--addr tcp://127.0.0.1:5555] [--timeout-ms 5000]\n"
           "       worldsim_client --record frames.rgb [--size 64x64] [--tick-rate 17.5] [--ticks N]\n"
           "                       [--addr tcp://127.0.0.1:5555] [--timeout-ms 5000] [--retries 0]\n"
           "play mode runs --ticks lockstep ticks of a served world and writes the frames to --out;\n"
@@ -47,7 +50,8 @@ inline void usage(std::ostream& os) {
           "frames arrived (no reconnects: a stream silent for --timeout-ms ends it, exit 2);\n"
           "--load NAME continues a save kept on the server (`worldsim serve --save-dir DIR`) instead of\n"
           "opening a new session (with --seed: new random draws from there on), --save NAME keeps the\n"
-          "session on the server's disk after the last tick;\n"
+          "session on the server's disk after the last tick; --list-saves prints the server's saves\n"
+          "and --delete-save NAME removes one (a game's save menu);\n"
           "--record sends the raw RGB frames of a file (HxW by --size, e.g. play mode's --out) to a\n"
           "`worldsim record bridge` server, with the scripted actions, as a recording\n";
 }
@@ -99,6 +103,7 @@ inline Options parse_args(int argc, char** argv) {
         // flags (no value)
         if (a == "-h" || a == "--help") { usage(std::cout); std::exit(kOk); }
         if (a == "--realtime") { o.realtime = true; continue; }
+        if (a == "--list-saves") { o.list_saves = true; continue; }
         // options with a value
         if (i + 1 >= argc) { usage(std::cerr); fail(kUsage, "unknown option or missing value: " + a); }
         std::string v = argv[++i];
@@ -108,6 +113,7 @@ inline Options parse_args(int argc, char** argv) {
         else if (a == "--seed") { o.seed = parse_long(a, v, 0); o.seed_given = true; play_only.push_back(a); }
         else if (a == "--load") { o.load = save_name(a, v); play_only.push_back(a); }
         else if (a == "--save") { o.save = save_name(a, v); play_only.push_back(a); }
+        else if (a == "--delete-save") o.delete_save = save_name(a, v);
         else if (a == "--timeout-ms") o.timeout_ms = parse_long(a, v, 1);
         else if (a == "--retries") { o.retries = parse_long(a, v, 0); retries_given = true; }
         else if (a == "--record") {
@@ -119,6 +125,19 @@ inline Options parse_args(int argc, char** argv) {
         else { usage(std::cerr); fail(kUsage, "unknown option: " + a); }
     }
     // A flag of the other mode is almost surely a mistake (e.g. --out meant to name the input).
+    if (o.list_saves || !o.delete_save.empty()) {
+        if (o.list_saves && !o.delete_save.empty()) fail(kUsage, "--list-saves and --delete-save: one at a time");
+        std::vector<std::string> other = play_only;
+        if (o.realtime) other.push_back("--realtime");
+        if (!o.record.empty()) other.push_back("--record");
+        if (o.ticks_given) other.push_back("--ticks");
+        if (retries_given) other.push_back("--retries");
+        other.insert(other.end(), record_only.begin(), record_only.end());
+        if (!other.empty())
+            fail(kUsage, std::string(o.list_saves ? "--list-saves" : "--delete-save") +
+                             " talks to the server's saves only; it takes no " + join(other));
+        return o;
+    }
     if (o.realtime) {
         if (!o.record.empty())
             fail(kUsage, "--realtime and --record are different modes: realtime plays a served world, --record "

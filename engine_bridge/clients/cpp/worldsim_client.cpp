@@ -5,6 +5,7 @@
 //                             [--timeout-ms 5000] [--retries 0] [--load NAME] [--save NAME]
 //   realtime: worldsim_client --addr tcp://127.0.0.1:5555 --realtime --ticks 100 --out frames.rgb [--seed N]
 //                             [--timeout-ms 5000] [--load NAME] [--save NAME]
+//   saves:    worldsim_client --addr tcp://127.0.0.1:5555 --list-saves | --delete-save NAME [--timeout-ms 5000]
 //   record:   worldsim_client --addr tcp://127.0.0.1:5560 --record frames.rgb [--size 64x64] [--tick-rate 17.5]
 //                             [--ticks N] [--timeout-ms 5000] [--retries 0]
 //
@@ -27,6 +28,9 @@
 // as the saved session would have gone on); --save NAME sends SAVE {sid, name} -> OK {name, tick,
 // bytes} after the last tick, before CLOSE. The scripted action follows the session's tick, so a
 // run loaded from a save made after T ticks plays what an uninterrupted run plays from tick T.
+//
+// --list-saves sends SAVES -> OK {saves: [{name, tick, seed, views, bytes, saved | error}]} and
+// prints a line per save; --delete-save NAME sends DELETE_SAVE {name} -> OK: a game's save menu.
 //
 // Record mode (a `worldsim record bridge --out DIR` server, capability "record", protocol 1.1):
 // the client plays the engine that records its own gameplay. HELLO -> WELCOME, REC_OPEN {DOOM
@@ -269,6 +273,40 @@ int run_realtime(const Options& opt) {
     return kOk;
 }
 
+// ---- saves: the server's save menu (--list-saves, --delete-save) ----
+
+int run_saves(const Options& opt) {
+    zmq::context_t ctx(1);
+    Connection conn(ctx, opt, {"lockstep", "save"});
+    Reply welcome = handshake(conn, "lockstep");
+    require_capability(welcome, "save", "start the server with `worldsim serve --save-dir DIR`");
+    if (!opt.delete_save.empty()) {
+        conn.request("DELETE_SAVE", "", [&](Packer& pk) {
+            pk.pack_map(1);
+            pk.pack("name"); pk.pack(opt.delete_save);
+        }, "OK");
+        std::cout << "ok deleted=" << opt.delete_save << std::endl;
+        return kOk;
+    }
+    Reply listed = conn.request("SAVES", "", [](Packer& pk) { pk.pack_map(0); }, "OK");
+    const msgpack::object* saves = find(listed.body, "saves");
+    if (!saves || saves->type != msgpack::type::ARRAY) fail(kProtocol, "OK(SAVES).body.saves must be an array");
+    for (uint32_t i = 0; i < saves->via.array.size; ++i) {
+        const msgpack::object& e = saves->via.array.ptr[i];
+        const std::string where = "OK(SAVES).body.saves[" + std::to_string(i) + "]";
+        std::cout << "save: " << get<std::string>(e, "name", where);
+        if (find(e, "error")) {
+            std::cout << " error=" << get<std::string>(e, "error", where) << std::endl;
+            continue;
+        }
+        std::cout << " tick=" << get<int64_t>(e, "tick", where) << " seed=" << get<int64_t>(e, "seed", where)
+                  << " views=" << get<int64_t>(e, "views", where) << " bytes=" << get<int64_t>(e, "bytes", where)
+                  << " saved=" << get<std::string>(e, "saved", where) << std::endl;
+    }
+    std::cout << "ok saves=" << saves->via.array.size << std::endl;
+    return kOk;
+}
+
 // ---- record mode: the frames of --record sent as a recording to a `worldsim record bridge` ----
 
 // The schema the recording declares: DOOM as played in ViZDoom (worldsim.actions.VIZDOOM_SCHEMA),
@@ -360,6 +398,7 @@ int run_record(const Options& opt) {
 int main(int argc, char** argv) try {
     const Options opt = parse_args(argc, argv);
     if (!opt.record.empty()) return run_record(opt);
+    if (opt.list_saves || !opt.delete_save.empty()) return run_saves(opt);
     return opt.realtime ? run_realtime(opt) : run_play(opt);
 } catch (const std::exception& e) {  // msgpack::unpack_error, zmq::error_t, ...
     fail(kProtocol, std::string("unexpected exception: ") + e.what());
