@@ -33,7 +33,7 @@ from worldsim.actions import Action, ActionError
 from worldsim.runtime.clock import StepGovernor, freeze_heap
 from worldsim.errors import WorldsimError
 from worldsim.runtime.session import Session, Snapshot, World
-from worldsim.runtime.snapshot_file import SUFFIX, read_header
+from worldsim.runtime.snapshot_file import SUFFIX, read_header, why_not_resumable
 
 log = logging.getLogger("worldsim.bridge")
 SAVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a file name in the save dir, never a path
@@ -455,8 +455,7 @@ class BridgeServer:
             except WorldsimError as e:
                 out.append({"name": name, "error": str(e).replace(str(path), name)})
                 continue
-            why = (f"a save of world {h['world']!r}" if h["world"] != self.world.name else
-                   "saved with other weights or settings" if h["digest"] not in (None, self.world.stream_digest) else None)
+            why = why_not_resumable(h, self.world.name, self.world.stream_digest)
             entry = {"name": name, **{k: h[k] for k in ("tick", "seed", "views", "bytes", "saved")}}
             if why:
                 entry["error"] = why

@@ -151,7 +151,7 @@ def test_worldsim_info_lists_saved_sessions(world, tmp_path, capsys):
     assert main(["info", str(saves), "--world", "default"]) == 1
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 4 and out[0].startswith(f"{saves / 'a.wsnap'}: world {world.name}, tick 0, seed 9")
-    assert "NOT resumable by" in out[2] and "a save of world 'elsewhere'" in out[2]
+    assert "NOT resumable by" in out[2] and "a snapshot of world 'elsewhere', not of" in out[2]
     assert out[3].startswith("ERROR ") and "d.wsnap: not a readable snapshot file" in out[3]
     # without --world nothing is loaded and every readable file passes
     assert main(["info", str(saves / "c.wsnap")]) == 0 and "world elsewhere, tick 12" in capsys.readouterr().out

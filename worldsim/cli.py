@@ -378,7 +378,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 def _run_info_saves(args: argparse.Namespace) -> int:
     """`worldsim info SAVE...`: one line (or JSON object) per saved session; exit 1 if any file is
     not a readable snapshot, or (with --world) one that world cannot resume."""
-    from worldsim.runtime.snapshot_file import SUFFIX, read_header
+    from worldsim.runtime.snapshot_file import SUFFIX, read_header, why_not_resumable
 
     files: list[Path] = []
     for p in map(Path, args.paths):
@@ -403,8 +403,7 @@ def _run_info_saves(args: argparse.Namespace) -> int:
             bad += 1
             continue
         if world is not None:
-            why = (f"a save of world {row['world']!r}" if row["world"] != world.name else
-                   "saved with other weights or settings" if row["digest"] not in (None, world.stream_digest) else None)
+            why = why_not_resumable(row, world.name, world.stream_digest)
             row["resumable"], row["why_not"] = why is None, why
             bad += why is not None
         rows.append(row)

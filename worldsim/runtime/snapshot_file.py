@@ -97,6 +97,17 @@ def _read(path: Path, tensors: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     return meta, t
 
 
+def why_not_resumable(header: dict[str, Any], world_name: str, digest: str | None) -> str | None:
+    """Why the world named ``world_name`` (stream digest ``digest``) cannot resume a snapshot with
+    this header (:func:`read_header`'s, or the file's own JSON), or None when it can."""
+    if header.get("world") != world_name:
+        return f"a snapshot of world {header.get('world')!r}, not of {world_name!r}"
+    if digest is not None and header.get("digest") is not None and header["digest"] != digest:
+        return (f"saved by world {world_name!r} with other weights or settings than this one's (its stream "
+                "would not continue): resume it with the world that saved it")
+    return None
+
+
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
     """What a snapshot file says of itself, without reading its tensors (`worldsim info FILE`):
     ``world``, ``digest`` (of the weights that saved it), ``tick``, ``seed``, ``views`` (the scene
@@ -127,11 +138,9 @@ def load_snapshot(path: str | os.PathLike, model: Any, world_name: str, digest: 
 
     path = Path(path)
     meta, t = _read(path, tensors=True)
-    if meta.get("world") != world_name:
-        raise WorldsimError(f"{path}: a snapshot of world {meta.get('world')!r}, not of {world_name!r}")
-    if digest is not None and meta.get("digest") is not None and meta["digest"] != digest:
-        raise WorldsimError(f"{path}: saved by world {world_name!r} with other weights or settings than this "
-                            "one's (its stream would not continue): resume it with the world that saved it")
+    problem = why_not_resumable(meta, world_name, digest)
+    if problem:
+        raise WorldsimError(f"{path}: {problem}")
     dev = model.device
     try:
         cache = model.dynamics.new_cache(1, device=dev, dtype=model.dtype)
