@@ -42,6 +42,7 @@ inline void usage(std::ostream& os) {
           "       worldsim_client --realtime [--addr tcp://127.0.0.1:5555] [--ticks 100] [--out frames.rgb]\n"
           "                       [--seed N] [--timeout-ms 5000] [--load NAME] [--save NAME]\n"
           "       worldsim_client --list-saves | --delete-save NAME [--addr tcp://127.0.0.1:5555] [--timeout-ms 5000]\n"
+          "                       [--retries 0]\n"
           "       worldsim_client --record frames.rgb [--size 64x64] [--tick-rate 17.5] [--ticks N]\n"
           "                       [--addr tcp://127.0.0.1:5555] [--timeout-ms 5000] [--retries 0]\n"
           "play mode runs --ticks lockstep ticks of a served world and writes the frames to --out;\n"
@@ -131,7 +132,6 @@ inline Options parse_args(int argc, char** argv) {
         if (o.realtime) other.push_back("--realtime");
         if (!o.record.empty()) other.push_back("--record");
         if (o.ticks_given) other.push_back("--ticks");
-        if (retries_given) other.push_back("--retries");
         other.insert(other.end(), record_only.begin(), record_only.end());
         if (!other.empty())
             fail(kUsage, std::string(o.list_saves ? "--list-saves" : "--delete-save") +

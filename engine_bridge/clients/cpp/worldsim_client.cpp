@@ -6,6 +6,7 @@
 //   realtime: worldsim_client --addr tcp://127.0.0.1:5555 --realtime --ticks 100 --out frames.rgb [--seed N]
 //                             [--timeout-ms 5000] [--load NAME] [--save NAME]
 //   saves:    worldsim_client --addr tcp://127.0.0.1:5555 --list-saves | --delete-save NAME [--timeout-ms 5000]
+//                             [--retries 0]
 //   record:   worldsim_client --addr tcp://127.0.0.1:5560 --record frames.rgb [--size 64x64] [--tick-rate 17.5]
 //                             [--ticks N] [--timeout-ms 5000] [--retries 0]
 //
