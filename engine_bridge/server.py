@@ -409,22 +409,27 @@ class BridgeServer:
         return Path(self.cfg.save_dir)
 
     def _save_path(self, client: _Client, body: dict) -> Path:
-        self._saves_offered(client)
+        root = self._saves_offered(client)
         name = body.get("name")
         if not isinstance(name, str) or not SAVE_NAME.fullmatch(name):
             raise P.ProtocolError("BAD_REQUEST", "'name' must be 1-64 letters, digits, '_', '-' or '.', starting "
                                                  f"with a letter or digit, got {name!r}")
-        return Path(self.cfg.save_dir) / f"{name}{SUFFIX}"
+        return root / f"{name}{SUFFIX}"
+
+    @staticmethod
+    def _named(e: Exception, path: Path) -> str:
+        """An error about a save's file as a client may read it: the save's name, not the server's path."""
+        return str(e).replace(str(path), path.name[:-len(SUFFIX)])
 
     def _on_save(self, client, rid, sid, body):
         s = self._sess(client, sid, body)
         path = self._save_path(client, body)
-        if not path.exists() and len(list(Path(self.cfg.save_dir).glob(f"*{SUFFIX}"))) >= self.cfg.max_saves:
+        if not path.exists() and len(list(path.parent.glob(f"*{SUFFIX}"))) >= self.cfg.max_saves:
             raise P.ProtocolError("CAPACITY", f"the server keeps at most {self.cfg.max_saves} saves; reuse a name")
         try:
             s.session.save(path)
         except WorldsimError as e:  # e.g. a full disk: the client hears why, the server goes on
-            raise P.ProtocolError("INTERNAL", str(e)) from None
+            raise P.ProtocolError("INTERNAL", self._named(e, path)) from None
         self._send(client.identity, P.envelope(P.OK, {"name": body["name"], "tick": s.session.tick,
                                                       "bytes": path.stat().st_size}, rid, s.sid))
 
@@ -438,7 +443,7 @@ class BridgeServer:
         try:
             session = self.world.restore(path, seed=seed)
         except WorldsimError as e:  # a file of another world or of older weights
-            raise P.ProtocolError("BAD_REQUEST", str(e).replace(str(path), body["name"])) from None  # no server paths
+            raise P.ProtocolError("BAD_REQUEST", self._named(e, path)) from None
         s = self._add(client, session, mode, credit)
         self._send(client.identity, P.envelope(P.OK, {"sid": s.sid, "tick": session.tick}, rid, s.sid))
 
@@ -453,7 +458,7 @@ class BridgeServer:
             try:
                 h = read_header(path)
             except WorldsimError as e:
-                out.append({"name": name, "error": str(e).replace(str(path), name)})
+                out.append({"name": name, "error": self._named(e, path)})
                 continue
             why = why_not_resumable(h, self.world.name, self.world.stream_digest)
             entry = {"name": name, **{k: h[k] for k in ("tick", "seed", "views", "bytes", "saved")}}

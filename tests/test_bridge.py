@@ -419,8 +419,9 @@ def test_sessions_saved_on_the_servers_disk_and_loaded_again(world, tmp_path):
             c.save(sid, "level-3")  # the server keeps two
         c.save(sid, "level-2")  # overwriting one is fine
         (tmp_path / "saves" / "junk.wsnap").write_bytes(b"junk")
-        with pytest.raises(BridgeError, match="not a readable snapshot"):
+        with pytest.raises(BridgeError, match="not a readable snapshot") as err:
             c.load("junk")
+        assert "junk:" in str(err.value) and str(tmp_path) not in str(err.value)  # the save's name, no server path
         assert c.step(r).tick == 5  # the client's sessions are fine after its errors
 
         # the save menu: listed by name (a file LOAD cannot use says why), deleted by name

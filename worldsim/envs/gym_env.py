@@ -114,9 +114,9 @@ class WorldModelEnv(gym.Env):
             return self._obs(frame, None), {"tick": self.session.tick}
         self.session = self.world.open(seed=s, start=options.get("start"))
         self._t = 0
-        ctx_frame = self.world.starts.context((options or {}).get("start"), s)["frames"][-1]
-        ctx_audio = self.world.starts.context((options or {}).get("start"), s).get("audio")
-        return self._obs(np.array(ctx_frame), None if ctx_audio is None else np.array(ctx_audio[-1])), {"tick": 0}
+        ctx = self.world.starts.context(options.get("start"), s)  # what the session was primed with
+        ctx_audio = ctx.get("audio")
+        return self._obs(np.array(ctx["frames"][-1]), None if ctx_audio is None else np.array(ctx_audio[-1])), {"tick": 0}
 
     def step(self, action):
         if self.session is None:
