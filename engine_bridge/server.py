@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -27,16 +26,14 @@ import zmq
 
 from engine_bridge import protocol as P
 from engine_bridge.recording import Recorder
+from engine_bridge.saves import SaveDir
 from engine_bridge.security import setup_curve
 from worldsim import __version__
 from worldsim.actions import Action, ActionError
 from worldsim.runtime.clock import StepGovernor, freeze_heap
-from worldsim.errors import WorldsimError
-from worldsim.runtime.session import Session, Snapshot, World
-from worldsim.runtime.snapshot_file import SUFFIX, read_header, why_not_resumable
+from worldsim.runtime.session import Session, World
 
 log = logging.getLogger("worldsim.bridge")
-SAVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a file name in the save dir, never a path
 
 
 @dataclass
@@ -104,6 +101,7 @@ class BridgeServer:
         self.period = 1.0 / world.tick_rate if world is not None else 0.05
         self.governor = StepGovernor.for_world(world, self.period) if world is not None else None
         self.endpoint: str | None = None
+        self.saves = SaveDir(self.cfg.save_dir, self.cfg.max_saves) if "save" in self.offered else None
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> "BridgeServer":
@@ -401,80 +399,32 @@ class BridgeServer:
         s = self._add(client, src.session.fork(), mode, credit, src.action)
         self._send(client.identity, P.envelope(P.OK, {"sid": s.sid, "tick": s.session.tick}, rid, s.sid))
 
-    # ---- sessions on the server's disk (capability "save") ----------------------------
-    def _saves_offered(self, client: _Client) -> Path:
-        if "save" not in client.capabilities:
+    # ---- sessions on the server's disk (capability "save", engine_bridge/saves.py) --------
+    def _saves(self, client: _Client) -> SaveDir:
+        if self.saves is None or "save" not in client.capabilities:
             raise P.ProtocolError("BAD_REQUEST", "this server keeps no saves (start it with `worldsim serve --save-dir "
                                                  "DIR`), or 'save' was not negotiated in HELLO")
-        return Path(self.cfg.save_dir)
-
-    def _save_path(self, client: _Client, body: dict) -> Path:
-        root = self._saves_offered(client)
-        name = body.get("name")
-        if not isinstance(name, str) or not SAVE_NAME.fullmatch(name):
-            raise P.ProtocolError("BAD_REQUEST", "'name' must be 1-64 letters, digits, '_', '-' or '.', starting "
-                                                 f"with a letter or digit, got {name!r}")
-        return root / f"{name}{SUFFIX}"
-
-    @staticmethod
-    def _named(e: Exception, path: Path) -> str:
-        """An error about a save's file as a client may read it: the save's name, not the server's path."""
-        return str(e).replace(str(path), path.name[:-len(SUFFIX)])
+        return self.saves
 
     def _on_save(self, client, rid, sid, body):
         s = self._sess(client, sid, body)
-        path = self._save_path(client, body)
-        if not path.exists() and len(list(path.parent.glob(f"*{SUFFIX}"))) >= self.cfg.max_saves:
-            raise P.ProtocolError("CAPACITY", f"the server keeps at most {self.cfg.max_saves} saves; reuse a name")
-        try:
-            s.session.save(path)
-        except WorldsimError as e:  # e.g. a full disk: the client hears why, the server goes on
-            raise P.ProtocolError("INTERNAL", self._named(e, path)) from None
-        self._send(client.identity, P.envelope(P.OK, {"name": body["name"], "tick": s.session.tick,
-                                                      "bytes": path.stat().st_size}, rid, s.sid))
+        reply = self._saves(client).save(s.session, body.get("name"))
+        self._send(client.identity, P.envelope(P.OK, reply, rid, s.sid))
 
     def _on_load(self, client, rid, sid, body):
-        path = self._save_path(client, body)
-        if not path.is_file():
-            raise P.ProtocolError("UNKNOWN_SNAPSHOT", f"no save {body['name']!r} on this server")
+        saves = self._saves(client)
+        path = saves.check_loadable(body.get("name"))
         seed = self._seed(body, None)
         mode, credit = self._mode(client, body)
         self._capacity()
-        try:
-            session = self.world.restore(path, seed=seed)
-        except WorldsimError as e:  # a file of another world or of older weights
-            raise P.ProtocolError("BAD_REQUEST", self._named(e, path)) from None
-        s = self._add(client, session, mode, credit)
-        self._send(client.identity, P.envelope(P.OK, {"sid": s.sid, "tick": session.tick}, rid, s.sid))
+        s = self._add(client, saves.load(self.world, path, seed), mode, credit)
+        self._send(client.identity, P.envelope(P.OK, {"sid": s.sid, "tick": s.session.tick}, rid, s.sid))
 
     def _on_saves(self, client, rid, sid, body):
-        """OK {saves: [{name, tick, seed, views, bytes, saved}, ...]} by name; a file this world
-        cannot resume (another world's, other weights', unreadable) is listed with ``error`` instead."""
-        out = []
-        for path in sorted(self._saves_offered(client).glob(f"*{SUFFIX}")):
-            name = path.name[:-len(SUFFIX)]
-            if not SAVE_NAME.fullmatch(name):
-                continue  # not a name LOAD could ask for
-            try:
-                h = read_header(path)
-            except WorldsimError as e:
-                out.append({"name": name, "error": self._named(e, path)})
-                continue
-            why = why_not_resumable(h, self.world.name, self.world.stream_digest)
-            entry = {"name": name, **{k: h[k] for k in ("tick", "seed", "views", "bytes", "saved")}}
-            if why:
-                entry["error"] = why
-            out.append(entry)
-        self._send(client.identity, P.envelope(P.OK, {"saves": out}, rid, sid))
+        self._send(client.identity, P.envelope(P.OK, {"saves": self._saves(client).listing(self.world)}, rid, sid))
 
     def _on_delete_save(self, client, rid, sid, body):
-        path = self._save_path(client, body)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            raise P.ProtocolError("UNKNOWN_SNAPSHOT", f"no save {body['name']!r} on this server") from None
-        except OSError as e:
-            raise P.ProtocolError("INTERNAL", f"cannot delete save {body['name']!r}: {e.strerror or e}") from None
+        self._saves(client).delete(body.get("name"))
         self._send(client.identity, P.envelope(P.OK, {"name": body["name"]}, rid, sid))
 
     def _on_close(self, client, rid, sid, body):
