@@ -201,7 +201,7 @@ def test_turn_prior_only_where_the_picture_turns(toy, tmp_path):
     with the player (the toy's scrolling wall), dropped for one that does not (same actions and
     poses, a still picture — a top-down or fixed camera)."""
     from worldsim.data import open_episodes, write_episode
-    from worldsim.train.dynamics_trainer import camera_turns, fit_turn_weights
+    from worldsim.train.turns import camera_turns, fit_turn_weights
 
     eps = open_episodes(toy)
     w = fit_turn_weights(eps)

@@ -46,7 +46,8 @@ from worldsim.model.frame_codec import FrameCodecConfig
 from worldsim.model.sampler import FlowSamplerConfig
 from worldsim.train.codec_trainer import DECODER_FIELDS, CodecTrainConfig, load_codec, train_codec, train_decoder
 from worldsim.train.decoder_adv import DecoderAdvConfig
-from worldsim.train.dynamics_trainer import DynamicsTrainConfig, camera_turns, fit_turn_weights
+from worldsim.train.dynamics_trainer import DynamicsTrainConfig
+from worldsim.train.turns import camera_turns, fit_turn_weights
 from worldsim.train.reaim_trainer import ReaimTrainConfig
 from worldsim.train.rounds import DynamicsRound, parse_rounds, train_chain
 
