@@ -184,3 +184,33 @@ def test_turn_speckle_measures_a_world_both_ways(trained, capsys):
     assert speckle_main([str(run), f"{run}:pixel", "--starts", "1", "--ticks", "12"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and out[1].startswith(f"{run}:pixel: turn key held")
+
+
+def test_dynamics_training_can_turn_with_the_learned_prior(trained, tmp_path):
+    """``dynamics_train.learned_prior``: training sees the prior the world plays with (the run's
+    net, frozen), not the picture round trip it imitates; a run without the net is told what it lacks."""
+    import shutil
+    from worldsim.model.world_model import WorldModel
+    from worldsim.train.dynamics_trainer import DynamicsTrainConfig, train_dynamics
+    from worldsim.train.latents import load_latents
+    from worldsim.train.turns import training_reaim
+
+    tmp, run, _ = trained
+    w = WorldModel.load(run)
+    z, yaw = torch.randn(3, w.dynamics.cfg.latent_channels, 8, 8), torch.tensor([0.5, 4.0, -9.0])
+    got = training_reaim(run, "cpu", 1.0, learned=True)(z, yaw)
+    want = LearnedReaim(w.reaim_net.float(), 1.0)(z, yaw)
+    torch.testing.assert_close(got.float(), want.float(), atol=0.05, rtol=0.05)  # the training's autocast
+    assert torch.equal(got[0], z[0])  # under 1°: the latent as it was
+    assert not torch.allclose(got.float(), training_reaim(run, "cpu", 1.0)(z, yaw).float(), atol=1e-3)
+    # a dynamics stage with it trains (the run's own store), and says what it needs where it is missing
+    cfg = w.dynamics.cfg
+    store = load_latents(tmp / "store")
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    train_dynamics(store, out, cfg, DynamicsTrainConfig(steps=2, batch=2, learned_prior=True, rollout_frac=0.5,
+                                                        rollout_ticks=1, save_every=2), progress=False)
+    assert json.loads((out / "dynamics.json").read_text())["meta"]["train_steps"] == 2
+    (out / "reaim.json").unlink()
+    with pytest.raises(ValueError, match="learned turn prior"):
+        train_dynamics(store, out, cfg, DynamicsTrainConfig(steps=4, batch=2, learned_prior=True), progress=False)

@@ -103,6 +103,9 @@ class DynamicsTrainConfig:
     # switch the dynamics' turn prior ("latent" slide or "pixel" re-aim, DynamicsConfig.prior_space)
     # from this stage on — a fine-tune of trained weights to the other prior; "" keeps the model's
     prior_space: str = ""
+    # with the pixel prior: turn through the run's learned turn prior (reaim.safetensors) as a world
+    # that ships one plays, instead of decoding, re-aiming and encoding pictures (worldsim/train/turns.py)
+    learned_prior: bool = False
 
     def validate(self) -> None:
         """Clear errors for values no run could use (checked when a config file is read)."""
@@ -302,8 +305,11 @@ def train_dynamics(store: LatentStore, out: str | Path, cfg: DynamicsConfig, tcf
     if tcfg.prior_space:
         cfg = dataclasses.replace(cfg, prior_space=tcfg.prior_space)
     model = Dynamics(cfg).to(device)
+    if tcfg.learned_prior and cfg.prior_space != "pixel":
+        raise ValueError("dynamics_train.learned_prior replaces the pixel turn prior: it needs dynamics.prior_space "
+                         f"'pixel', the model has {cfg.prior_space!r}")
     if cfg.prior_space == "pixel":
-        model.reaim = training_reaim(out, device, cfg.reaim_min_deg)
+        model.reaim = training_reaim(out, device, cfg.reaim_min_deg, tcfg.learned_prior)
     if tcfg.train_only:
         for name, p in model.named_parameters():
             p.requires_grad_(any(name.startswith(k) for k in tcfg.train_only))

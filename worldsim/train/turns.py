@@ -66,14 +66,30 @@ def camera_turns(episodes: Sequence[Episode], weights: tuple[float, ...], px_per
     return float(np.median(got)) >= 0.25 * float(np.median(want))
 
 
-def training_reaim(out: Path, device: str, min_deg: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def training_reaim(out: Path, device: str, min_deg: float = 0.0,
+                   learned: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The pixel-space turn prior's re-aim for training: the run's frame codec, frozen (its
     ``frame_codec_prior`` when it keeps one, as the world will decode with), the screen-fixed pixels of its
-    world.json's ``memory.overlay`` (as the runtime uses them), under the training's autocast."""
+    world.json's ``memory.overlay`` (as the runtime uses them), under the training's autocast.
+    ``learned``: the run's turn prior learned in latent space instead (``reaim.safetensors``, frozen), the
+    one a world that ships it turns with — training then sees the prior the world plays with, and no
+    picture is decoded and encoded (``dynamics_train.learned_prior``)."""
     from worldsim.model.checkpoint import load_component
     from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
+    from worldsim.model.reaim_net import LearnedReaim, ReaimNet, ReaimNetConfig
     from worldsim.model.view_warp import LatentReaim, runs_to_mask
-    from worldsim.model.world_model import PRIOR_CODEC
+    from worldsim.model.world_model import PRIOR_CODEC, REAIM
+    if learned:
+        if not (out / f"{REAIM}.json").exists():
+            raise ValueError(f"{out}: dynamics_train.learned_prior needs the run's learned turn prior ({REAIM}.json: "
+                             "worldsim train --stage reaim, or a copy of a world that ships one)")
+        net, _ = load_component(out, REAIM, ReaimNet, ReaimNetConfig)
+        learned_base = LearnedReaim(net.float().to(device).eval().requires_grad_(False), min_deg)
+
+        def reaim_learned(z: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
+            with autocast(device):
+                return learned_base(z, yaw)
+        return reaim_learned
     name = PRIOR_CODEC if (out / f"{PRIOR_CODEC}.json").exists() else "frame_codec"  # as WorldModel picks
     if not (out / f"{name}.json").exists():
         raise ValueError(f"{out}: dynamics.prior_space 'pixel' needs the run's frame codec (frame_codec.json)")
