@@ -214,3 +214,6 @@ def test_dynamics_training_can_turn_with_the_learned_prior(trained, tmp_path):
     (out / "reaim.json").unlink()
     with pytest.raises(ValueError, match="learned turn prior"):
         train_dynamics(store, out, cfg, DynamicsTrainConfig(steps=4, batch=2, learned_prior=True), progress=False)
+    with pytest.raises(ValueError, match="needs dynamics.prior_space 'pixel'"):  # a sliding world has no net to imitate
+        train_dynamics(store, out, cfg, DynamicsTrainConfig(steps=4, batch=2, learned_prior=True, prior_space="latent"),
+                       progress=False)
