@@ -14,6 +14,7 @@ import torch
 
 from worldsim.data.episode import Episode
 from worldsim.model.action_inputs import turn_features
+from worldsim.model.view_warp import LatentReaim
 from worldsim.train.loop import autocast
 
 
@@ -75,21 +76,29 @@ def training_reaim(out: Path, device: str, min_deg: float = 0.0,
     one a world that ships it turns with — training then sees the prior the world plays with, and no
     picture is decoded and encoded (``dynamics_train.learned_prior``)."""
     from worldsim.model.checkpoint import load_component
-    from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
     from worldsim.model.reaim_net import LearnedReaim, ReaimNet, ReaimNetConfig
-    from worldsim.model.view_warp import LatentReaim, runs_to_mask
-    from worldsim.model.world_model import PRIOR_CODEC, REAIM
+    from worldsim.model.world_model import REAIM
     if learned:
         if not (out / f"{REAIM}.json").exists():
             raise ValueError(f"{out}: dynamics_train.learned_prior needs the run's learned turn prior ({REAIM}.json: "
                              "worldsim train --stage reaim, or a copy of a world that ships one)")
         net, _ = load_component(out, REAIM, ReaimNet, ReaimNetConfig)
-        learned_base = LearnedReaim(net.float().to(device).eval().requires_grad_(False), min_deg)
+        base: LatentReaim = LearnedReaim(net.float().to(device).eval().requires_grad_(False), min_deg)
+    else:
+        base = _picture_reaim(out, device, min_deg)
 
-        def reaim_learned(z: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
-            with autocast(device):
-                return learned_base(z, yaw)
-        return reaim_learned
+    def reaim(z: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
+        with autocast(device):
+            return base(z, yaw)
+    return reaim
+
+
+def _picture_reaim(out: Path, device: str, min_deg: float) -> LatentReaim:
+    """The pixel prior itself: decode with the run's (faithful) codec, re-aim the picture, encode."""
+    from worldsim.model.checkpoint import load_component
+    from worldsim.model.frame_codec import FrameCodec, FrameCodecConfig
+    from worldsim.model.view_warp import runs_to_mask
+    from worldsim.model.world_model import PRIOR_CODEC
     name = PRIOR_CODEC if (out / f"{PRIOR_CODEC}.json").exists() else "frame_codec"  # as WorldModel picks
     if not (out / f"{name}.json").exists():
         raise ValueError(f"{out}: dynamics.prior_space 'pixel' needs the run's frame codec (frame_codec.json)")
@@ -100,9 +109,4 @@ def training_reaim(out: Path, device: str, min_deg: float = 0.0,
         mem = json.loads((out / "world.json").read_text()).get("memory") or {}
     r = codec.cfg.resolution
     keep = torch.from_numpy(runs_to_mask(mem["overlay"], r, r)) if mem.get("overlay") else None
-    base = LatentReaim(codec, float(mem.get("fov", 90.0)), keep, min_deg)
-
-    def reaim(z: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
-        with autocast(device):
-            return base(z, yaw)
-    return reaim
+    return LatentReaim(codec, float(mem.get("fov", 90.0)), keep, min_deg)
