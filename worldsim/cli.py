@@ -1,4 +1,4 @@
-"""The `worldsim` command: record, data, train, export, eval, bench, play, serve, keys, info.
+"""The `worldsim` command: record, data, train, export, eval, bench, play, serve, keys, cutscene, info.
 
 Each subcommand parses its own flags here and calls into the module that owns the work.
 Expected failures (bad flags, files, configs, actions) print one clear line and exit 2;
@@ -413,6 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from worldsim.data.episode import EpisodeFormatError
 
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a bare `worldsim`: what it can do, not only that a command is missing
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     args = parser.parse_args(argv)
     try:
         if getattr(args, "precision", None):  # before any model loads; inherited by torchrun workers
