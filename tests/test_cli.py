@@ -17,3 +17,12 @@ def test_an_unknown_subcommand_is_a_usage_error(capsys):
         cli_main(["fly"])
     assert e.value.code == 2
     assert "invalid choice: 'fly'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("group, subs", [("record", ("vizdoom", "gym", "bridge")), ("data", ("info",))])
+def test_a_group_without_its_subcommand_lists_them(group, subs, capsys):
+    assert cli_main([group]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: worldsim {group}")
+    for name in subs:
+        assert f"    {name} " in err, name

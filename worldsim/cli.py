@@ -38,7 +38,8 @@ def _positive_int(s: str) -> int:
 # ----- record -------------------------------------------------------------------------
 def _add_record(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("record", help="record real gameplay into the episode format")
-    rs = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    rs = p.add_subparsers(dest="source", metavar="SOURCE")
+    p.set_defaults(group=p)  # a bare `worldsim record` prints its sources (_run_record)
     v = rs.add_parser("vizdoom", help="DOOM (Freedoom) in ViZDoom: frames, audio, pose, depth, keyboard+mouse")
     v.add_argument("--wad", default="freedoom2", choices=["freedoom2", "freedoom1"])
     v.add_argument("--map", dest="maps", action="append", metavar="MAP",
@@ -85,7 +86,15 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--resume-ttl-ms", type=_positive_int, default=30000)
 
 
+def _group_help(args: argparse.Namespace) -> int:
+    """A command group named without its subcommand: its help (the subcommands), as a usage error."""
+    args.group.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
 def _run_record(args: argparse.Namespace) -> int:
+    if args.source is None:
+        return _group_help(args)
     if args.source == "bridge":
         return _run_record_bridge(args)
     if args.source == "vizdoom":
@@ -133,7 +142,8 @@ def _run_record(args: argparse.Namespace) -> int:
 # ----- data ---------------------------------------------------------------------------
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="inspect data sets")
-    ds = p.add_subparsers(dest="data_cmd", metavar="CMD", required=True)
+    ds = p.add_subparsers(dest="data_cmd", metavar="CMD")
+    p.set_defaults(group=p)
     i = ds.add_parser("info", help="check a data set and print steps, maps, audio, coverage")
     i.add_argument("dir", help="data set directory (or one episode)")
     i.add_argument("--json", dest="json_out", help="also write the summary as JSON here")
@@ -141,6 +151,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_data(args: argparse.Namespace) -> int:
+    if args.data_cmd is None:
+        return _group_help(args)
     from worldsim.data.info import main_info
 
     return main_info(args.dir, args.json_out, args.verify)
