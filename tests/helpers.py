@@ -109,3 +109,8 @@ def random_world(root: Path, context: int = 4, seed: int = 0, schema=VIZDOOM_SCH
     from worldsim.data.episode import open_episodes
     write_starts(open_episodes(data), root, context - 1, n=3)
     return root
+
+
+def step_all(session, actions) -> list:
+    """The chunks of stepping ``session`` through ``actions`` in order."""
+    return [session.step(a) for a in actions]

@@ -8,11 +8,6 @@ from tests.helpers import random_world
 from worldsim.runtime import World
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return World.load(str(random_world(tmp_path_factory.mktemp("w") / "world")))
-
-
 def test_bench_smoke(world, tmp_path):
     from worldsim.bench.runtime_bench import check_targets, run_bench
     path = str(world.model.path)

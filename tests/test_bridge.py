@@ -14,13 +14,7 @@ from engine_bridge.client import BridgeClient, BridgeError
 from engine_bridge.security import generate_keys
 from engine_bridge.server import BridgeServer, ServerConfig
 from tests.helpers import random_world
-from worldsim.runtime import World
 from worldsim.runtime.clock import StepGovernor
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return World.load(str(random_world(tmp_path_factory.mktemp("bw") / "world")))
 
 
 @pytest.fixture

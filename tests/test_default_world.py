@@ -5,12 +5,8 @@ import json
 
 import numpy as np
 
-from tests.helpers import random_world
+from tests.helpers import random_world, step_all
 from worldsim.runtime import World
-
-
-def _run(session, acts):
-    return [session.step(a) for a in acts]
 
 
 def test_shipped_default_world_loads_steps_and_is_described():
@@ -49,18 +45,18 @@ def test_reopening_a_shipped_start_reuses_its_priming_and_changes_nothing():
     acts = [{"keys": ["forward"]}, {"keys": ["turn_left"], "mouse": [3.0, 0.0]}, {"keys": ["attack"]}]
     n = len(w.starts)
     assert n > 1 and not w._primed
-    first = _run(w.open(seed=3), acts)  # primes start 3 and keeps its state
+    first = step_all(w.open(seed=3), acts)  # primes start 3 and keeps its state
     assert set(w._primed) == {3}
     again = w.open(seed=3)  # from the kept state, after the first session stepped on
     assert again.tick == 0 and again._state.memories[0] is not None and again._state.memories[0].hits == 0
-    second = _run(again, acts)
+    second = step_all(again, acts)
     for a, b in zip(first, second):
         assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
-    other = _run(w.open(seed=3 + n), acts)  # same start, another seed: its own noise
+    other = step_all(w.open(seed=3 + n), acts)  # same start, another seed: its own noise
     assert set(w._primed) == {3}
     assert any(not np.array_equal(a.frames, b.frames) for a, b in zip(first, other))
     fresh = World.load("default")  # a world that never primed start 3 answers the same
-    for a, b in zip(_run(fresh.open(seed=3 + n), acts), other):
+    for a, b in zip(step_all(fresh.open(seed=3 + n), acts), other):
         assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
 
 
@@ -89,8 +85,8 @@ def test_shipped_starts_open_from_their_stored_latents(tmp_path):
     s = w.open(seed=1)
     assert not calls  # the context came from the file
     acts = [{"keys": ["forward"]}, {"keys": ["attack"]}]
-    again = _run(World.load(root).open(seed=1), acts)
-    for a, b in zip(_run(s, acts), again):
+    again = step_all(World.load(root).open(seed=1), acts)
+    for a, b in zip(step_all(s, acts), again):
         assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
 
     starts = root / "starts.safetensors"  # latents without a digest are not trusted either
@@ -133,7 +129,7 @@ def test_shipped_starts_open_from_their_stored_priming(tmp_path):
     live = World.load(root, precision="fp32")  # the same file without the stored state: primes at open
     live.starts.arrays = {k: v for k, v in live.starts.arrays.items() if not k.startswith(PRIMED)}
     assert live.starts.primed(2) is None
-    expect = _run(live.open(seed=2), acts)
+    expect = step_all(live.open(seed=2), acts)
 
     w = World.load(root, precision="fp32")
     calls = []
@@ -141,7 +137,7 @@ def test_shipped_starts_open_from_their_stored_priming(tmp_path):
     dyn.stream = lambda *a, _f=dyn.stream, **k: calls.append(1) or _f(*a, **k)
     s = w.open(seed=2)
     assert not calls and set(w._primed) == {2}  # restored, not primed
-    for a, b in zip(_run(s, acts), expect):
+    for a, b in zip(step_all(s, acts), expect):
         assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
     assert w.open(seed=5).step().frames.shape == (1, 64, 64, 3)  # every start has one
 

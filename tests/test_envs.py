@@ -12,11 +12,6 @@ from worldsim.actions import ActionError
 from worldsim.runtime import World
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return World.load(str(random_world(tmp_path_factory.mktemp("w") / "world")))
-
-
 def test_gymnasium_env_passes_check_env(world):
     from gymnasium.utils.env_checker import check_env
 

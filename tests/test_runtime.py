@@ -7,22 +7,13 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import random_world
+from tests.helpers import random_world, step_all
 from worldsim.actions import ActionError
 from worldsim.errors import WorldsimError
 from worldsim.runtime import World
 from worldsim.runtime.clock import LockstepDriver, RealtimeDriver
 
 ACTS = [{"keys": ["forward"]}, {"keys": ["turn_left"]}, {"mouse": [4.0, 0.0]}, None, {"keys": ["attack", "run"]}]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return World.load(str(random_world(tmp_path_factory.mktemp("w") / "world")))
-
-
-def _run(session, acts):
-    return [session.step(a) for a in acts]
 
 
 def _same(a, b):
@@ -34,18 +25,18 @@ def test_session_chunk_shapes_and_determinism(world):
     c = s.step({"keys": ["forward"]})
     assert c.frames.shape == (1, 64, 64, 3) and c.frames.dtype == np.uint8
     assert c.audio.shape == (1260, 2) and c.audio.dtype == np.int16 and c.tick == 1
-    assert _same(_run(world.open(seed=7), ACTS), _run(world.open(seed=7), ACTS))
-    assert not _same(_run(world.open(seed=7), ACTS), _run(world.open(seed=8), ACTS))
+    assert _same(step_all(world.open(seed=7), ACTS), step_all(world.open(seed=7), ACTS))
+    assert not _same(step_all(world.open(seed=7), ACTS), step_all(world.open(seed=8), ACTS))
 
 
 def test_snapshot_restore_and_fork_replay_bit_exactly(world):
     s = world.open(seed=11)
-    _run(s, ACTS[:2])
+    step_all(s, ACTS[:2])
     snap = s.snapshot()
     fork = s.fork()
-    first = _run(s, ACTS)
-    assert _same(first, _run(world.restore(snap), ACTS))
-    assert _same(first, _run(fork, ACTS))
+    first = step_all(s, ACTS)
+    assert _same(first, step_all(world.restore(snap), ACTS))
+    assert _same(first, step_all(fork, ACTS))
     assert fork.tick == s.tick == 7
 
 
@@ -55,10 +46,10 @@ def test_pixel_turn_prior_world_replays_and_batches(tmp_path):
     w = World.load(str(random_world(tmp_path / "world", prior_space="pixel")))
     assert w.model.dynamics.reaim is not None
     s = w.open(seed=5)
-    _run(s, ACTS[:2])
+    step_all(s, ACTS[:2])
     snap, fork = s.snapshot(), s.fork()
-    first = _run(s, ACTS)
-    assert _same(first, _run(w.restore(snap), ACTS)) and _same(first, _run(fork, ACTS))
+    first = step_all(s, ACTS)
+    assert _same(first, step_all(w.restore(snap), ACTS)) and _same(first, step_all(fork, ACTS))
     # the picture kept from the last tick is what decoding its latent again gives
     x, y = w.open(seed=9), w.open(seed=9)
     for act in ACTS:
@@ -66,7 +57,7 @@ def test_pixel_turn_prior_world_replays_and_batches(tmp_path):
         y.state.prev_frame = None
         assert _same([x.step(act)], [y.step(act)])
     a, b = w.open(seed=1), w.open(seed=2)
-    solo = _run(a.fork(), ACTS[:3])
+    solo = step_all(a.fork(), ACTS[:3])
     for act, y in zip(ACTS[:3], solo):
         x = w.step_many({a: act, b: {"keys": ["turn_right"]}})[a]
         assert np.abs(x.frames.astype(int) - y.frames).max() <= 8
@@ -87,12 +78,12 @@ def test_pixel_turn_prior_decodes_with_the_world_s_prior_codec(tmp_path):
     w = World.load(str(root))
     assert w.model.prior_codec is not None and w.model.dynamics.reaim.codec is w.model.prior_codec
     s = w.open(seed=4)
-    _run(s, ACTS[:2])
+    step_all(s, ACTS[:2])
     assert s.state.prev_frame is None  # what was shown is not what the prior decodes
     snap = s.snapshot()
-    assert _same(_run(s, ACTS), _run(w.restore(snap), ACTS))
+    assert _same(step_all(s, ACTS), step_all(w.restore(snap), ACTS))
     plain = World.load(str(random_world(tmp_path / "plain", prior_space="pixel")))
-    assert not _same(_run(plain.open(seed=4), ACTS), _run(w.open(seed=4), ACTS))
+    assert not _same(step_all(plain.open(seed=4), ACTS), step_all(w.open(seed=4), ACTS))
 
 
 def test_light_turn_prior_skips_the_reaim_and_the_clock_falls_to_it(tmp_path, world):
@@ -159,7 +150,7 @@ def test_tick_breakdown_counts_a_decode_inside_the_turn_prior_once(tmp_path, mon
 
 def test_step_many_batches_and_sessions_join_and_leave(world):
     a, b = world.open(seed=1), world.open(seed=2)
-    solo_a = _run(a.fork(), ACTS)
+    solo_a = step_all(a.fork(), ACTS)
     out = []
     for i, act in enumerate(ACTS):
         group = {a: act, b: None}
