@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 
@@ -211,6 +212,38 @@ def test_action_ignoring_model_is_at_chance(world):
     assert abs(r["action_acc_generated"] - chance) < 0.15 < r["action_acc_real"] - chance
 
 
+def test_per_start_scores_add_up_to_the_report(world):
+    """Each point's scores (kept for paired intervals) give back the report's figures exactly."""
+    from worldsim.eval.paired import paired_interval, statistic
+
+    r = run_eval(PanoramaModel(world["pano"], follow_actions=False), world["scroll"], cache_dir=world["cache"],
+                 **dict(FAST, drift_steps=0))
+    ps = r["details"]["per_start"]
+    assert len(ps["free_starts"]) == r["meta"]["free_starts"] and len(ps["tf_points"]) == r["meta"]["tf_points"]
+    every = {w: np.arange(len(ps["tf_points" if w == "tf" else "free_starts"])) for w in ("tf", "free")}
+
+    def full(metric):
+        stat, which = statistic(metric)
+        return stat(ps, every[which])
+
+    assert full("psnr_tf") == pytest.approx(r["psnr_tf"], abs=1e-3)
+    for h in ("1", "4", "16"):
+        assert full(f"psnr_free@{h}") == pytest.approx(r["psnr_free"][h], abs=1e-3)
+        assert full(f"sharpness@{h}") == pytest.approx(r["sharpness_ratio"][h], abs=1e-3)
+    assert full("action") == pytest.approx(r["action_acc_generated"], abs=1e-9)
+    assert full("onsets") == pytest.approx(r["audio_onset_within_1"], abs=1e-9)
+    assert full("logmel") == pytest.approx(r["audio_logmel_dist"], abs=1e-3)
+    # the baselines keep theirs on the same points: a paired difference against the model exists
+    shift = r["details"]["baseline_shift"]["per_start"]
+    d, lo, hi = paired_interval(shift, ps, "psnr_free@4")
+    assert d == pytest.approx(r["psnr_free"]["4"] - r["baseline_shift"]["psnr_free"]["4"], abs=1e-3) and lo <= d <= hi
+    assert paired_interval(ps, ps, "psnr_tf") == (0.0, 0.0, 0.0)
+    from worldsim.eval.report import console_summary
+
+    line = next(x for x in console_summary(r).splitlines() if x.startswith("model − shift"))
+    assert f"@4:{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" in line
+
+
 def test_copy_last_on_static_frames_is_perfect(world):
     model = load_model("baseline:copy-last", world["static"])
     r = run_eval(model, world["static"], cache_dir=world["cache"], **FAST)
@@ -349,16 +382,28 @@ def test_compare_prints_saved_reports_side_by_side(world, tmp_path, capsys):
     assert _cli(["--compare", str(paths[0]), str(paths[1])]) == 0
     table = capsys.readouterr().out
     assert table.startswith("Same held-out data, seed and points in every report.")
-    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines() if line.startswith("| ")]
-    rows = {c[0]: c[1:] for c in cells}
+    main, _, against = table.partition("minus its baselines")
+
+    def table_rows(text):
+        cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+        return {c[0]: c[1:] for c in cells}
+
+    rows, rows2 = table_rows(main), table_rows(against)
     # first report as it is, the second with its difference, then copy-last and shift of the first, then the target
     tf = rows["PSNR teacher-forced (dB)"]
-    assert tf[0] == f"{a['psnr_tf']:.2f}" and tf[1] == f"{b['psnr_tf']:.2f} ({b['psnr_tf'] - a['psnr_tf']:+.2f})"
+    # the difference with its paired interval, bold: copy-last is far under the oracle on every resample
+    d = b["psnr_tf"] - a["psnr_tf"]
+    m = re.fullmatch(rf"{b['psnr_tf']:.2f} \(\*\*{d:+.2f}\*\* \[([-+][\d.]+), ([-+][\d.]+)\]\)", tf[1])
+    assert m and float(m[1]) <= round(d, 2) <= float(m[2]) < 0, tf[1]
+    assert tf[0] == f"{a['psnr_tf']:.2f}"
     assert tf[2] == f"{a['baseline_copy_last']['psnr_tf']:.2f}" and tf[3] == f"{a['baseline_shift']['psnr_tf']:.2f}"
     assert tf[4].startswith("≥ 26")
     c16 = a["baseline_copy_last"]["psnr_free"]["16"]
     assert rows["PSNR free @ 16"][4].startswith(f"≥ {c16 + 3:.2f}") and rows["sharpness @ 16"][4] == "≥ 0.8"
     assert rows["sound onsets within ±1 tick"][0] == "1.00"  # the oracle reproduces every onset
+    assert "95 % paired bootstrap interval" in table
+    # the second table: the first report minus its baselines (2 columns), the oracle above both at 1 tick
+    assert re.match(r"\*\*\+[\d.]+\*\* \[\+", rows2["PSNR free @ 1"][0]) and len(rows2["PSNR free @ 1"]) == 2
     # reports of other start points are flagged, not silently compared
     assert _cli(["--compare", str(paths[0]), str(paths[2])]) == 0
     assert "not comparable" in capsys.readouterr().out

@@ -251,3 +251,27 @@ def test_a_probe_cut_short_by_its_time_limit_is_not_reused_from_the_cache(tmp_pa
     assert len(trained) == 2 and not second.info["cached"] and not second.info["stopped_early"]
     third = P.load_or_train_probe([ep], cfg, tmp_path / "cache")  # a full one is
     assert len(trained) == 2 and third.info["cached"]
+
+
+def _ps(values, starts=None):
+    """A per_start block with only free-running PSNR at 1 tick."""
+    n = len(values)
+    return {"tf_points": [[0, i] for i in range(n)], "free_starts": starts or [[0, i] for i in range(n)],
+            "psnr_tf": [0.0] * n, "psnr_free": {"1": list(values)}}
+
+
+def test_paired_interval_tells_a_shift_from_noise():
+    from worldsim.eval.paired import paired_interval
+
+    g = np.random.default_rng(5)
+    base = g.normal(20, 3, 200)  # per-start PSNR varies far more than the change between models
+    a = _ps(base)
+    d, lo, hi = paired_interval(a, _ps(base + 0.5 + g.normal(0, 0.3, 200)), "psnr_free@1")
+    assert 0 < lo < d < hi and d == pytest.approx(0.5, abs=0.1)  # a small but consistent gain: excludes 0
+    d, lo, hi = paired_interval(a, _ps(base + g.normal(0, 2.0, 200)), "psnr_free@1")
+    assert lo < 0 < hi  # noise only: includes 0
+    assert paired_interval(a, _ps(base, [[1, i] for i in range(200)]), "psnr_free@1") is None  # other starts
+    assert paired_interval(a, _ps(base), "sharpness@1") is None  # a metric the reports lack
+    assert paired_interval(a, _ps(base), "psnr_free@1", seed=3) == paired_interval(a, _ps(base), "psnr_free@1", seed=3)
+    with pytest.raises(ValueError, match="unknown metric"):
+        paired_interval(a, a, "fps")

@@ -141,6 +141,7 @@ class AudioScorer:
         self.n_real = self.hit_real = self.n_gen = self.hit_gen = 0
         self.dist: list[float] = []
         self.dist_silence: list[float] = []
+        self.per_rollout: list[tuple[int, int]] = []  # (real onsets, of which reproduced) of each add()
         self.by_cause = {c: [0, 0] for c in CAUSES}  # real onsets, of which reproduced within ±1
         self.misses = {c: dict.fromkeys(MISSES, 0) for c in CAUSES + ("all",)}  # missed onsets by kind
 
@@ -167,6 +168,7 @@ class AudioScorer:
                 self.misses["all"][kind] += 1
                 if cause is not None:
                     self.misses[cause][kind] += 1
+        self.per_rollout.append((nr, hr))
         self.n_real += nr
         self.hit_real += hr
         self.n_gen += ng

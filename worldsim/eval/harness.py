@@ -25,6 +25,8 @@ The result (also written as JSON) has these keys, horizons as strings:
                                           audio.misses: missed onsets by kind (silent / shifted / no_rise)
                                           audio.codec_roundtrip: the same scores for the real sound
                                           through the model's audio codec (models with audio_roundtrip)
+                                          per_start (and baseline_*.per_start): each point's own scores,
+                                          for paired intervals in --compare (paired.py)
 
 ``psnr_tf`` and ``psnr_free["1"]`` measure the same thing on different points: teacher-forced
 points come from the action probe's held-out blocks (so the probe reads exactly those pairs),
@@ -195,13 +197,15 @@ def _run_eval(model, data_dir, horizons, episodes, seed, json_out, plots_dir, dr
         "loops": loops["loops"],
         "loop_patterns": loops["patterns"],
         "loop_data": str(loop_data) if loop_data is not None else None,
+        "per_start": main_ex["per_start"],
     }
     if baselines:
         details["shift_calibration"] = models["shift"].calib.to_dict()
         for key in ("copy_last", "shift"):
             ex = scores[id(models[key])][1]
             details[f"baseline_{key}"] = {"psnr_free_curve": ex["psnr_free_curve"],
-                                          "action_generated": ex.get("action_generated")}
+                                          "action_generated": ex.get("action_generated"),
+                                          "per_start": ex["per_start"]}
     result["details"] = details
     result["meta"] = {
         "data_dir": str(data_dir),

@@ -23,6 +23,7 @@ import numpy as np
 from worldsim.eval.audio import AudioScorer, onset_causes
 from worldsim.eval.interface import EvalConfigError, build_context, sanitize_audio, sanitize_frame
 from worldsim.eval.metrics import finite_mean, gradient_energy, psnr, ssim, to_eval_res
+from worldsim.eval.paired import per_start_record
 from worldsim.eval.probe import ProbeConfig, balanced_accuracy, is_val_step, label_actions
 
 
@@ -126,17 +127,23 @@ def score_model(model: Any, episodes: Sequence[Any], plan: Plan, seed: int, prob
     tf_real = real_frames(episodes, plan.tf_points, 1, 1)[:, 0]
     tf_gen = tf.frames[:, 0]
     free_real = real_frames(episodes, plan.free_starts, 1, h)  # (N, h, 64, 64, 3)
-    psnr_curve = np.array([psnr(free.frames[:, k], free_real[:, k]).mean() for k in range(h)])
+    free_psnr = np.stack([psnr(free.frames[:, k], free_real[:, k]) for k in range(h)], axis=1)  # (N, h)
+    psnr_curve = free_psnr.mean(axis=0)
+    tf_psnr = psnr(tf_gen, tf_real)
     res: dict[str, Any] = {
-        "psnr_tf": finite_mean(psnr(tf_gen, tf_real)),
+        "psnr_tf": finite_mean(tf_psnr),
         "ssim_tf": finite_mean(ssim(tf_gen, tf_real)),
         "psnr_free": {str(k): float(psnr_curve[k - 1]) for k in plan.horizons},
         "ssim_free": {str(k): float(ssim(free.frames[:, k - 1], free_real[:, k - 1]).mean()) for k in plan.horizons},
         "sharpness_ratio": {},
     }
+    edge_gen = {k: gradient_energy(free.frames[:, k - 1]) for k in plan.horizons}
+    edge_real = {k: gradient_energy(free_real[:, k - 1]) for k in plan.horizons}
     for k in plan.horizons:
-        g, r = gradient_energy(free.frames[:, k - 1]).mean(), gradient_energy(free_real[:, k - 1]).mean()
+        g, r = edge_gen[k].mean(), edge_real[k].mean()
         res["sharpness_ratio"][str(k)] = float(g / r) if r > 0 else None
+    per_start: dict[str, Any] = dict(psnr_tf=tf_psnr, edge_gen=edge_gen, edge_real=edge_real,
+                                     psnr_free={k: free_psnr[:, k - 1] for k in plan.horizons})
     extras: dict[str, Any] = {"psnr_free_curve": [float(v) for v in psnr_curve], "bad_frames": tf.bad_frames + free.bad_frames}
     # action following, on exactly the teacher-forced pairs
     if probe is not None:
@@ -153,6 +160,7 @@ def score_model(model: Any, episodes: Sequence[Any], plan: Plan, seed: int, prob
                                mouse_sign=balanced_accuracy(ps[m], true_s[m]) if m.any() else None)
         res["action_acc_real"] = extras["action_real"]["balanced_acc"]
         res["action_acc_generated"] = extras["action_generated"]["balanced_acc"]
+        per_start.update(action_true=true_c, action_pred=gc)
     else:
         res["action_acc_real"] = res["action_acc_generated"] = None
     # audio, over the free-running rollouts
@@ -176,6 +184,7 @@ def score_model(model: Any, episodes: Sequence[Any], plan: Plan, seed: int, prob
         if codec is not None:
             ar["codec_roundtrip"] = codec.result()
         extras["audio"] = ar
+        per_start.update(onsets=sc.per_rollout, logmel=sc.dist)
         res["audio_onset_within_1"] = ar["onset_within_1"]
         res["audio_logmel_dist"] = ar["logmel_dist"]
         res["audio_logmel_dist_silence"] = ar["logmel_dist_silence"]
@@ -184,4 +193,5 @@ def score_model(model: Any, episodes: Sequence[Any], plan: Plan, seed: int, prob
     res["ms_per_step"] = 1000.0 * (tf.step_seconds + free.step_seconds) / max(1, tf.steps + free.steps)
     # a strip for the plots: the first rollout at a few horizons
     extras["strip"] = {"real": free_real[0], "generated": free.frames[0]}
+    extras["per_start"] = per_start_record(plan.tf_points, plan.free_starts, **per_start)
     return res, extras
