@@ -432,3 +432,30 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
     proc.stdout.close()  # before the child has imported anything: its first write meets a closed pipe
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "Broken pipe" not in err, err
+
+
+def test_prior_view_shows_the_worlds_turn_prior_over_its_own_steps(tmp_path):
+    """``prior:WORLD`` (a diagnostic): each tick's picture is the world's turn prior decoded, while the
+    world steps on underneath with the same draws — so its sound is the world's, and without a turn
+    the prior is the previous tick's latent: the picture the world showed one tick before."""
+    from tests.helpers import random_world
+
+    path = str(random_world(tmp_path / "w"))
+    world, view = load_model(path), load_model(f"prior:{path}")
+    assert view.name.startswith("prior:") and view.context_steps == world.context_steps
+    g = np.random.default_rng(0)
+    c, (h, w), spec = world.context_steps, world.resolution, world.audio_spec
+    ctx = {"frames": g.integers(0, 256, (c, h, w, 3), dtype=np.uint8),
+           "buttons": np.zeros((c - 1, world.schema.num_buttons), np.uint8),
+           "axes": np.zeros((c - 1, world.schema.num_axes), np.float32),
+           "audio": g.integers(-3000, 3000, (c, spec["samples_per_step"], spec["channels"])).astype(np.int16)}
+    a, b = world.open(ctx, seed=3), view.open(ctx, seed=3)
+    still = (np.zeros(world.schema.num_buttons, np.uint8), np.zeros(world.schema.num_axes, np.float32))
+    shown, prior = [], []
+    for _ in range(3):
+        (f, s), (p, t) = a.step(*still), b.step(*still)
+        assert np.array_equal(s, t)  # the world underneath, the same random draws
+        shown.append(f)
+        prior.append(p)
+    assert np.array_equal(prior[1], shown[0]) and np.array_equal(prior[2], shown[1])
+    assert not np.array_equal(prior[2], shown[2])  # the dynamics' sample is not its prior

@@ -246,7 +246,8 @@ def _run_eval(model, data_dir, horizons, episodes, seed, json_out, plots_dir, dr
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
     """Add the `worldsim eval` options. Values are validated by :func:`main_eval` (one-line errors)."""
     parser.add_argument("--checkpoint", default="default",
-                        help="model to evaluate: baseline:copy-last, baseline:shift, default, or a checkpoint path")
+                        help="model to evaluate: baseline:copy-last, baseline:shift, default, or a checkpoint path; "
+                             "prior:WORLD shows that world's turn prior, decoded, in place of its pictures (a diagnostic)")
     parser.add_argument("--data", default=None, help="held-out episodes directory (default: $WORLDSIM_DATA/heldout, i.e. data/heldout)")
     parser.add_argument("--horizons", default=",".join(map(str, DEFAULT_HORIZONS)),
                         help="comma-separated free-running horizons in steps (default 1,4,16,64)")

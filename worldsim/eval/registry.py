@@ -12,6 +12,8 @@ Specs:
       from worldsim.eval.registry import register_model_loader
       register_model_loader("checkpoint", lambda spec, **kw: MyModel.from_checkpoint(spec))
 
+  ``prior:WORLD`` (same loader module): that world's turn prior, decoded, shown in place of its
+  pictures while the world steps underneath (worldsim.model.prior_view: a diagnostic).
   A loader is called as ``loader(spec, data_dir=..., episodes=..., seed=...)`` and returns a
   StreamingModel. ``register_model_loader("myprefix", fn)`` also makes ``myprefix:...``
   specs resolve to ``fn``.

@@ -463,5 +463,10 @@ def _register() -> None:
     from worldsim.eval.registry import register_model_loader
     register_model_loader("checkpoint", _eval_loader)
 
+    def prior_loader(spec: str, **kw: Any) -> Any:  # `prior:WORLD`: its turn prior, decoded (prior_view.py)
+        from worldsim.model.prior_view import load_prior_view
+        return load_prior_view(spec, **kw)
+    register_model_loader("prior", prior_loader)
+
 
 _register()
