@@ -275,3 +275,7 @@ def test_paired_interval_tells_a_shift_from_noise():
     assert paired_interval(a, _ps(base), "psnr_free@1", seed=3) == paired_interval(a, _ps(base), "psnr_free@1", seed=3)
     with pytest.raises(ValueError, match="unknown metric"):
         paired_interval(a, a, "fps")
+    broken = _ps(base)
+    broken["psnr_free"]["1"] = broken["psnr_free"]["1"][:50] + ["x"]  # a hand-edited report: no interval, no crash
+    assert paired_interval(a, broken, "psnr_free@1") is None
+    assert paired_interval(a, [1, 2], "psnr_free@1") is None and paired_interval(None, a, "psnr_free@1") is None

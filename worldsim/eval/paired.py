@@ -121,7 +121,8 @@ def statistic(metric: str) -> tuple[Stat, str]:
 
 def same_points(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     """Whether two per_start blocks were scored on the same points (so they can be paired)."""
-    return bool(a and b) and all(a.get(k) == b.get(k) and a.get(k) for k in ("tf_points", "free_starts"))
+    return (isinstance(a, dict) and isinstance(b, dict)
+            and all(a.get(k) == b.get(k) and a.get(k) for k in ("tf_points", "free_starts")))
 
 
 def paired_interval(a: dict[str, Any], b: dict[str, Any], metric: str, n_boot: int = N_BOOT,
@@ -133,16 +134,19 @@ def paired_interval(a: dict[str, Any], b: dict[str, Any], metric: str, n_boot: i
     stat, which = statistic(metric)
     n = len(a["tf_points"] if which == "tf" else a["free_starts"])
     full = np.arange(n)
-    va, vb = stat(a, full), stat(b, full)
-    if va is None or vb is None or n < 2:
-        return None
     rng = np.random.default_rng(seed)
     diffs = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        x, y = stat(a, idx), stat(b, idx)
-        if x is not None and y is not None:
-            diffs.append(y - x)
+    try:
+        va, vb = stat(a, full), stat(b, full)
+        if va is None or vb is None or n < 2:
+            return None
+        for _ in range(n_boot):
+            idx = rng.integers(0, n, n)
+            x, y = stat(a, idx), stat(b, idx)
+            if x is not None and y is not None:
+                diffs.append(y - x)
+    except (IndexError, TypeError, ValueError):  # a hand-edited or truncated report: no interval, not a crash
+        return None
     if len(diffs) < n_boot // 2:
         return None
     lo, hi = np.quantile(diffs, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
