@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from worldsim.errors import WorldsimError, read_json
-from worldsim.eval.paired import paired_interval
+from worldsim.eval.paired import against_baselines, paired_interval
 
 REQUIRED = ("psnr_tf", "psnr_free", "meta")  # what every `worldsim eval --json` report has
 
@@ -137,16 +137,12 @@ def compare_markdown(paths: Sequence[str | Path]) -> str:
 
 def _against_baselines(path: str | Path, r: dict[str, Any], horizons: Sequence[int]) -> list[str]:
     """The first report minus each baseline, with paired intervals (only where per-point scores exist)."""
-    ps = _per_start(r)
-    refs = [(name, _per_start(r, f"baseline_{key}")) for key, name in (("copy_last", "copy-last"), ("shift", "shift"))]
     metrics = [("PSNR teacher-forced", "psnr_tf")] + [(f"PSNR free @ {h}", f"psnr_free@{h}") for h in horizons]
-    rows = []
-    for label, metric in metrics:
-        cis = [paired_interval(b, ps, metric) for _, b in refs]
-        if any(ci is not None for ci in cis):
-            rows.append(f"| {label} | " + " | ".join(_interval(ci, 2) if ci else "–" for ci in cis) + " |")
+    cis = against_baselines(r, [m for _, m in metrics])
+    rows = [f"| {label} | " + " | ".join(_interval(c[m], 2) if c[m] else "–" for c in cis.values()) + " |"
+            for label, m in metrics if any(c[m] for c in cis.values())]
     if not rows:
         return []
     return ["", f"`{Path(path).name}` minus its baselines on the same points (95 % paired bootstrap interval; "
             "bold: the interval excludes 0):", "",
-            "| metric | " + " | ".join(f"− {n}" for n, _ in refs) + " |", "|---|---|---|", *rows]
+            "| metric | " + " | ".join(f"− {n}" for n in cis) + " |", "|---|---|---|", *rows]

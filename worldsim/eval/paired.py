@@ -32,7 +32,7 @@ from worldsim.eval.probe import balanced_accuracy
 N_BOOT = 2000
 LEVEL = 0.95
 
-Stat = Callable[[dict[str, Any], np.ndarray], "float | None"]
+Stat = Callable[[dict[str, Any], np.ndarray], Any]  # a float for (n,) indices, an array for (resamples, n)
 
 
 def _r(values: Any, nd: int = 4) -> list[float]:
@@ -64,39 +64,48 @@ def per_start_record(tf_points: Sequence[tuple[int, int]], free_starts: Sequence
     return out
 
 
-# ---- statistics of a resample: each takes a per_start block and the indices drawn --------------------
+# ---- statistics of a resample: each takes a per_start block and the indices drawn, (n,) for one
+# value or (resamples, n) for one per row (the lists become arrays once per call, not per resample)
+
+def _out(v: np.ndarray) -> Any:
+    return float(v) if v.ndim == 0 else v
+
 
 def _mean(key: str, h: str | None = None) -> Stat:
-    def f(p: dict[str, Any], idx: np.ndarray) -> float | None:
+    def f(p: dict[str, Any], idx: np.ndarray) -> Any:
         v = p.get(key)
         v = v.get(h) if isinstance(v, dict) and h is not None else v
-        return float(np.asarray(v, np.float64)[idx].mean()) if isinstance(v, list) and len(v) else None
+        return _out(np.asarray(v, np.float64)[idx].mean(-1)) if isinstance(v, list) and len(v) else None
     return f
+
+
+def _ratio(num: Any, den: Any, idx: np.ndarray) -> Any:
+    d = np.asarray(den, np.float64)[idx].sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # an empty resample: NaN, dropped by the caller
+        r = np.where(d > 0, np.asarray(num, np.float64)[idx].sum(-1) / d, np.nan)
+    return None if r.ndim == 0 and not np.isfinite(r) else _out(r)
 
 
 def _sharpness(h: str) -> Stat:
-    def f(p: dict[str, Any], idx: np.ndarray) -> float | None:
+    def f(p: dict[str, Any], idx: np.ndarray) -> Any:
         g, r = (p.get(k, {}).get(h) for k in ("edge_gen", "edge_real"))
-        if not g or not r:
-            return None
-        den = float(np.asarray(r, np.float64)[idx].sum())
-        return float(np.asarray(g, np.float64)[idx].sum()) / den if den > 0 else None
+        return _ratio(g, r, idx) if g and r else None
     return f
 
 
-def _onsets(p: dict[str, Any], idx: np.ndarray) -> float | None:
+def _onsets(p: dict[str, Any], idx: np.ndarray) -> Any:
     n, hit = p.get("onsets_real"), p.get("onsets_hit")
-    if not n or not hit:
-        return None
-    total = int(np.asarray(n)[idx].sum())
-    return float(np.asarray(hit)[idx].sum()) / total if total else None
+    return _ratio(hit, n, idx) if n and hit else None
 
 
-def _action(p: dict[str, Any], idx: np.ndarray) -> float | None:
+def _action(p: dict[str, Any], idx: np.ndarray) -> Any:
     t, g = p.get("action_true"), p.get("action_pred")
     if not t or not g:
         return None
-    return balanced_accuracy(np.asarray(g)[idx], np.asarray(t)[idx])["balanced_acc"]
+    t, g = np.asarray(t), np.asarray(g)
+    if idx.ndim == 1:
+        return balanced_accuracy(g[idx], t[idx])["balanced_acc"]
+    return np.array([balanced_accuracy(g[i], t[i])["balanced_acc"] for i in idx], np.float64)
 
 
 def statistic(metric: str) -> tuple[Stat, str]:
@@ -133,21 +142,33 @@ def paired_interval(a: dict[str, Any], b: dict[str, Any], metric: str, n_boot: i
         return None
     stat, which = statistic(metric)
     n = len(a["tf_points"] if which == "tf" else a["free_starts"])
-    full = np.arange(n)
-    rng = np.random.default_rng(seed)
-    diffs = []
     try:
-        va, vb = stat(a, full), stat(b, full)
+        va, vb = stat(a, np.arange(n)), stat(b, np.arange(n))
         if va is None or vb is None or n < 2:
             return None
-        for _ in range(n_boot):
-            idx = rng.integers(0, n, n)
-            x, y = stat(a, idx), stat(b, idx)
-            if x is not None and y is not None:
-                diffs.append(y - x)
+        idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))  # the same resamples for both reports
+        diffs = np.asarray(stat(b, idx), np.float64) - np.asarray(stat(a, idx), np.float64)
     except (IndexError, TypeError, ValueError):  # a hand-edited or truncated report: no interval, not a crash
         return None
+    diffs = diffs[np.isfinite(diffs)]
     if len(diffs) < n_boot // 2:
         return None
     lo, hi = np.quantile(diffs, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
     return vb - va, float(lo), float(hi)
+
+
+BASELINES = (("copy_last", "copy-last"), ("shift", "shift"))  # report key (baseline_<key>), display name
+
+
+def against_baselines(report: dict[str, Any], metrics: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``{display name: {metric: (report − baseline, low, high) | None}}`` for each baseline a report
+    carries, on the report's own points: is the model above it, beyond a redraw of the points?"""
+    det = report.get("details") if isinstance(report.get("details"), dict) else {}
+    ps = det.get("per_start")
+    out = {}
+    for key, name in BASELINES:
+        base = det.get(f"baseline_{key}")
+        ref = base.get("per_start") if isinstance(base, dict) else None
+        out[name] = {m: paired_interval(ref, ps, m) for m in metrics}
+    return out
+

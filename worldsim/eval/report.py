@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from worldsim.eval.paired import paired_interval
+from worldsim.eval.paired import against_baselines
 
 
 def jsonable(x: Any, nd: int = 4) -> Any:
@@ -200,14 +200,12 @@ def console_summary(result: dict[str, Any]) -> str:
         free = " ".join(f"@{h}:{_fmt((r.get('psnr_free') or {}).get(h), 1)}" for h in hs)
         out.append(f"{name:>9}: PSNR tf {_fmt(r.get('psnr_tf'), 1)} dB, free {free}; SSIM tf {_fmt(r.get('ssim_tf'), 3)}; "
                    f"action acc {_fmt(r.get('action_acc_generated'))}; {_fmt(r.get('ms_per_step'), 3)} ms/step")
-    det = result.get("details") or {}
-    for key, name in (("copy_last", "copy-last"), ("shift", "shift")):  # is the model above each baseline?
-        cis = [paired_interval((det.get(f"baseline_{key}") or {}).get("per_start"), det.get("per_start"), f"psnr_free@{h}")
-               for h in hs]
-        if any(cis):
-            cells = [f"@{h}:" + (f"{ci[0]:+.2f} [{ci[1]:+.2f}, {ci[2]:+.2f}]" if ci else "–") for h, ci in zip(hs, cis)]
+    for name, cis in against_baselines(result, [f"psnr_free@{h}" for h in hs]).items():  # above each baseline?
+        if any(cis.values()):
+            cells = [f"@{m.split('@')[1]}:" + (f"{ci[0]:+.2f} [{ci[1]:+.2f}, {ci[2]:+.2f}]" if ci else "–")
+                     for m, ci in cis.items()]
             out.append(f"model − {name}, free PSNR {' '.join(cells)} dB (95 % paired interval)")
-    au = det.get("audio") or {}
+    au = (result.get("details") or {}).get("audio") or {}
     if result.get("audio_onset_within_1") is not None:
         causes = au.get("by_cause") or {}
         miss = au.get("misses") or {}
